@@ -1,0 +1,180 @@
+"""The ``fedweave`` command line.
+
+Errors a user can fix (bad config, unknown names, missing data) print one paragraph and
+exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import FedweaveError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help="Federated learning where aggregation comes first.")
+console = Console(stderr=True)
+out = Console()
+
+SET_HELP = "override a config key: --set client.lr=0.1 (dotted key, YAML value); repeatable"
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (default: the built-in quickstart)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run directory"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the stopped run in this directory"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+):
+    """Run an experiment (or continue a stopped one) and write its run directory."""
+    from . import experiment
+
+    if resume is not None and (config is not None or set_ or out_dir is not None):
+        _fail(FedweaveError("--resume DIR takes its config from DIR; do not combine it with CONFIG, --set or --out."))
+    progress = Progress(
+        TextColumn("[bold]round {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(), console=console, disable=quiet, transient=False,
+    )
+    task_id = progress.add_task("run", total=None, status="")
+
+    def on_round(done: int, total: int, record: dict | None) -> None:
+        if not progress.live.is_started:  # start only once the run is built and valid
+            progress.start()
+        status = ""
+        if record is not None:
+            metric = next((k for k in ("accuracy", "psnr", "perplexity") if k in record), None)
+            status = f"{metric} {record[metric]:.4f}" if metric else ""
+        progress.update(task_id, completed=done, total=total, **({"status": status} if status else {}))
+
+    try:
+        if resume is not None:
+            result = experiment.resume(resume, progress=on_round)
+        else:
+            result = experiment.run(config, out=out_dir, overrides=set_, progress=on_round)
+    except FedweaveError as exc:
+        progress.stop()
+        _fail(exc)
+    except KeyboardInterrupt:
+        progress.stop()
+        console.print("[yellow]interrupted[/]: checkpoint written; continue with `fedweave run --resume DIR`.")
+        raise typer.Exit(code=130)
+    progress.stop()
+    _print_summary(result.summary, result.run_dir)
+    if result.status == "diverged":
+        console.print(f"[bold red]diverged:[/] {result.summary.get('message')}")
+        raise typer.Exit(code=1)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    table = Table(title=f"{summary['name']} · {summary['method']} · {summary['status']}", show_header=True)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key in ("rounds_completed", "final_metric", "best_metric", "final_loss", "time_to_target_s",
+                "virtual_time_s", "wall_time_s", "bytes_up", "bytes_down", "client_updates", "dropped_updates",
+                "client_acc_mean", "client_acc_worst10", "jain_index"):
+        if key in summary:
+            label = key.replace("metric", summary.get("metric_name", "metric"))
+            table.add_row(label, _fmt(summary[key]))
+    out.print(table)
+    out.print(f"run directory: {run_dir}")
+
+
+@app.command()
+def methods():
+    """List the registered methods."""
+    from .methods import registered
+
+    table = Table(show_header=True)
+    for col in ("method", "what it does", "paper"):
+        table.add_column(col)
+    for name, info in sorted(registered().items()):
+        table.add_row(name, info.summary, info.citation)
+    out.print(table)
+
+
+@app.command()
+def datasets():
+    """List the data sources."""
+    from .data import DATASETS
+
+    for name, desc in DATASETS.items():
+        out.print(f"[bold]{name:14}[/] {desc}", highlight=False)
+
+
+@app.command()
+def models():
+    """List the built-in models."""
+    from .models import MODELS
+
+    for name, desc in MODELS.items():
+        out.print(f"[bold]{name:10}[/] {desc}", highlight=False)
+
+
+@app.command()
+def partition(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (default: the quickstart)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    show: int = typer.Option(20, "--show", help="clients listed individually"),
+):
+    """Print partition statistics: sizes, label histograms and a heterogeneity figure."""
+    from .config import load_config
+    from .data.federated import build_federated
+    from .data.stats import heterogeneity, label_histograms
+
+    try:
+        cfg = load_config(config, set_)
+        data = build_federated(cfg.data)
+    except FedweaveError as exc:
+        _fail(exc)
+    labels = data.y.numpy()
+    parts = [t.numpy() for t in data.client_train]
+    hists = label_histograms(labels, parts, data.num_classes)
+    sizes = hists.sum(axis=1)
+    out.print(
+        f"[bold]{data.name}[/]: {data.num_clients} clients · {int(sizes.sum())} training examples · "
+        f"{len(data.y_test)} test · {len(data.server_idx)} server-held · "
+        f"{sum(len(v) for v in data.client_val)} client validation", highlight=False,
+    )
+    out.print(f"sizes: min {sizes.min()}, mean {sizes.mean():.1f}, max {sizes.max()}, std {sizes.std():.1f}")
+    out.print(f"heterogeneity (mean total-variation distance to the global label distribution): {heterogeneity(hists):.3f}")
+    table = Table(show_header=True)
+    table.add_column("client", justify="right")
+    table.add_column("size", justify="right")
+    for c in range(data.num_classes):
+        table.add_column(str(c), justify="right")
+    for k in range(min(show, data.num_clients)):
+        table.add_row(str(k), str(sizes[k]), *[str(v) for v in hists[k]])
+    out.print(table)
+    if data.num_clients > show:
+        out.print(f"({data.num_clients - show} more clients; --show N lists more)")
+
+
+def main() -> None:
+    try:
+        app()
+    except FedweaveError as exc:  # errors raised outside a command body
+        console.print(f"error: {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Data for federated simulations: sources, held-out splits, partitioners, statistics.
+
+Typical flow: :func:`load_source` gives the training (and maybe official test)
+tensors; :func:`stratified_holdout` / :func:`balanced_holdout` carve out test
+and server splits; :func:`partition` deals the rest to clients; and
+:func:`partition_summary` describes the result.
+"""
+
+from fedweave.data.partition import (
+    PARTITIONERS,
+    classes,
+    dirichlet,
+    iid,
+    natural,
+    partition,
+    quantity,
+    shards,
+)
+from fedweave.data.sources import DATASETS, DataSource, load_source, make_synthetic, read_idx
+from fedweave.data.splits import balanced_holdout, client_validation_split, stratified_holdout
+from fedweave.data.stats import heterogeneity, label_histograms, partition_summary
+
+__all__ = [
+    "DATASETS",
+    "DataSource",
+    "PARTITIONERS",
+    "balanced_holdout",
+    "classes",
+    "client_validation_split",
+    "dirichlet",
+    "heterogeneity",
+    "iid",
+    "label_histograms",
+    "load_source",
+    "make_synthetic",
+    "natural",
+    "partition",
+    "partition_summary",
+    "quantity",
+    "read_idx",
+    "shards",
+    "stratified_holdout",
+]

@@ -1,0 +1,230 @@
+"""Builds everything from a config and runs it: ``fedweave.run(config) -> RunResult``.
+
+Everything that can be wrong with a config is found here, before the run directory is
+created: unknown names, invalid values, impossible stage combinations, missing or
+corrupt data files, a model that does not fit the data. So a bad run never leaves a
+half-written directory that looks like a finished run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import Config, load_config, read_yaml
+from .data.federated import FederatedDataset, build_federated
+from .errors import ConfigError, DivergedError, FedweaveError, ModelError
+from .methods import build_method
+from .methods.base import ClientAlgorithm, Strategy
+from .metrics import summarize
+from .models import build_model
+from .params import FlatModel, ParamSpec
+from .rng import derive_seed
+from .rundir import CONFIG, RunDirectory
+from .sim.devices import DeviceFleet, make_fleet
+from .sim.executors import Executor, make_executor
+from .sim.worker import WorkerSetup
+from .tasks import Task, make_task
+from .train import TrainSettings
+
+
+@dataclass
+class ModelFactory:
+    """Builds the configured model with a seeded initialisation (picklable)."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    kwargs: dict[str, Any]
+    seed: int
+
+    def __call__(self) -> torch.nn.Module:
+        torch.manual_seed(derive_seed(self.seed, "init"))
+        return build_model(self.name, self.input_shape, self.num_classes, **self.kwargs)
+
+
+@dataclass
+class Experiment:
+    config: Config
+    task: Task
+    data: FederatedDataset
+    model_factory: ModelFactory
+    roles: dict[str, str]
+    spec: ParamSpec
+    initial_params: torch.Tensor
+    initial_buffers: torch.Tensor
+    strategy: Strategy
+    algorithm: ClientAlgorithm
+    fleet: DeviceFleet
+    executor: Executor | None = None
+
+    def train_settings(self, lr: float) -> TrainSettings:
+        c = self.config.client
+        return TrainSettings(
+            epochs=None if c.local_steps else c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=lr,
+            optimizer=c.optimizer, momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
+        )
+
+    def worker_setup(self) -> WorkerSetup:
+        return WorkerSetup(self.model_factory, self.roles, self.task.name, self.data, self.algorithm,
+                           self.config.seed, self.config.executor.threads)
+
+
+def build_experiment(config: Config, data: FederatedDataset | None = None) -> Experiment:
+    """Validate ``config`` against the data and the registries; build every piece."""
+    task = make_task(config.task.kind)
+    strategy, algorithm = build_method(config)  # config-only checks come before loading data
+    data = data if data is not None else build_federated(config.data)
+    sched = config.schedule
+    if sched.sampling != "poisson" and sched.clients_per_round > data.num_clients:
+        raise ConfigError(
+            f"schedule.clients_per_round={sched.clients_per_round} exceeds the {data.num_clients} clients of the "
+            "partition; lower it or raise data.partition.num_clients."
+        )
+    m = config.model
+    kwargs: dict[str, Any] = dict(m.kwargs)
+    if m.hidden is not None:
+        kwargs["hidden"] = list(m.hidden)
+    if ":" not in m.name:
+        kwargs.setdefault("norm", m.norm)
+        kwargs.setdefault("width", m.width)
+    factory = ModelFactory(m.name, tuple(data.input_shape), data.num_classes, kwargs, config.seed)
+    module = factory()
+    flat = FlatModel(module, dict(m.roles))
+    with torch.no_grad():
+        try:
+            out = module(data.x[:2])
+        except Exception as exc:  # a model that does not fit the data is a user error
+            raise ModelError(f"Model {m.name!r} cannot process inputs of shape {tuple(data.input_shape)}: {exc}") from None
+    if task.name == "classification" and tuple(out.shape) != (min(2, len(data.x)), data.num_classes):
+        raise ModelError(f"Model {m.name!r} outputs shape {tuple(out.shape)}; expected [batch, {data.num_classes}] classes.")
+    if flat.spec.num_params == 0:
+        raise ModelError(f"Model {m.name!r} has no trainable shared parameters under model.roles.")
+    return Experiment(
+        config=config, task=task, data=data, model_factory=factory, roles=dict(m.roles), spec=flat.spec,
+        initial_params=flat.params.clone(), initial_buffers=flat.buffers.clone(), strategy=strategy,
+        algorithm=algorithm, fleet=make_fleet(config.system, data.num_clients, config.seed),
+    )
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    params: torch.Tensor | None = None
+    buffers: torch.Tensor | None = None
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "unknown")
+
+
+def default_run_dir(config: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.name}-{stamp}"
+
+
+def run(
+    config: Config | dict | str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    progress: Callable[[int, int, dict | None], None] | None = None,
+) -> RunResult:
+    """Run an experiment end to end and write its run directory."""
+    cfg = load_config(config, overrides)
+    if out is not None:
+        cfg.output.dir = str(out)
+    exp = build_experiment(cfg)
+    run_dir = RunDirectory(cfg.output.dir or default_run_dir(cfg))
+    cfg.output.dir = str(run_dir.path)
+    run_dir.create(cfg.to_yaml())
+    return _execute(exp, run_dir, None, progress)
+
+
+def resume(run_path: str | Path, progress: Callable[[int, int, dict | None], None] | None = None) -> RunResult:
+    """Continue a stopped run from its last checkpoint; ends as an uninterrupted run would."""
+    run_dir = RunDirectory(run_path)
+    if not (run_dir.path / CONFIG).is_file():
+        raise ConfigError(f"{str(run_dir.path)!r} is not a run directory (no {CONFIG}).")
+    summary = run_dir.read_summary()
+    if summary is not None and summary.get("status") == "completed":
+        raise ConfigError(f"The run in {str(run_dir.path)!r} is already completed; nothing to resume.")
+    cfg = load_config(read_yaml(run_dir.path / CONFIG))
+    exp = build_experiment(cfg)
+    ckpt = run_dir.load_checkpoint()
+    if ckpt is None:
+        # stopped before its first checkpoint: start again from scratch
+        run_dir.create(cfg.to_yaml())
+    run_dir.clear_summary()
+    return _execute(exp, run_dir, ckpt, progress)
+
+
+def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress) -> RunResult:
+    from .sim.engine import Simulator
+
+    cfg = exp.config
+    torch.set_num_threads(cfg.executor.threads)
+    exp.executor = make_executor(cfg.executor.kind)
+    exp.executor.start(exp.worker_setup())
+    sim = Simulator(exp, run_dir, progress)
+    if ckpt is not None:
+        sim.restore(ckpt)
+        run_dir.truncate_metrics(len(sim.committed.history))
+    status, message = "completed", None
+    try:
+        sim.run()
+    except DivergedError as exc:
+        status, message = "diverged", str(exc)
+    except KeyboardInterrupt:
+        run_dir.save_checkpoint(sim.checkpoint_dict())
+        _write_summary(exp, run_dir, sim, "interrupted", "stopped by the user; continue with `fedweave run --resume DIR`")
+        raise
+    finally:
+        exp.executor.close()
+    summary = _write_summary(exp, run_dir, sim, status, message)
+    if status == "completed":
+        (run_dir.path / "checkpoint.pt").unlink(missing_ok=True) if not cfg.output.checkpoint_every else None
+    c = sim.committed
+    return RunResult(run_dir.path, summary, c.history, c.state.params, c.state.buffers)
+
+
+def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, message: str | None) -> dict[str, Any]:
+    cfg, task, c = exp.config, exp.task, sim.committed
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "method": cfg.method.name,
+        "dataset": cfg.data.dataset,
+        "status": status,
+        "rounds_completed": c.round,
+        "rounds": cfg.schedule.rounds,
+        "seed": cfg.seed,
+    }
+    summary.update(summarize(c.history, metric_name=task.metric_name, higher_is_better=task.higher_is_better,
+                             final_window=cfg.eval.final_window, target=cfg.eval.target))
+    summary["higher_is_better"] = task.higher_is_better
+    if task.name == "classification":
+        summary["final_accuracy"] = summary["final_metric"]
+        summary["best_accuracy"] = summary["best_metric"]
+    summary.update({
+        "virtual_time_s": c.clock,
+        "wall_time_s": c.wall_time_s,
+        "bytes_up": c.totals.bytes_up,
+        "bytes_down": c.totals.bytes_down,
+        "client_updates": c.totals.client_updates,
+        "dropped_updates": c.totals.dropped_updates,
+        "num_params": exp.spec.num_params,
+    })
+    if message:
+        summary["message"] = message
+    run_dir.write_summary(summary)
+    return summary
+
+
+__all__ = ["Experiment", "RunResult", "build_experiment", "run", "resume", "FedweaveError"]

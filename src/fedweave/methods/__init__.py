@@ -1,0 +1,13 @@
+"""Methods: one module per method, registered by name.
+
+``fedweave.methods.get_method(name)`` returns a method's registry entry and
+``build_method(config)`` its (strategy, client algorithm) pair.
+"""
+
+from .base import ClientAlgorithm, ClientJob, JobResult, ServerContext, ServerState, Strategy
+from .registry import MethodInfo, MethodParams, Preset, build_method, get_method, register, registered
+
+__all__ = [
+    "ClientAlgorithm", "ClientJob", "JobResult", "ServerContext", "ServerState", "Strategy",
+    "MethodInfo", "MethodParams", "Preset", "build_method", "get_method", "register", "registered",
+]

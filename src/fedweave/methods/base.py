@@ -1,0 +1,183 @@
+"""The strategy (server) and client-algorithm protocols, and the shared server state.
+
+A method is a pair: a :class:`Strategy` that the server runs and a
+:class:`ClientAlgorithm` that every client runs. The strategy protocol is
+``init → configure → aggregate`` for synchronous rounds, and ``on_update`` for
+asynchronous arrivals (a default adapts one to the other). Strategy state is a plain
+:class:`ServerState` of tensors and numbers, so a server checkpoints and resumes.
+Strategies read time from the injected clock in :class:`ServerContext`, virtual in
+simulation and wall-clock in deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..messages import Broadcast, Update
+from ..params import ParamSpec
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+@dataclass
+class ServerState:
+    """The global model plus whatever the method keeps between rounds."""
+
+    params: torch.Tensor
+    buffers: torch.Tensor
+    version: int = 0
+    round: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": self.params, "buffers": self.buffers, "version": self.version, "round": self.round, "extra": self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ServerState":
+        return cls(d["params"], d["buffers"], int(d["version"]), int(d["round"]), dict(d["extra"]))
+
+
+@dataclass
+class ServerContext:
+    """What the server side may see: never the clients' data, except its own split."""
+
+    spec: ParamSpec
+    num_clients: int
+    client_sizes: np.ndarray  # training examples per client, as registered
+    clock: Clock
+    seed: int
+    server_data: tuple[torch.Tensor, torch.Tensor] | None = None
+    round_lr: float = 0.0  # the client learning rate of the current round
+
+
+class Strategy:
+    """Server side of a method. Subclasses override what their maths needs."""
+
+    name = "strategy"
+    modes: tuple[str, ...] = ("sync",)
+
+    def init(self, params: torch.Tensor, buffers: torch.Tensor, ctx: ServerContext) -> ServerState:
+        return ServerState(params.clone(), buffers.clone())
+
+    def configure(self, client_ids: list[int], state: ServerState, ctx: ServerContext) -> dict[int, Broadcast]:
+        """Messages for the selected clients; by default one shared broadcast."""
+        shared = Broadcast(state.version, state.params, state.buffers, self.broadcast_payload(state, ctx))
+        return {cid: shared for cid in client_ids}
+
+    def broadcast_payload(self, state: ServerState, ctx: ServerContext) -> dict[str, Any]:
+        return {}
+
+    def aggregate(self, updates: list[Update], state: ServerState, ctx: ServerContext) -> ServerState:
+        raise NotImplementedError
+
+    def on_update(self, update: Update, state: ServerState, ctx: ServerContext) -> ServerState:
+        return self.aggregate([update], state, ctx)
+
+    def metrics(self, state: ServerState) -> dict[str, float]:
+        """Method-specific figures added to each evaluation record."""
+        return {}
+
+
+def stack_deltas(updates: list[Update]) -> torch.Tensor:
+    """The ``[K, P]`` matrix of client deltas, in the given (client-id) order."""
+    return torch.stack([u.delta for u in updates])
+
+
+def size_weights(updates: list[Update]) -> torch.Tensor:
+    return torch.tensor([float(u.num_examples) for u in updates], dtype=torch.float64)
+
+
+def average_buffers(updates: list[Update], state: ServerState) -> torch.Tensor:
+    """Float buffers (BatchNorm statistics) get a plain example-weighted mean."""
+    if state.buffers.numel() == 0 or not updates:
+        return state.buffers
+    w = size_weights(updates).to(state.buffers.dtype)
+    return (w / w.sum()) @ torch.stack([u.buffers for u in updates])
+
+
+# -- client side -----------------------------------------------------------------------
+
+
+@dataclass
+class ClientJob:
+    """One unit of client work: train from ``broadcast`` and answer with an Update."""
+
+    client_id: int
+    counter: int  # this client's job number: keys its random generators
+    round: int
+    broadcast: Broadcast
+    state: dict[str, Any] | None  # the client's persistent state (None: fresh)
+    settings: Any  # fedweave.train.TrainSettings
+
+
+@dataclass
+class JobResult:
+    update: Update
+    state: dict[str, Any] | None  # the client's new persistent state (None: unchanged)
+    examples_processed: int  # what the compute time of the device is charged for
+
+
+class ClientAlgorithm:
+    """Client side of a method: the standard local trainer plus overridable hooks.
+
+    Override :meth:`grad_hooks` (extra gradient terms), :meth:`loss_fn` (a different
+    loss), :meth:`upload_payload` (extra tensors sent back) or :meth:`train` itself.
+    ``stateful`` algorithms keep per-client tensors in the client-state store.
+    """
+
+    stateful = False
+
+    def __init__(self, objective: str = "plain", mu: float = 0.0):
+        self.objective = objective
+        self.mu = mu
+
+    def grad_hooks(self, job: ClientJob, worker) -> tuple:
+        if self.objective == "prox" and self.mu > 0:
+            return (prox_hook(job.broadcast.params, self.mu),)
+        return ()
+
+    def loss_fn(self, job: ClientJob, worker):
+        return None
+
+    def upload_payload(self, job: ClientJob, worker, result) -> dict[str, Any]:
+        return {}
+
+    def train(self, job: ClientJob, worker, generator: torch.Generator) -> JobResult:
+        from ..train import local_train
+
+        model = worker.model
+        idx = worker.data.client_train[job.client_id]
+        result = local_train(
+            model, worker.task, worker.data.x, worker.data.y, idx, job.settings, generator,
+            self.grad_hooks(job, worker), self.loss_fn(job, worker),
+        )
+        update = Update(
+            client_id=job.client_id,
+            base_version=job.broadcast.version,
+            delta=model.params - job.broadcast.params,
+            buffers=model.buffers.clone(),
+            num_examples=len(idx),
+            num_steps=result.steps,
+            metrics={"loss": result.mean_loss},
+            payload=self.upload_payload(job, worker, result),
+        )
+        return JobResult(update, self.next_state(job, worker, result), result.examples_processed)
+
+    def next_state(self, job: ClientJob, worker, result) -> dict[str, Any] | None:
+        return None
+
+
+def prox_hook(global_params: torch.Tensor, mu: float):
+    """FedProx: the gradient of (μ/2)‖w − w_g‖² over the shared trainable part is μ(w − w_g)."""
+    n = global_params.numel()
+
+    def hook(grad: torch.Tensor, trained: torch.Tensor) -> None:
+        grad[:n].add_(trained[:n] - global_params, alpha=mu)
+
+    return hook

@@ -1,0 +1,127 @@
+"""The method registry: names → how to build a method's strategy and client algorithm.
+
+A method is either a *preset* of stages (FedAvg, FedProx, FedAvgM, FedAdam...) whose
+stages each stay overridable from the config, or a full strategy whose maths does not
+decompose (SCAFFOLD, FedNova). Each method may declare its own parameters (a pydantic
+model); ``method.*`` keys are validated against it, so a misspelt parameter is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..aggregate import make_server_optimizer
+from ..errors import ConfigError, unknown_name
+from .base import ClientAlgorithm, Strategy
+from .stages import StagedStrategy, get_combiner, get_weighting
+
+
+class MethodParams(BaseModel):
+    """Base of a method's own parameters (``method.<param>`` in the config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Preset:
+    weighting: str = "size"
+    combiner: str = "mean"
+    server_opt: str = "replace"
+    server_lr: Optional[float] = None
+    server_momentum: float = 0.0
+    objective: Optional[str] = None  # forces the client objective (FedProx: "prox")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    summary: str
+    citation: str
+    preset: Optional[Preset] = None
+    build: Optional[Callable[[Any, Any], tuple[Strategy, ClientAlgorithm]]] = None  # (config, params) -> pair
+    params: type[MethodParams] = MethodParams
+    modes: tuple[str, ...] = ("sync",)
+    stage_keys: tuple[str, ...] = field(default=())  # stage keys a full strategy accepts
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(info: MethodInfo) -> MethodInfo:
+    if info.name in _REGISTRY:
+        raise ValueError(f"method {info.name!r} registered twice")
+    if (info.preset is None) == (info.build is None):
+        raise ValueError(f"method {info.name!r} needs exactly one of preset / build")
+    _REGISTRY[info.name] = info
+    return info
+
+
+def registered() -> dict[str, MethodInfo]:
+    from . import _load_all  # noqa: F401  (imports every method module once)
+
+    return dict(_REGISTRY)
+
+
+def get_method(name: str) -> MethodInfo:
+    methods = registered()
+    if name not in methods:
+        raise unknown_name("method", name, methods)
+    return methods[name]
+
+
+def method_params(info: MethodInfo, method_cfg) -> MethodParams:
+    try:
+        return info.params.model_validate(method_cfg.extras())
+    except ValidationError as exc:
+        allowed = ", ".join(info.params.model_fields) or "none"
+        problems = "; ".join(
+            f"method.{'.'.join(map(str, e['loc']))}: {'unknown parameter' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"Invalid parameters for method {info.name!r}: {problems}. Its parameters: {allowed}.") from None
+
+
+_STAGE_KEYS = ("weighting", "combiner", "server_opt", "server_momentum", "beta1", "beta2", "tau")
+
+
+def build_method(config) -> tuple[Strategy, ClientAlgorithm]:
+    """Resolve ``config.method`` into a (strategy, client algorithm) pair, or explain why not."""
+    info = get_method(config.method.name)
+    params = method_params(info, config.method)
+    m = config.method
+    if config.schedule.mode not in info.modes:
+        raise ConfigError(
+            f"Method {info.name!r} supports schedule.mode {', '.join(info.modes)}, not {config.schedule.mode!r}."
+        )
+    if info.preset is None:
+        given = [k for k in _STAGE_KEYS if getattr(m, k) is not None and k not in info.stage_keys]
+        if given:
+            raise ConfigError(
+                f"Method {info.name!r} is a full strategy whose maths does not decompose into stages; "
+                f"remove method.{', method.'.join(given)}."
+            )
+        return info.build(config, params)
+    return build_staged(info, config)
+
+
+def build_staged(info: MethodInfo, config) -> tuple[Strategy, ClientAlgorithm]:
+    preset, m = info.preset, config.method
+    weighting = m.weighting or preset.weighting
+    combiner = m.combiner or preset.combiner
+    get_weighting(weighting), get_combiner(combiner)  # unknown names fail here, with the allowed list
+    opt_name = m.server_opt or preset.server_opt
+    momentum = m.server_momentum if m.server_momentum is not None else preset.server_momentum
+    if momentum and opt_name != "sgd":
+        raise ConfigError(
+            f"method.server_momentum applies only to server_opt 'sgd' (heavy-ball, FedAvgM); this run uses {opt_name!r}."
+        )
+    if opt_name == "replace" and m.server_lr is not None:
+        raise ConfigError("method.server_lr has no effect with server_opt 'replace'; use server_opt 'sgd' for a server learning rate.")
+    kwargs = {k: getattr(m, k) for k in ("beta1", "beta2", "tau") if getattr(m, k) is not None}
+    server_opt = make_server_optimizer(opt_name, lr=m.server_lr if m.server_lr is not None else preset.server_lr, momentum=momentum, **kwargs)
+    objective = preset.objective or config.client.objective
+    strategy = StagedStrategy(info.name, weighting, combiner, server_opt)
+    return strategy, ClientAlgorithm(objective=objective, mu=config.client.mu)

@@ -1,0 +1,59 @@
+"""Evaluation records and run summaries: fairness figures, best/final values, time to target."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def fairness(scores: np.ndarray) -> dict[str, float]:
+    """Per-client figures of the primary metric.
+
+    ``client_acc_worst10`` is the mean of the worst 10% of clients (at least one client);
+    ``jain_index`` is Jain's fairness index (Σx)² / (N Σx²), 1 when all clients are equal.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    if x.size == 0:
+        return {}
+    k = max(1, math.ceil(0.1 * x.size))
+    worst = np.sort(x)[:k]
+    sq = float((x**2).sum())
+    return {
+        "client_acc_mean": float(x.mean()),
+        "client_acc_std": float(x.std()),
+        "client_acc_worst10": float(worst.mean()),
+        "jain_index": float(x.sum() ** 2 / (x.size * sq)) if sq > 0 else 1.0,
+    }
+
+
+def summarize(
+    history: list[dict[str, Any]],
+    *,
+    metric_name: str,
+    higher_is_better: bool,
+    final_window: int,
+    target: float | None,
+) -> dict[str, Any]:
+    """Final (mean of the last ``final_window`` evaluations), best and time-to-target."""
+    out: dict[str, Any] = {"metric_name": metric_name, "final_metric": None, "best_metric": None,
+                           "final_loss": None, "time_to_target_s": None}
+    values = [r[metric_name] for r in history if r.get(metric_name) is not None]
+    if values:
+        window = values[-final_window:]
+        out["final_metric"] = float(np.mean(window))
+        out["best_metric"] = float(max(values) if higher_is_better else min(values))
+        losses = [r["loss"] for r in history[-final_window:] if r.get("loss") is not None]
+        out["final_loss"] = float(np.mean(losses)) if losses else None
+    if target is not None:
+        for r in history:
+            v = r.get(metric_name)
+            if v is not None and (v >= target if higher_is_better else v <= target):
+                out["time_to_target_s"] = r["virtual_time_s"]
+                break
+    if history:
+        for key in ("client_acc_mean", "client_acc_std", "client_acc_worst10", "jain_index"):
+            if key in history[-1]:
+                out[key] = history[-1][key]
+    return out

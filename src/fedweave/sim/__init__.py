@@ -1,0 +1,1 @@
+"""Simulation: virtual clock and events, workers and executors, the engine."""

@@ -1,0 +1,79 @@
+"""What a model is trained for: the loss, the evaluation metrics and the primary metric.
+
+Methods and metrics ask the task, not the dataset. ``classification`` trains with
+cross-entropy and reports accuracy; later tasks (restoration, language modelling) plug
+in with their own loss and primary metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import unknown_name
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    metric_name: str
+    higher_is_better: bool
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def per_example_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def per_example_score(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The primary metric per example (averaged per client for fairness figures)."""
+        raise NotImplementedError
+
+    def metric_sums(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """Sums over a batch (divided by the example count in :meth:`evaluate`)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
+        """Mean loss and metrics of ``model`` on ``(x, y)``, in eval mode."""
+        was_training = model.training
+        model.eval()
+        sums: dict[str, float] = {}
+        n = len(y)
+        for start in range(0, n, batch_size):
+            out = model(x[start : start + batch_size])
+            for key, value in self.metric_sums(out, y[start : start + batch_size]).items():
+                sums[key] = sums.get(key, 0.0) + value
+        model.train(was_training)
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+class ClassificationTask(Task):
+    def __init__(self):
+        super().__init__("classification", "accuracy", True)
+
+    def loss(self, output, target):
+        return F.cross_entropy(output, target)
+
+    def per_example_loss(self, output, target):
+        return F.cross_entropy(output, target, reduction="none")
+
+    def per_example_score(self, output, target):
+        return (output.argmax(dim=1) == target).to(torch.float64)
+
+    def metric_sums(self, output, target):
+        loss = F.cross_entropy(output, target, reduction="sum").item()
+        correct = (output.argmax(dim=1) == target).sum().item()
+        return {"loss": loss, "accuracy": float(correct)}
+
+
+TASKS = {"classification": "cross-entropy loss; accuracy (higher is better)"}
+
+
+def make_task(kind: str) -> Task:
+    if kind == "classification":
+        return ClassificationTask()
+    raise unknown_name("task", kind, TASKS)

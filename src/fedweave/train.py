@@ -1,0 +1,139 @@
+"""The standard local trainer: epochs of minibatch SGD/Adam on in-memory tensors.
+
+No ``DataLoader``: a client's data is an index array into one dataset tensor, and each
+minibatch is one ``index_select``. The optimizer works on the model's flat trained
+vector and flat gradient (see :mod:`fedweave.params`), so a step is a handful of vector
+operations whatever the number of layers. Semantics follow ``torch.optim.SGD`` (L2
+weight decay added to the gradient, momentum buffer initialised with the first
+gradient, no dampening) and ``torch.optim.Adam``.
+
+Per step: forward and loss (a method may replace the loss), backward into the flat
+gradient, gradient hooks (FedProx's proximal term, SCAFFOLD's correction...), gradient
+clipping, then the optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .params import FlatModel
+from .tasks import Task
+
+GradHook = Callable[[torch.Tensor, torch.Tensor], None]  # (flat grad, flat trained) -> None, in place
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: Optional[int] = 1
+    local_steps: Optional[int] = None
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def num_steps(self, num_examples: int) -> int:
+        """Local steps for a client with ``num_examples`` (the last batch may be short)."""
+        if self.local_steps is not None:
+            return self.local_steps
+        return (self.epochs or 1) * math.ceil(num_examples / self.batch_size)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    examples_processed: int
+    mean_loss: float
+
+
+class FlatOptimizer:
+    """SGD (momentum, weight decay) or Adam over one flat vector."""
+
+    def __init__(self, settings: TrainSettings, size: int, dtype: torch.dtype):
+        self.s = settings
+        self.t = 0
+        self.buf: torch.Tensor | None = None
+        self.exp_avg: torch.Tensor | None = None
+        self.exp_avg_sq: torch.Tensor | None = None
+        if settings.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown local optimizer {settings.optimizer!r}")
+
+    @torch.no_grad()
+    def step(self, w: torch.Tensor, g: torch.Tensor) -> None:
+        s = self.s
+        if s.weight_decay:
+            g = g.add(w, alpha=s.weight_decay)
+        if s.optimizer == "sgd":
+            if s.momentum:
+                if self.buf is None:
+                    self.buf = g.clone()
+                else:
+                    self.buf.mul_(s.momentum).add_(g)
+                g = self.buf
+            w.add_(g, alpha=-s.lr)
+            return
+        self.t += 1
+        b1, b2 = s.betas
+        if self.exp_avg is None:
+            self.exp_avg = torch.zeros_like(w)
+            self.exp_avg_sq = torch.zeros_like(w)
+        self.exp_avg.lerp_(g, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
+        bias1 = 1 - b1**self.t
+        bias2 = 1 - b2**self.t
+        denom = (self.exp_avg_sq / bias2).sqrt_().add_(s.eps)
+        w.addcdiv_(self.exp_avg, denom, value=-s.lr / bias1)
+
+
+def local_train(
+    model: FlatModel,
+    task: Task,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    indices: torch.Tensor,
+    settings: TrainSettings,
+    generator: torch.Generator,
+    grad_hooks: tuple[GradHook, ...] = (),
+    loss_fn: LossFn | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``x[indices], y[indices]``."""
+    n = len(indices)
+    total_steps = settings.num_steps(n)
+    if n == 0 or total_steps == 0:
+        return TrainResult(0, 0, float("nan"))
+    module = model.module
+    module.train()
+    opt = FlatOptimizer(settings, model.trained.numel(), model.trained.dtype)
+    w, g = model.trained, model.grad
+    bs = settings.batch_size
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    steps = processed = 0
+    while steps < total_steps:
+        order = indices[torch.randperm(n, generator=generator)]
+        for start in range(0, n, bs):
+            batch = order[start : start + bs]
+            xb, yb = x.index_select(0, batch), y.index_select(0, batch)
+            g.zero_()
+            loss = loss_fn(module, xb, yb) if loss_fn else task.loss(module(xb), yb)
+            loss.backward()
+            for hook in grad_hooks:
+                hook(g, w)
+            if settings.grad_clip is not None:
+                norm = g.norm()
+                if norm > settings.grad_clip:
+                    g.mul_(settings.grad_clip / (norm + 1e-12))
+            opt.step(w, g)
+            loss_sum += loss.detach()
+            steps += 1
+            processed += len(batch)
+            if steps >= total_steps:
+                break
+    return TrainResult(steps, processed, float(loss_sum) / steps)
