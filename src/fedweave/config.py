@@ -74,7 +74,7 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    kind: Literal["classification"] = "classification"
+    kind: str = Field("classification", description="classification (later: restoration, language_model)")
 
 
 class MethodConfig(BaseModel):

@@ -62,6 +62,12 @@ class Experiment:
     algorithm: ClientAlgorithm
     fleet: DeviceFleet
     executor: Executor | None = None
+    # Extension points (attacks, privacy, eavesdroppers...), filled by `extensions()`:
+    # cohort hooks map the accepted updates of a round before aggregation,
+    # (updates, state, round, ctx) -> updates; observers see uplinks, rounds and evaluations
+    # (see fedweave.sim.engine.Observer).
+    cohort_hooks: list = field(default_factory=list)
+    observers: list = field(default_factory=list)
 
     def train_settings(self, lr: float) -> TrainSettings:
         c = self.config.client
@@ -105,11 +111,20 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
         raise ModelError(f"Model {m.name!r} outputs shape {tuple(out.shape)}; expected [batch, {data.num_classes}] classes.")
     if flat.spec.num_params == 0:
         raise ModelError(f"Model {m.name!r} has no trainable shared parameters under model.roles.")
-    return Experiment(
+    exp = Experiment(
         config=config, task=task, data=data, model_factory=factory, roles=dict(m.roles), spec=flat.spec,
         initial_params=flat.params.clone(), initial_buffers=flat.buffers.clone(), strategy=strategy,
         algorithm=algorithm, fleet=make_fleet(config.system, data.num_clients, config.seed),
     )
+    for configure in extensions():
+        configure(exp)
+    return exp
+
+
+def extensions() -> tuple[Callable[[Experiment], None], ...]:
+    """Features that configure themselves from the config (each may wrap the client
+    algorithm, add cohort hooks or observers, or refuse a combination)."""
+    return ()
 
 
 @dataclass
@@ -221,6 +236,8 @@ def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, mes
         "dropped_updates": c.totals.dropped_updates,
         "num_params": exp.spec.num_params,
     })
+    for obs in exp.observers:
+        summary.update(obs.summary())
     if message:
         summary["message"] = message
     run_dir.write_summary(summary)

@@ -70,10 +70,17 @@ class ClassificationTask(Task):
         return {"loss": loss, "accuracy": float(correct)}
 
 
-TASKS = {"classification": "cross-entropy loss; accuracy (higher is better)"}
+TASKS: dict[str, tuple[type[Task], str]] = {
+    "classification": (ClassificationTask, "cross-entropy loss; accuracy (higher is better)"),
+}
+
+
+def register_task(kind: str, cls: type[Task], description: str) -> None:
+    """Make a task available as ``task.kind: <kind>``."""
+    TASKS[kind] = (cls, description)
 
 
 def make_task(kind: str) -> Task:
-    if kind == "classification":
-        return ClassificationTask()
-    raise unknown_name("task", kind, TASKS)
+    if kind not in TASKS:
+        raise unknown_name("task", kind, TASKS)
+    return TASKS[kind][0]()

@@ -22,7 +22,8 @@ from ..messages import Update
 from .base import ServerContext, ServerState, Strategy, average_buffers, size_weights, stack_deltas
 
 Weighting = Callable[[list[Update], ServerState, ServerContext], torch.Tensor]
-Combiner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (deltas [K, P], weights [K], server state, context) -> combined delta [P]
+Combiner = Callable[[torch.Tensor, torch.Tensor, ServerState, ServerContext], torch.Tensor]
 
 
 def size_weighting(updates, state, ctx) -> torch.Tensor:
@@ -41,7 +42,7 @@ WEIGHTINGS: dict[str, tuple[Weighting, str]] = {
 }
 
 
-def mean_combiner(deltas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def mean_combiner(deltas: torch.Tensor, weights: torch.Tensor, state=None, ctx=None) -> torch.Tensor:
     return weighted_mean(deltas, weights.to(deltas.dtype))
 
 
@@ -50,13 +51,37 @@ COMBINERS: dict[str, tuple[Combiner, str]] = {
 }
 
 
+def register_weighting(name: str, fn: Weighting, description: str) -> Weighting:
+    """Make a weighting available as ``method.weighting: <name>`` (methods call this)."""
+    if name in WEIGHTINGS:
+        raise ValueError(f"weighting {name!r} registered twice")
+    WEIGHTINGS[name] = (fn, description)
+    return fn
+
+
+def register_combiner(name: str, fn: Combiner, description: str) -> Combiner:
+    """Make a combiner available as ``method.combiner: <name>`` (methods call this)."""
+    if name in COMBINERS:
+        raise ValueError(f"combiner {name!r} registered twice")
+    COMBINERS[name] = (fn, description)
+    return fn
+
+
+def _registered() -> None:
+    from .registry import registered
+
+    registered()  # method modules register their stages on import
+
+
 def get_weighting(name: str) -> Weighting:
+    _registered()
     if name not in WEIGHTINGS:
         raise unknown_name("weighting", name, WEIGHTINGS)
     return WEIGHTINGS[name][0]
 
 
 def get_combiner(name: str) -> Combiner:
+    _registered()
     if name not in COMBINERS:
         raise unknown_name("combiner", name, COMBINERS)
     return COMBINERS[name][0]
@@ -83,7 +108,7 @@ class StagedStrategy(Strategy):
             return state
         deltas = stack_deltas(updates)
         weights = self.weighting(updates, state, ctx)
-        combined = self.combiner(deltas, weights)
+        combined = self.combiner(deltas, weights, state, ctx)
         state.params, state.extra["opt"] = self.server_opt.step(state.params, combined, state.extra["opt"])
         state.buffers = average_buffers(updates, state)
         state.version += 1

@@ -35,6 +35,32 @@ from .state_store import ClientStateStore
 CHECKPOINT_FORMAT = 1
 
 
+class Observer:
+    """Sees what happens in a run without changing it (an eavesdropper, a logger).
+
+    Every method is optional to override; observer state goes into checkpoints.
+    """
+
+    def on_upload(self, update, round_: int) -> None:
+        """An uplink message arrived (in arrival order), accepted or not."""
+
+    def on_round_end(self, state: ServerState, round_: int) -> None:
+        """The round's aggregation is done."""
+
+    def evaluate(self, module: torch.nn.Module, state: ServerState) -> dict:
+        """Extra figures for the evaluation record (the global model is loaded in ``module``)."""
+        return {}
+
+    def summary(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 def round_lr(client_cfg, round_: int, total_rounds: int) -> float:
     """The client learning rate of ``round_`` under ``client.lr_schedule``."""
     lr, kind = client_cfg.lr, client_cfg.lr_schedule
@@ -68,6 +94,7 @@ class Committed:
     totals: Totals
     history: list = field(default_factory=list)
     wall_time_s: float = 0.0
+    observers: list = field(default_factory=list)  # state_dict() of each observer
 
 
 class Simulator:
@@ -105,6 +132,7 @@ class Simulator:
             "history": c.history,
             "wall_time_s": c.wall_time_s,
             "torch_rng": torch.get_rng_state(),
+            "observers": c.observers,
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -117,7 +145,10 @@ class Simulator:
             totals=Totals(**ckpt["totals"]),
             history=list(ckpt["history"]),
             wall_time_s=float(ckpt["wall_time_s"]),
+            observers=list(ckpt.get("observers", [])),
         )
+        for obs, st in zip(self.exp.observers, self.committed.observers):
+            obs.load_state_dict(st)
         self._wall_offset = self.committed.wall_time_s
         torch.set_rng_state(ckpt["torch_rng"])
 
@@ -169,6 +200,8 @@ class Simulator:
             end = ev.time
             totals.bytes_down += down
             totals.bytes_up += up
+            for obs in exp.observers:
+                obs.on_upload(res.update, r)
             if not res.update.is_finite():
                 totals.dropped_updates += 1
                 continue
@@ -177,11 +210,15 @@ class Simulator:
             new_states[job.client_id] = res.state
             train_losses.append(res.update.metrics.get("loss", float("nan")))
         accepted.sort(key=lambda u: u.client_id)
+        for hook in exp.cohort_hooks:
+            accepted = hook(accepted, state, r, self.ctx)
 
         new_state = exp.strategy.aggregate(accepted, state, self.ctx)
         if not bool(torch.isfinite(new_state.params).all()) or not bool(torch.isfinite(new_state.buffers).all()):
             raise DivergedError(f"The global model became non-finite in round {r + 1}; lower client.lr or check the method's settings.")
         new_state.round = r + 1
+        for obs in exp.observers:
+            obs.on_round_end(new_state, r)
 
         # commit the round
         counters = c.counters.copy()
@@ -194,7 +231,10 @@ class Simulator:
         if (r + 1) % cfg.eval.every == 0 or r + 1 == cfg.schedule.rounds:
             record = self._evaluate(new_state, r + 1, totals, train_losses)
             history = history + [record]
-        self.committed = Committed(r + 1, new_state, self.store.state_dict(), counters, self.clock.now(), totals, history, self._wall())
+        self.committed = Committed(
+            r + 1, new_state, self.store.state_dict(), counters, self.clock.now(), totals, history, self._wall(),
+            [obs.state_dict() for obs in exp.observers],
+        )
         if record is not None:
             self.run_dir.append_metrics(record)
         return record
@@ -234,6 +274,8 @@ class Simulator:
         if cfg.eval.per_client and self._val_owner is not None:
             record.update(fairness(self._per_client_scores(module)))
         record.update(exp.strategy.metrics(state))
+        for obs in exp.observers:
+            record.update(obs.evaluate(module, state))
         return record
 
     def _per_client_scores(self, module: torch.nn.Module) -> np.ndarray:
