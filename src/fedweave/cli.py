@@ -168,6 +168,71 @@ def partition(
         out.print(f"({data.num_clients - show} more clients; --show N lists more)")
 
 
+GRID_HELP = ("KEY=V1,V2,...: a config key and the values to try, parsed as YAML; commas inside [...] or quotes "
+             "do not split, and a list containing ';' is split on ';' only; repeatable (cross product)")
+
+
+@app.command()
+def sweep(
+    config: Optional[Path] = typer.Argument(None, help="base YAML config (default: the built-in quickstart)"),
+    grid: Optional[List[str]] = typer.Option(None, "--grid", help=GRID_HELP),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the config's seed)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="parallel worker processes (default: the number of CPUs)"),
+    out_dir: Path = typer.Option(..., "--out", help="sweep directory; running again skips finished runs"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+):
+    """Run every combination of --grid values x --seeds as separate runs, in parallel processes."""
+    from .sweep import TABLE_FILE, run_sweep
+
+    progress = Progress(
+        TextColumn("[bold]runs {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[failed]}"),
+        TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console, disable=quiet, transient=False,
+    )
+    task_id = progress.add_task("sweep", total=None, failed="", last="")
+
+    def on_progress(state) -> None:
+        if not progress.live.is_started:  # start only once every combination is validated
+            progress.start()
+        failed = f"[red]{state.failed} failed[/]" if state.failed else "0 failed"
+        skipped = f"{state.skipped} already finished · " if state.skipped else ""
+        progress.update(task_id, completed=state.done, total=state.total, failed=skipped + failed,
+                        last=state.last or "")
+
+    try:
+        result = run_sweep(config, grid=grid, seeds=seeds, out=out_dir, overrides=set_, jobs=jobs, progress=on_progress)
+    except FedweaveError as exc:
+        progress.stop()
+        _fail(exc)
+    except KeyboardInterrupt:
+        progress.stop()
+        console.print("[yellow]interrupted[/]: run the same command again to finish the sweep (finished runs are kept).")
+        raise typer.Exit(code=130)
+    progress.stop()
+    out.print((result.out / TABLE_FILE).read_text(), markup=False, highlight=False)
+    out.print(f"sweep directory: {result.out} (results.csv, table.md; `fedweave report {result.out}` for plots)")
+    if result.failed:
+        console.print(f"[bold red]{len(result.failed)} run(s) failed[/]; see error.txt in: "
+                      + ", ".join(result.failed[:5]) + (" ..." if len(result.failed) > 5 else ""))
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def report(
+    dirs: List[Path] = typer.Argument(..., help="run directories, sweep directories or folders holding them"),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="HTML file (default: DIR/report.html for one DIR, "
+                                            "else ./report.html); PNG plots are written next to it"),
+):
+    """Write an HTML report (table and plots) of finished runs and sweeps."""
+    from .report import write_report
+
+    try:
+        result = write_report(dirs, out_file)
+    except FedweaveError as exc:
+        _fail(exc)
+    out.print(f"report: {result.html} ({len(result.runset.runs)} runs, {len(result.images)} plots)")
+
+
 def main() -> None:
     try:
         app()

@@ -113,29 +113,76 @@ class ClientConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    mode: Literal["sync"] = "sync"
-    rounds: int = Field(30, ge=1)
+    mode: Literal["sync", "async", "buffered"] = "sync"
+    rounds: int = Field(30, ge=1, description="sync: rounds; async/buffered: default budget of rounds × clients_per_round arrivals")
     clients_per_round: int = Field(10, ge=1)
     sampling: Literal["uniform", "weighted", "poisson"] = "uniform"
     sampling_rate: Optional[float] = Field(None, gt=0, le=1, description="Poisson sampling rate q")
+    deadline_s: Optional[float] = Field(None, gt=0, description="sync: arrivals later than this after dispatch are dropped")
+    over_select: float = Field(0.0, ge=0, description="sync: dispatch ceil((1+x)·K) clients, keep the first K arrivals")
+    concurrency: Optional[int] = Field(None, ge=1, description="async/buffered: clients busy at once (default clients_per_round)")
+    buffer_size: Optional[int] = Field(None, ge=1, description="buffered: arrivals merged per aggregation (default clients_per_round)")
+    max_staleness: Optional[int] = Field(None, ge=0, description="async/buffered: arrivals staler than this are dropped")
+    max_arrivals: Optional[int] = Field(None, ge=1, description="async/buffered budget in arrivals")
+    max_time_s: Optional[float] = Field(None, gt=0, description="budget in virtual seconds (any mode)")
 
     @model_validator(mode="after")
-    def _poisson_rate(self):
+    def _checks(self):
         if self.sampling == "poisson" and self.sampling_rate is None:
             raise ValueError("schedule.sampling=poisson needs schedule.sampling_rate in (0, 1]")
+        if self.mode != "sync" and self.sampling != "uniform":
+            raise ValueError(
+                f"schedule.sampling={self.sampling} applies to sync rounds; async and buffered modes "
+                "dispatch uniformly among idle, available clients"
+            )
+        if self.mode != "sync" and (self.deadline_s is not None or self.over_select):
+            raise ValueError("schedule.deadline_s and schedule.over_select apply to sync mode only")
         return self
 
 
 class SystemConfig(_Section):
-    profile: Literal["uniform"] = "uniform"
-    seconds_per_sample: float = Field(1e-3, gt=0, description="compute time per training example")
+    """Device profiles: compute speed, bandwidths, availability and dropouts (seeded)."""
+
+    profile: Literal["uniform", "lognormal", "tiers", "trace"] = "uniform"
+    seconds_per_sample: float = Field(
+        1e-3, gt=0, description="compute time per training example on a reference device, for a model of reference_params parameters"
+    )
+    reference_params: float = Field(1e5, gt=0, description="compute time scales with num_params / reference_params")
     uplink_mbps: float = Field(10.0, gt=0)
     downlink_mbps: float = Field(50.0, gt=0)
     latency_s: float = Field(0.05, ge=0, description="per-message latency")
+    sigma: float = Field(0.5, ge=0, description="lognormal: spread of the log slowdown factors")
+    tiers: list[list[float]] = Field(
+        default_factory=lambda: [[0.7, 1.0], [0.3, 10.0]],
+        description="tiers: [[fraction, slowdown], ...]; a slowdown divides compute speed and bandwidth",
+    )
+    trace: Optional[str] = Field(
+        None, description="trace: CSV with client_id, seconds_per_sample, uplink_mbps, downlink_mbps[, availability]"
+    )
+    availability: Literal["always", "periodic"] = "always"
+    period_s: float = Field(600.0, gt=0, description="periodic availability: cycle length")
+    on_fraction: float = Field(0.5, gt=0, le=1, description="periodic availability: share of each cycle online")
+    dropout: float = Field(0.0, ge=0, lt=1, description="probability that a job fails and never uploads")
+
+    @field_validator("tiers")
+    @classmethod
+    def _valid_tiers(cls, v):
+        if not v or any(len(t) != 2 or t[0] < 0 or t[1] <= 0 for t in v):
+            raise ValueError("tiers must be [[fraction >= 0, slowdown > 0], ...]")
+        if abs(sum(t[0] for t in v) - 1.0) > 1e-6:
+            raise ValueError("tier fractions must sum to 1")
+        return v
+
+    @model_validator(mode="after")
+    def _trace_path(self):
+        if self.profile == "trace" and not self.trace:
+            raise ValueError("system.profile=trace needs system.trace (a CSV file)")
+        return self
 
 
 class EvalConfig(_Section):
-    every: int = Field(1, ge=1, description="evaluate every k rounds (and after the last)")
+    every: int = Field(1, ge=1, description="evaluate every k rounds (async/buffered: every k model versions), and at the end")
+    every_s: Optional[float] = Field(None, gt=0, description="evaluate on a virtual-time grid instead (every k virtual seconds)")
     per_client: bool = Field(False, description="evaluate the global model on each client's held-out split")
     target: Optional[float] = Field(None, description="primary-metric value for time_to_target_s")
     final_window: int = Field(1, ge=1, description="final value = mean of the last k evaluations")
@@ -150,6 +197,12 @@ class ExecutorConfig(_Section):
 class OutputConfig(_Section):
     dir: Optional[str] = Field(None, description="run directory (default runs/<name>-<time>)")
     checkpoint_every: int = Field(0, ge=0, description="rounds between checkpoints (0: only on interrupt)")
+    tensorboard: bool = Field(False, description="write TensorBoard event files to <run dir>/tensorboard")
+    mlflow: bool = Field(False, description="log params and metrics to MLflow")
+    mlflow_tracking_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI (default: the SQLite store sqlite:///<run dir>/mlflow.db)"
+    )
+    mlflow_experiment: str = Field("fedweave", description="MLflow experiment name")
 
 
 class Config(_Section):

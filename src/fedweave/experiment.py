@@ -30,6 +30,7 @@ from .sim.devices import DeviceFleet, make_fleet
 from .sim.executors import Executor, make_executor
 from .sim.worker import WorkerSetup
 from .tasks import Task, make_task
+from .tracking import check_trackers, close_trackers, make_trackers, track_progress
 from .train import TrainSettings
 
 
@@ -84,6 +85,7 @@ class Experiment:
 def build_experiment(config: Config, data: FederatedDataset | None = None) -> Experiment:
     """Validate ``config`` against the data and the registries; build every piece."""
     task = make_task(config.task.kind)
+    check_trackers(config.output)
     strategy, algorithm = build_method(config)  # config-only checks come before loading data
     data = data if data is not None else build_federated(config.data)
     sched = config.schedule
@@ -114,7 +116,7 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     exp = Experiment(
         config=config, task=task, data=data, model_factory=factory, roles=dict(m.roles), spec=flat.spec,
         initial_params=flat.params.clone(), initial_buffers=flat.buffers.clone(), strategy=strategy,
-        algorithm=algorithm, fleet=make_fleet(config.system, data.num_clients, config.seed),
+        algorithm=algorithm, fleet=make_fleet(config.system, data.num_clients, config.data.seed, flat.spec.num_params),
     )
     for configure in extensions():
         configure(exp)
@@ -189,6 +191,8 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
     exp.executor = make_executor(cfg.executor.kind)
     exp.executor.start(exp.worker_setup())
     sim = Simulator(exp, run_dir, progress)
+    trackers = make_trackers(cfg, run_dir.path)
+    sim.progress = track_progress(progress, trackers)
     if ckpt is not None:
         sim.restore(ckpt)
         run_dir.truncate_metrics(len(sim.committed.history))
@@ -199,11 +203,13 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
         status, message = "diverged", str(exc)
     except KeyboardInterrupt:
         run_dir.save_checkpoint(sim.checkpoint_dict())
-        _write_summary(exp, run_dir, sim, "interrupted", "stopped by the user; continue with `fedweave run --resume DIR`")
+        summary = _write_summary(exp, run_dir, sim, "interrupted", "stopped by the user; continue with `fedweave run --resume DIR`")
+        close_trackers(trackers, summary)
         raise
     finally:
         exp.executor.close()
     summary = _write_summary(exp, run_dir, sim, status, message)
+    close_trackers(trackers, summary)
     if status == "completed":
         (run_dir.path / "checkpoint.pt").unlink(missing_ok=True) if not cfg.output.checkpoint_every else None
     c = sim.committed

@@ -66,6 +66,10 @@ class Update:
     The standard upload is ``delta`` (new − received trainable vector) and the new shared
     buffers, with the number of examples and of local steps; methods add tensors to
     ``payload``. ``metrics`` holds training figures (``loss``) sent as scalars.
+
+    Methods that merge full models asynchronously (FedAsync, FedASMU) upload the new
+    trainable vector ``params`` instead: then only ``params`` travels and is counted,
+    and ``delta`` is kept beside it for the simulator's hooks.
     """
 
     client_id: int
@@ -76,18 +80,19 @@ class Update:
     num_steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     payload: dict[str, Any] = field(default_factory=dict)
+    params: torch.Tensor | None = None
 
     def num_bytes(self) -> int:
         # client id, base version, examples and steps travel as four scalars
         return (
-            tensor_bytes(self.delta)
+            (tensor_bytes(self.params) if self.params is not None else tensor_bytes(self.delta))
             + tensor_bytes(self.buffers)
             + payload_bytes(self.payload)
             + SCALAR_BYTES * (4 + len(self.metrics))
         )
 
     def is_finite(self) -> bool:
-        tensors = [self.delta, self.buffers] + [v for v in self.payload.values() if isinstance(v, torch.Tensor)]
+        tensors = [self.delta, self.params, self.buffers] + [v for v in self.payload.values() if isinstance(v, torch.Tensor)]
         if any(t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
             return False
         return all(v == v and abs(v) != float("inf") for v in self.metrics.values())

@@ -42,9 +42,21 @@ class TrainSettings:
 
     def num_steps(self, num_examples: int) -> int:
         """Local steps for a client with ``num_examples`` (the last batch may be short)."""
+        if num_examples == 0:
+            return 0
         if self.local_steps is not None:
             return self.local_steps
         return (self.epochs or 1) * math.ceil(num_examples / self.batch_size)
+
+    def examples_processed(self, num_examples: int) -> int:
+        """Examples a client with ``num_examples`` processes: what its compute time is charged for.
+        Known before training, so the simulator can schedule a job when it dispatches it."""
+        if num_examples == 0:
+            return 0
+        steps = self.num_steps(num_examples)
+        per_epoch = math.ceil(num_examples / self.batch_size)
+        full_epochs, rest = divmod(steps, per_epoch)
+        return full_epochs * num_examples + rest * self.batch_size
 
 
 @dataclass

@@ -114,6 +114,8 @@ class ClientJob:
     broadcast: Broadcast
     state: dict[str, Any] | None  # the client's persistent state (None: fresh)
     settings: Any  # fedweave.train.TrainSettings
+    fetch_fraction: float | None = None  # share of local steps after which a fresh model is fetched
+    fetched: Broadcast | None = None  # the global model at that instant (set by the engine)
 
 
 @dataclass
@@ -132,6 +134,7 @@ class ClientAlgorithm:
     """
 
     stateful = False
+    upload_full_model = False  # send the new trainable vector instead of the delta
 
     def __init__(self, objective: str = "plain", mu: float = 0.0):
         self.objective = objective
@@ -143,6 +146,12 @@ class ClientAlgorithm:
         return ()
 
     def loss_fn(self, job: ClientJob, worker):
+        return None
+
+    def fetch_fraction(self, job: ClientJob) -> float | None:
+        """Fetch the newest global model after this share of the local steps (FedASMU's
+        device-side merge); decided at dispatch so the simulator knows the segment
+        durations. None (the default): no intermediate fetch."""
         return None
 
     def upload_payload(self, job: ClientJob, worker, result) -> dict[str, Any]:
@@ -166,6 +175,7 @@ class ClientAlgorithm:
             num_steps=result.steps,
             metrics={"loss": result.mean_loss},
             payload=self.upload_payload(job, worker, result),
+            params=model.params.clone() if self.upload_full_model else None,
         )
         return JobResult(update, self.next_state(job, worker, result), result.examples_processed)
 

@@ -92,9 +92,10 @@ def build_method(config) -> tuple[Strategy, ClientAlgorithm]:
     info = get_method(config.method.name)
     params = method_params(info, config.method)
     m = config.method
-    if config.schedule.mode not in info.modes:
+    modes = info.modes if info.preset is None else StagedStrategy.modes
+    if config.schedule.mode not in modes:
         raise ConfigError(
-            f"Method {info.name!r} supports schedule.mode {', '.join(info.modes)}, not {config.schedule.mode!r}."
+            f"Method {info.name!r} supports schedule.mode {', '.join(modes)}, not {config.schedule.mode!r}."
         )
     if info.preset is None:
         given = [k for k in _STAGE_KEYS if getattr(m, k) is not None and k not in info.stage_keys]

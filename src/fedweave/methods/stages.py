@@ -88,7 +88,9 @@ def get_combiner(name: str) -> Combiner:
 
 
 class StagedStrategy(Strategy):
-    modes = ("sync",)
+    # buffered mode merges full buffers with `aggregate`, exactly like a sync round;
+    # async mode would hand single updates to a cohort-mean, which is not what these mean
+    modes = ("sync", "buffered")
 
     def __init__(self, name: str, weighting: str, combiner: str, server_opt):
         self.name = name

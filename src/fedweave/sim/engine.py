@@ -1,19 +1,42 @@
-"""The discrete-event simulator (synchronous rounds).
+"""The discrete-event simulator: synchronous rounds, asynchronous and buffered modes.
 
-Each round: select a cohort, let the strategy configure broadcasts, hand the jobs to the
-executor (which decides *where* they run), then replay the results on the virtual clock:
-every job becomes an arrival event at ``round start + download + compute + upload`` of
-that client's device, events are processed in ``(time, sequence)`` order, and the round
-ends at its last arrival. Accepted updates are handed to the strategy in client-id
-order, never arrival order, so the result does not depend on timing ties.
+Time is virtual and separate from compute. When a client is dispatched, the engine
+decides its job's segment durations from its device profile (download, compute, and
+an optional intermediate fetch point) and puts events on a queue ordered by
+``(virtual time, sequence number)``; the executor runs the job's training whenever it
+likes between submission and the ``compute_done`` event. The upload then takes
+``bytes / uplink`` of the actual message, and the ``arrival`` event hands the update to
+the strategy. Results depend only on the config and seed, never on the executor.
 
-Bookkeeping is committed once per round (server state, client states, job counters,
-clock, totals), so an interruption at any moment leaves the last completed round intact
-for a checkpoint, and a resumed run ends with the same numbers as an uninterrupted one.
+Modes (``schedule.mode``):
+
+``sync``
+    select K clients among those online (over-selecting ⌈(1+x)K⌉ if asked), dispatch
+    all at the round's start; the round ends when all of them have arrived, or when the
+    first K have (over-selection), with arrivals later than ``deadline_s`` dropped as
+    late. The round's virtual time ends at its last accepted arrival. Accepted updates
+    are aggregated in client-id order, never arrival order.
+``async``
+    ``concurrency`` clients busy at all times; every arrival is merged at once
+    (``strategy.on_update``) and the freed slot is given to an idle, online client
+    (uniformly at random). Staleness = versions elapsed since the client's base version;
+    arrivals staler than ``max_staleness`` are dropped.
+``buffered``
+    as async, but arrivals are buffered and merged every ``buffer_size`` arrivals
+    (``strategy.aggregate``, in client-id order) — FedBuff.
+
+Failures: a job fails with probability ``system.dropout`` (decided at dispatch) and is
+noticed when its compute would have ended; a device that goes offline before its upload
+completes drops the job. Both are counted.
+
+Bookkeeping is *committed* at consistent points (end of every sync round; in async
+modes at every evaluation and checkpoint), so an interruption at any moment leaves a
+resumable state, and a resumed run ends with the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,16 +46,16 @@ import numpy as np
 import torch
 
 from ..errors import DivergedError
+from ..messages import Broadcast
 from ..methods.base import ClientJob, ServerContext, ServerState
 from ..metrics import fairness
 from ..params import FlatModel
 from ..rundir import RunDirectory
-from ..train import TrainSettings
 from .events import EventQueue, VirtualClock
-from .sampling import select_clients
+from .sampling import pick_idle, select_clients
 from .state_store import ClientStateStore
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 class Observer:
@@ -45,7 +68,7 @@ class Observer:
         """An uplink message arrived (in arrival order), accepted or not."""
 
     def on_round_end(self, state: ServerState, round_: int) -> None:
-        """The round's aggregation is done."""
+        """An aggregation is done (a sync round, an async merge, a buffer flush)."""
 
     def evaluate(self, module: torch.nn.Module, state: ServerState) -> dict:
         """Extra figures for the evaluation record (the global model is loaded in ``module``)."""
@@ -79,14 +102,19 @@ class Totals:
     bytes_up: int = 0
     bytes_down: int = 0
     client_updates: int = 0
-    dropped_updates: int = 0
+    dropped_updates: int = 0  # non-finite, failed, offline or too stale
+    late_updates: int = 0  # past the deadline or beyond the over-selected K
+    arrivals: int = 0
+    staleness_sum: float = 0.0
+    staleness_max: int = 0
+    staleness_count: int = 0
 
 
 @dataclass
 class Committed:
-    """Everything that defines the run after a completed round."""
+    """Everything that defines the run at a consistent point (what a checkpoint holds)."""
 
-    round: int
+    round: int  # sync: completed rounds; async/buffered: aggregations (versions)
     state: ServerState
     client_states: dict
     counters: np.ndarray
@@ -94,7 +122,20 @@ class Committed:
     totals: Totals
     history: list = field(default_factory=list)
     wall_time_s: float = 0.0
-    observers: list = field(default_factory=list)  # state_dict() of each observer
+    observers: list = field(default_factory=list)
+    participation: np.ndarray | None = None
+    # async / buffered only
+    queue: list = field(default_factory=list)
+    queue_seq: int = 0
+    busy: list = field(default_factory=list)
+    buffer: list = field(default_factory=list)
+    dispatches: int = 0
+    next_eval_s: float | None = None
+    done: bool = False
+
+
+class _Stop(Exception):
+    """The budget is spent."""
 
 
 class Simulator:
@@ -111,135 +152,375 @@ class Simulator:
         )
         self.eval_model = FlatModel(exp.model_factory(), exp.roles)
         state = exp.strategy.init(exp.initial_params, exp.initial_buffers, self.ctx)
-        self.committed = Committed(0, state, {}, np.zeros(exp.data.num_clients, dtype=np.int64), 0.0, Totals())
+        n = exp.data.num_clients
+        every_s = self.cfg.eval.every_s
+        self.committed = Committed(0, state, {}, np.zeros(n, dtype=np.int64), 0.0, Totals(),
+                                   participation=np.zeros(n, dtype=np.int64), next_eval_s=every_s)
         self._wall_offset = 0.0
         # one concatenated validation set, so per-client figures cost one forward pass
         val = exp.data.client_val
         self._val_idx = torch.cat(val) if val and sum(len(v) for v in val) else torch.zeros(0, dtype=torch.long)
-        self._val_owner = torch.cat([torch.full((len(v),), i, dtype=torch.long) for i, v in enumerate(val)]) if len(self._val_idx) else None
+        self._val_owner = (
+            torch.cat([torch.full((len(v),), i, dtype=torch.long) for i, v in enumerate(val)]) if len(self._val_idx) else None
+        )
 
-    # -- checkpoints --------------------------------------------------------------------
+    # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_dict(self) -> dict[str, Any]:
         c = self.committed
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "round": c.round,
-            "server_state": c.state.to_dict(),
-            "client_states": c.client_states,
-            "counters": torch.as_tensor(c.counters),
-            "clock": c.clock,
-            "totals": vars(c.totals).copy(),
-            "history": c.history,
-            "wall_time_s": c.wall_time_s,
-            "torch_rng": torch.get_rng_state(),
-            "observers": c.observers,
-        }
+        d = {k: getattr(c, k) for k in c.__dataclass_fields__}
+        d["state"] = c.state.to_dict()
+        d["totals"] = vars(c.totals).copy()
+        d["format"] = CHECKPOINT_FORMAT
+        d["torch_rng"] = torch.get_rng_state()
+        return d
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        self.committed = Committed(
-            round=int(ckpt["round"]),
-            state=ServerState.from_dict(ckpt["server_state"]),
-            client_states=dict(ckpt["client_states"]),
-            counters=ckpt["counters"].numpy().copy(),
-            clock=float(ckpt["clock"]),
-            totals=Totals(**ckpt["totals"]),
-            history=list(ckpt["history"]),
-            wall_time_s=float(ckpt["wall_time_s"]),
-            observers=list(ckpt.get("observers", [])),
-        )
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"This checkpoint has format {ckpt.get('format')}; this fedweave reads format {CHECKPOINT_FORMAT}.")
+        fields = {k: ckpt[k] for k in Committed.__dataclass_fields__ if k in ckpt}
+        fields["state"] = ServerState.from_dict(ckpt["state"])
+        fields["totals"] = Totals(**ckpt["totals"])
+        self.committed = Committed(**fields)
+        self._wall_offset = self.committed.wall_time_s
         for obs, st in zip(self.exp.observers, self.committed.observers):
             obs.load_state_dict(st)
-        self._wall_offset = self.committed.wall_time_s
         torch.set_rng_state(ckpt["torch_rng"])
 
-    # -- the run --------------------------------------------------------------------------
+    def _snapshot(self, **live) -> None:
+        """Commit the live bookkeeping (copies where the live objects keep changing)."""
+        c = self.committed
+        self.committed = Committed(
+            round=live["round"], state=_copy_state(live["state"]), client_states=self.store.state_dict(),
+            counters=live["counters"].copy(), clock=self.clock.now(), totals=copy.copy(live["totals"]),
+            history=list(live["history"]), wall_time_s=self._wall(),
+            observers=[obs.state_dict() for obs in self.exp.observers],
+            participation=live["participation"].copy(),
+            queue=[copy.copy(e) for e in live.get("queue", [])], queue_seq=live.get("queue_seq", 0),
+            busy=list(live.get("busy", [])), buffer=list(live.get("buffer", [])),
+            dispatches=live.get("dispatches", 0), next_eval_s=live.get("next_eval_s", c.next_eval_s),
+            done=live.get("done", False),
+        )
+
+    # -- the run ----------------------------------------------------------------------------
     def run(self) -> Committed:
-        cfg = self.cfg
         self._t_start = time.perf_counter()
         self.store.load_state_dict(self.committed.client_states)
         self.clock.t = self.committed.clock
+        if self.cfg.schedule.mode == "sync":
+            self._run_sync()
+        else:
+            self._run_async()
+        return self.committed
+
+    def _wall(self) -> float:
+        return self._wall_offset + time.perf_counter() - getattr(self, "_t_start", time.perf_counter())
+
+    def _settings(self, round_: int):
+        self.ctx.round_lr = round_lr(self.cfg.client, round_, self.cfg.schedule.rounds)
+        return self.exp.train_settings(self.ctx.round_lr)
+
+    def _make_job(self, cid: int, counters: np.ndarray, round_: int, broadcast: Broadcast, settings) -> ClientJob:
+        job = ClientJob(cid, int(counters[cid]), round_, broadcast, self.store.get(cid), settings)
+        job.fetch_fraction = self.exp.algorithm.fetch_fraction(job)
+        return job
+
+    def _schedule_job(self, queue: EventQueue, job: ClientJob, t0: float) -> None:
+        """Decide the job's segments on the virtual clock and queue its events."""
+        exp, cid = self.exp, job.client_id
+        n = len(exp.data.client_train[cid])
+        down = job.broadcast.num_bytes()
+        profile = exp.fleet[cid]
+        t_down = t0 + profile.download_s(down)
+        compute = exp.fleet.compute_s(cid, job.settings.examples_processed(n))
+        info = {"job": job, "t0": t0, "down": down}
+        if exp.fleet.drops(cid, job.counter):
+            queue.push(t_down + compute, "failed", info)
+            return
+        if job.fetch_fraction is not None:
+            queue.push(t_down + job.fetch_fraction * compute, "fetch", info)
+        else:
+            info["handle"] = exp.executor.submit(job)
+        queue.push(t_down + compute, "compute_done", info)
+
+    def _finish_compute(self, queue: EventQueue, info: dict, t: float) -> None:
+        """Collect the job's result and queue its arrival after the upload."""
+        job = info["job"]
+        handle = info.pop("handle", None)
+        if handle is None:  # after a resume, or a job with a fetch: submit now
+            handle = self.exp.executor.submit(job)
+        res = self.exp.executor.collect(handle)
+        info["result"] = res
+        info["up"] = res.update.num_bytes()
+        queue.push(t + self.exp.fleet[job.client_id].upload_s(info["up"]), "arrival", info)
+
+    def _online_at_arrival(self, info: dict, t: float) -> bool:
+        until = self.exp.fleet[info["job"].client_id].online_until(info["t0"])
+        return until is None or t <= until
+
+    # -- synchronous rounds -------------------------------------------------------------------
+    def _run_sync(self) -> None:
+        cfg = self.cfg
         for r in range(self.committed.round, cfg.schedule.rounds):
-            record = self._round(r)
+            if cfg.schedule.max_time_s is not None and self.clock.now() >= cfg.schedule.max_time_s:
+                break
+            record = self._sync_round(r)
             if self.progress:
                 self.progress(r + 1, cfg.schedule.rounds, record)
             every = cfg.output.checkpoint_every
             if every and (r + 1) % every == 0 and r + 1 < cfg.schedule.rounds:
                 self.run_dir.save_checkpoint(self.checkpoint_dict())
-        return self.committed
 
-    def _wall(self) -> float:
-        return self._wall_offset + time.perf_counter() - self._t_start
-
-    def _round(self, r: int) -> dict | None:
+    def _sync_round(self, r: int) -> dict | None:
         exp, cfg, c = self.exp, self.cfg, self.committed
+        sched, fleet = cfg.schedule, exp.fleet
         state = c.state
-        self.ctx.round_lr = round_lr(cfg.client, r, cfg.schedule.rounds)
-        sched = cfg.schedule
-        selected = select_clients(
-            sched.sampling, r, self.ctx.num_clients, sched.clients_per_round, cfg.seed,
-            self.ctx.client_sizes, sched.sampling_rate,
-        )
+        settings = self._settings(r)
+        t0 = self._wait_until_online(self.clock.now())
+        self.clock.advance_to(t0)
+        online = np.array([i for i in range(self.ctx.num_clients) if fleet.available(i, t0)], dtype=np.int64)
+        k = sched.clients_per_round
+        dispatch_k = math.ceil((1 + sched.over_select) * k) if sched.over_select else k
+        selected = select_clients(sched.sampling, r, self.ctx.num_clients, dispatch_k, cfg.seed,
+                                  self.ctx.client_sizes, sched.sampling_rate, online)
+        keep = k if sched.over_select else len(selected)
         broadcasts = exp.strategy.configure(selected, state, self.ctx)
-        settings = exp.train_settings(self.ctx.round_lr)
-        jobs = [ClientJob(cid, int(c.counters[cid]), r, broadcasts[cid], self.store.get(cid), settings) for cid in selected]
-        results = exp.executor.run(jobs)
-
-        # replay on the virtual clock
-        t0 = self.clock.now()
+        counters = c.counters.copy()
         queue = EventQueue()
-        for job, res in zip(jobs, results):
-            down, up = job.broadcast.num_bytes(), res.update.num_bytes()
-            duration = exp.fleet.job_duration(job.client_id, down, res.examples_processed, up)
-            queue.push(t0 + duration, "arrival", (job, res, down, up))
-        totals = Totals(**vars(c.totals))
-        accepted, new_states, train_losses = [], {}, []
+        for cid in selected:
+            self._schedule_job(queue, self._make_job(cid, counters, r, broadcasts[cid], settings), t0)
+            counters[cid] += 1
+        deadline = t0 + sched.deadline_s if sched.deadline_s is not None else math.inf
+        totals = copy.copy(c.totals)
+        participation = c.participation.copy()
+        accepted, new_states, losses = [], {}, []
         end = t0
-        while queue:
+        for cid in selected:
+            totals.bytes_down += broadcasts[cid].num_bytes()
+        while queue and len(accepted) < keep:
             ev = queue.pop()
-            job, res, down, up = ev.data
-            end = ev.time
-            totals.bytes_down += down
-            totals.bytes_up += up
-            for obs in exp.observers:
-                obs.on_upload(res.update, r)
-            if not res.update.is_finite():
+            info = ev.data
+            if ev.time > deadline:
+                # everything still in flight is late; nothing more is accepted
+                rest = [ev] + _drain(queue)
+                totals.dropped_updates += sum(1 for e in rest if e.kind == "failed")
+                totals.late_updates += len({id(e.data) for e in rest if e.kind != "failed"})
+                break
+            if ev.kind == "failed":
                 totals.dropped_updates += 1
-                continue
-            totals.client_updates += 1
-            accepted.append(res.update)
-            new_states[job.client_id] = res.state
-            train_losses.append(res.update.metrics.get("loss", float("nan")))
+            elif ev.kind == "fetch":
+                info["job"].fetched = Broadcast(state.version, state.params, state.buffers)
+                info["handle"] = exp.executor.submit(info["job"])
+            elif ev.kind == "compute_done":
+                self._finish_compute(queue, info, ev.time)
+            elif ev.kind == "arrival":
+                res = info["result"]
+                totals.bytes_up += info["up"]
+                totals.arrivals += 1
+                for obs in exp.observers:
+                    obs.on_upload(res.update, r)
+                if not self._online_at_arrival(info, ev.time) or not res.update.is_finite():
+                    totals.dropped_updates += 1
+                    continue
+                end = ev.time
+                totals.client_updates += 1
+                participation[info["job"].client_id] += 1
+                accepted.append(res.update)
+                new_states[info["job"].client_id] = res.state
+                losses.append(res.update.metrics.get("loss", float("nan")))
+        if queue:  # over-selected stragglers beyond the first K
+            stragglers = [e for e in _drain(queue) if e.kind != "failed"]
+            totals.late_updates += len({id(e.data) for e in stragglers})
+            for e in stragglers:
+                if "handle" in e.data:
+                    exp.executor.cancel(e.data["handle"])
         accepted.sort(key=lambda u: u.client_id)
         for hook in exp.cohort_hooks:
             accepted = hook(accepted, state, r, self.ctx)
-
         new_state = exp.strategy.aggregate(accepted, state, self.ctx)
-        if not bool(torch.isfinite(new_state.params).all()) or not bool(torch.isfinite(new_state.buffers).all()):
-            raise DivergedError(f"The global model became non-finite in round {r + 1}; lower client.lr or check the method's settings.")
+        self._check_finite(new_state, f"round {r + 1}")
         new_state.round = r + 1
         for obs in exp.observers:
             obs.on_round_end(new_state, r)
-
-        # commit the round
-        counters = c.counters.copy()
-        counters[selected] += 1
         for cid, st in new_states.items():
             self.store.put(cid, st)
-        self.clock.advance_to(end)
+        if not accepted and sched.deadline_s is not None:
+            end = deadline
+        self.clock.advance_to(max(end, t0))
         history = c.history
         record = None
-        if (r + 1) % cfg.eval.every == 0 or r + 1 == cfg.schedule.rounds:
-            record = self._evaluate(new_state, r + 1, totals, train_losses)
+        if (r + 1) % cfg.eval.every == 0 or r + 1 == sched.rounds:
+            record = self._evaluate(new_state, r + 1, totals, losses)
             history = history + [record]
-        self.committed = Committed(
-            r + 1, new_state, self.store.state_dict(), counters, self.clock.now(), totals, history, self._wall(),
-            [obs.state_dict() for obs in exp.observers],
-        )
+        self._snapshot(round=r + 1, state=new_state, counters=counters, totals=totals, history=history,
+                       participation=participation)
         if record is not None:
             self.run_dir.append_metrics(record)
         return record
 
-    # -- evaluation -------------------------------------------------------------------------
+    def _wait_until_online(self, t: float) -> float:
+        fleet = self.exp.fleet
+        if any(fleet.available(i, t) for i in range(len(fleet))):
+            return t
+        nxt = min(fleet[i].next_online(t) for i in range(len(fleet)))
+        if not math.isfinite(nxt):
+            raise DivergedError(f"No device is ever online again after virtual time {t:.1f} s (check the availability trace).")
+        return nxt
+
+    # -- asynchronous and buffered modes --------------------------------------------------
+    def _run_async(self) -> None:
+        exp, cfg, c = self.exp, self.cfg, self.committed
+        sched = cfg.schedule
+        buffered = sched.mode == "buffered"
+        concurrency = min(sched.concurrency or sched.clients_per_round, self.ctx.num_clients)
+        buffer_size = sched.buffer_size or sched.clients_per_round
+        max_arrivals = sched.max_arrivals or (None if sched.max_time_s else sched.rounds * sched.clients_per_round)
+        total = max_arrivals or 0
+        every_s = cfg.eval.every_s
+        live = dict(round=c.round, state=c.state, counters=c.counters.copy(), totals=copy.copy(c.totals),
+                    history=list(c.history), participation=c.participation.copy(), busy=list(c.busy),
+                    buffer=list(c.buffer), dispatches=c.dispatches, next_eval_s=c.next_eval_s, done=c.done)
+        if live["done"]:
+            return
+        queue = EventQueue()
+        queue._heap = [copy.copy(e) for e in c.queue]
+        queue._seq = c.queue_seq
+        busy: set[int] = set(live["busy"])
+        pending_losses: list[float] = []
+
+        def commit():
+            live["busy"] = sorted(busy)
+            self._snapshot(queue=queue._heap, queue_seq=queue._seq, **live)
+
+        def dispatch(t: float) -> None:
+            """Fill free slots with idle, online clients (uniformly at random)."""
+            while len(busy) < concurrency:
+                idle = [i for i in range(self.ctx.num_clients) if i not in busy and exp.fleet.available(i, t)]
+                if not idle:
+                    offline = [i for i in range(self.ctx.num_clients) if i not in busy]
+                    nxt = min((exp.fleet[i].next_online(t) for i in offline), default=math.inf)
+                    if math.isfinite(nxt) and not any(e.kind == "wake" for e in queue._heap):
+                        queue.push(nxt, "wake")
+                    return
+                cid = pick_idle(cfg.seed, live["dispatches"], idle)
+                live["dispatches"] += 1
+                state = live["state"]
+                broadcast = exp.strategy.configure([cid], state, self.ctx)[cid]
+                job = self._make_job(cid, live["counters"], live["round"], broadcast, self._settings(live["round"]))
+                live["counters"][cid] += 1
+                live["totals"].bytes_down += broadcast.num_bytes()
+                busy.add(cid)
+                self._schedule_job(queue, job, t)
+
+        def evaluate(at: float) -> None:
+            record = self._evaluate(live["state"], live["round"], live["totals"], pending_losses, at_time=at)
+            pending_losses.clear()
+            live["history"].append(record)
+            commit()
+            self.run_dir.append_metrics(record)
+            if self.progress:
+                self.progress(live["totals"].arrivals, total, record)
+
+        def merged(new_state: ServerState) -> None:
+            self._check_finite(new_state, f"version {new_state.version}")
+            live["round"] += 1
+            new_state.round = live["round"]
+            live["state"] = new_state
+            for obs in exp.observers:
+                obs.on_round_end(new_state, live["round"])
+            if every_s is None and live["round"] % cfg.eval.every == 0:
+                evaluate(self.clock.now())
+            every = cfg.output.checkpoint_every
+            if every and live["round"] % every == 0:
+                commit()
+                self.run_dir.save_checkpoint(self.checkpoint_dict())
+
+        if not queue and not busy:
+            dispatch(self.clock.now())
+        try:
+            while queue:
+                ev = queue.peek()
+                if every_s is not None and ev.time >= live["next_eval_s"]:
+                    # evaluate the model as it is at the grid point, before later events
+                    self.clock.advance_to(live["next_eval_s"])
+                    evaluate(live["next_eval_s"])
+                    live["next_eval_s"] += every_s
+                    continue
+                if sched.max_time_s is not None and ev.time > sched.max_time_s:
+                    self.clock.advance_to(sched.max_time_s)
+                    raise _Stop
+                ev = queue.pop()
+                self.clock.advance_to(ev.time)
+                info = ev.data
+                if ev.kind == "wake":
+                    dispatch(ev.time)
+                elif ev.kind == "failed":
+                    live["totals"].dropped_updates += 1
+                    busy.discard(info["job"].client_id)
+                    dispatch(ev.time)
+                elif ev.kind == "fetch":
+                    st = live["state"]
+                    info["job"].fetched = Broadcast(st.version, st.params, st.buffers)
+                    info["handle"] = exp.executor.submit(info["job"])
+                elif ev.kind == "compute_done":
+                    self._finish_compute(queue, info, ev.time)
+                elif ev.kind == "arrival":
+                    self._async_arrival(info, ev.time, live, busy, pending_losses, buffered, buffer_size, merged)
+                    if max_arrivals is not None and live["totals"].arrivals >= max_arrivals:
+                        raise _Stop
+                    dispatch(ev.time)
+        except _Stop:
+            pass
+        if buffered and live["buffer"]:
+            pass  # a partial buffer at the end is not merged (FedBuff merges full buffers only)
+        live["done"] = True
+        last = live["history"][-1] if live["history"] else None
+        if last is None or last["virtual_time_s"] < self.clock.now() or last.get("version") != live["state"].version:
+            evaluate(self.clock.now())
+        else:
+            commit()
+
+    def _async_arrival(self, info, t, live, busy, pending_losses, buffered, buffer_size, merged) -> None:
+        exp, sched = self.exp, self.cfg.schedule
+        job, res = info["job"], info["result"]
+        totals = live["totals"]
+        busy.discard(job.client_id)
+        totals.bytes_up += info["up"]
+        totals.arrivals += 1
+        for obs in exp.observers:
+            obs.on_upload(res.update, live["round"])
+        state = live["state"]
+        staleness = state.version - res.update.base_version
+        if not self._online_at_arrival(info, t) or not res.update.is_finite():
+            totals.dropped_updates += 1
+            return
+        if sched.max_staleness is not None and staleness > sched.max_staleness:
+            totals.dropped_updates += 1
+            return
+        totals.client_updates += 1
+        totals.staleness_sum += staleness
+        totals.staleness_count += 1
+        totals.staleness_max = max(totals.staleness_max, staleness)
+        live["participation"][job.client_id] += 1
+        self.store.put(job.client_id, res.state)
+        pending_losses.append(res.update.metrics.get("loss", float("nan")))
+        if buffered:
+            live["buffer"].append(res.update)
+            if len(live["buffer"]) >= buffer_size:
+                batch = sorted(live["buffer"], key=lambda u: u.client_id)
+                live["buffer"] = []
+                for hook in exp.cohort_hooks:
+                    batch = hook(batch, state, live["round"], self.ctx)
+                merged(exp.strategy.aggregate(batch, state, self.ctx))
+        else:
+            merged(exp.strategy.on_update(res.update, state, self.ctx))
+
+    def _check_finite(self, state: ServerState, where: str) -> None:
+        if not bool(torch.isfinite(state.params).all()) or not bool(torch.isfinite(state.buffers).all()):
+            raise DivergedError(f"The global model became non-finite at {where}; lower client.lr or check the method's settings.")
+
+    # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def _load_eval_model(self, state: ServerState) -> torch.nn.Module:
         m = self.eval_model
@@ -249,30 +530,38 @@ class Simulator:
         return m.module
 
     @torch.no_grad()
-    def _evaluate(self, state: ServerState, round_: int, totals: Totals, train_losses: list[float]) -> dict:
+    def _evaluate(self, state: ServerState, round_: int, totals: Totals, train_losses: list[float],
+                  at_time: float | None = None) -> dict:
         exp, cfg = self.exp, self.cfg
         module = self._load_eval_model(state)
         task = exp.task
         scores = task.evaluate(module, exp.data.x_test, exp.data.y_test, cfg.eval.batch_size)
         if not all(math.isfinite(v) for v in scores.values()):
             raise DivergedError(f"The global model's test loss became non-finite after round {round_}; lower client.lr.")
+        finite_losses = [v for v in train_losses if not math.isnan(v)]
         record: dict[str, Any] = {
             "round": round_,
             "version": state.version,
-            "virtual_time_s": self.clock.now(),
+            "virtual_time_s": self.clock.now() if at_time is None else at_time,
             "wall_time_s": self._wall(),
             task.metric_name: scores[task.metric_name],
             "loss": scores["loss"],
-            "train_loss": float(np.nanmean(train_losses)) if train_losses and not all(map(math.isnan, train_losses)) else None,
+            "train_loss": float(np.mean(finite_losses)) if finite_losses else None,
             "bytes_up": totals.bytes_up,
             "bytes_down": totals.bytes_down,
             "client_updates": totals.client_updates,
             "dropped_updates": totals.dropped_updates,
+            "late_updates": totals.late_updates,
         }
+        if self.cfg.schedule.mode != "sync":
+            record["arrivals"] = totals.arrivals
+            record["staleness_mean"] = totals.staleness_sum / totals.staleness_count if totals.staleness_count else 0.0
+            record["staleness_max"] = totals.staleness_max
         for k, v in scores.items():
             record.setdefault(k, v)
         if cfg.eval.per_client and self._val_owner is not None:
-            record.update(fairness(self._per_client_scores(module)))
+            client_scores = self._per_client_scores(module)
+            record.update(fairness(client_scores), client_scores=[float(v) for v in client_scores])
         record.update(exp.strategy.metrics(state))
         for obs in exp.observers:
             record.update(obs.evaluate(module, state))
@@ -294,3 +583,15 @@ class Simulator:
         counts = torch.bincount(self._val_owner, minlength=n).to(torch.float64)
         has_val = counts > 0
         return (sums[has_val] / counts[has_val]).numpy()
+
+
+def _drain(queue: EventQueue) -> list:
+    out = []
+    while queue:
+        out.append(queue.pop())
+    return out
+
+
+def _copy_state(state: ServerState) -> ServerState:
+    """A snapshot that later (non-in-place) strategy updates cannot change."""
+    return ServerState(state.params, state.buffers, state.version, state.round, dict(state.extra))

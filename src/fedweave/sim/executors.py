@@ -1,12 +1,16 @@
 """Executors decide *where* client jobs run; the engine decides *when* they happen.
 
-Every executor gives the same numbers for the same jobs: a job's randomness is keyed by
-``(seed, client id, job counter)``, never by the worker that runs it.
+The engine submits a job as soon as everything it needs is known (at dispatch, or after
+its intermediate fetch) and collects the result when the job's virtual compute ends.
+An executor may run submitted jobs at once, lazily, or in batches; every executor gives
+the same numbers, because a job's randomness is keyed by ``(seed, client id, job
+counter)``, never by the worker that runs it or when.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 from ..errors import unknown_name
 from ..methods.base import ClientJob, JobResult
@@ -18,15 +22,26 @@ class Executor(ABC):
     def start(self, setup: WorkerSetup) -> None: ...
 
     @abstractmethod
+    def submit(self, job: ClientJob) -> Any:
+        """Hand over a job whose inputs are final; returns a handle for :meth:`collect`."""
+
+    @abstractmethod
+    def collect(self, handle: Any) -> JobResult:
+        """The result of a submitted job (blocking until it is done)."""
+
+    def cancel(self, handle: Any) -> None:
+        """The engine no longer needs this job (an over-selected straggler)."""
+
     def run(self, jobs: list[ClientJob]) -> list[JobResult]:
-        """Run jobs; results in the order of ``jobs``."""
+        handles = [self.submit(job) for job in jobs]
+        return [self.collect(h) for h in handles]
 
     def close(self) -> None:
         pass
 
 
 class SerialExecutor(Executor):
-    """In-process, one reused model: the default and the reference."""
+    """In-process, one reused model; runs a job when its result is collected."""
 
     def __init__(self):
         self.worker: Worker | None = None
@@ -34,8 +49,11 @@ class SerialExecutor(Executor):
     def start(self, setup: WorkerSetup) -> None:
         self.worker = Worker(setup)
 
-    def run(self, jobs: list[ClientJob]) -> list[JobResult]:
-        return [self.worker.run(job) for job in jobs]
+    def submit(self, job: ClientJob) -> ClientJob:
+        return job
+
+    def collect(self, handle: ClientJob) -> JobResult:
+        return self.worker.run(handle)
 
 
 EXECUTORS = {"serial": "in-process, one reused model (the reference)"}

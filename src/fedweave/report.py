@@ -1,0 +1,607 @@
+"""Reports on finished runs and sweeps: a comparison table, plots and one HTML page.
+
+::
+
+    fedweave report sweeps/cmp                 # → sweeps/cmp/report.html (+ PNG files)
+    fedweave report runs/a runs/b --out cmp.html
+
+Inputs are run directories (holding ``summary.json``), sweep directories (holding
+``sweep.json``) or any folder, searched recursively for both. Everything is read from
+the files a run wrote; nothing is rebuilt or re-run.
+
+Runs are grouped by their *label*: for sweeps, the values of the grid keys; otherwise the
+config keys whose values differ between the runs (``seed`` and the ``output`` section
+left out), or the method name where nothing else differs. A group's statistics are over
+its completed runs, typically one per seed.
+
+The page shows the table (see :func:`summary_table`) and PNG plots: the primary metric
+against rounds, virtual time and bytes communicated (mean over seeds with a min–max
+band), and the distribution of per-client scores in the final evaluation where
+``eval.per_client`` recorded them. The PNGs are embedded in the page as data URIs, so
+the HTML file is self-contained, and are also written next to it.
+
+matplotlib (the ``plot`` extra) is needed for the plots only; it is imported when a
+report is drawn and drawn without pyplot, so it never changes a session's backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import yaml
+
+from .errors import ConfigError
+
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SWEEP_FILE = "sweep.json"
+ERROR_FILE = "error.txt"
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _text(value: Any) -> str:
+    """A config value as shown in labels: strings as they are, everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass
+class RunRecord:
+    """One run as found on disk."""
+
+    path: Path
+    status: str  # completed | diverged | interrupted | failed | unfinished | missing
+    summary: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None  # flattened config.yaml
+    params: dict[str, str] = field(default_factory=dict)  # grid values as typed (sweep runs)
+    label: tuple[tuple[str, str], ...] = ()
+    _metrics: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    def get(self, key: str) -> Any:
+        return (self.summary or {}).get(key)
+
+    def value_of(self, key: str) -> str:
+        """The text of config key ``key`` for this run (grid text first, then config.yaml)."""
+        if key in self.params:
+            return self.params[key]
+        if self.config is not None and key in self.config:
+            return _text(self.config[key])
+        if key == "method.name" and self.summary and "method" in self.summary:
+            return str(self.summary["method"])
+        return "?"
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The evaluation records of ``metrics.jsonl`` (a torn last line is skipped)."""
+        if self._metrics is None:
+            records = []
+            path = self.path / METRICS
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        continue
+            self._metrics = records
+        return self._metrics
+
+
+def _read_run(path: Path, params: dict[str, str] | None = None) -> RunRecord:
+    summary = config = None
+    if (path / SUMMARY).exists():
+        try:
+            summary = json.loads((path / SUMMARY).read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{str(path / SUMMARY)!r} is not valid JSON: {exc}") from None
+    if (path / CONFIG).exists():
+        try:
+            raw = yaml.safe_load((path / CONFIG).read_text())
+            config = _flatten(raw) if isinstance(raw, dict) else None
+        except yaml.YAMLError:
+            config = None
+    if summary is not None:
+        status = str(summary.get("status", "unknown"))
+    elif (path / ERROR_FILE).exists():
+        status = "failed"
+    else:
+        status = "unfinished" if path.exists() else "missing"
+    return RunRecord(path, status, summary, config, dict(params or {}))
+
+
+def _read_sweep(path: Path) -> tuple[list[RunRecord], list[str]]:
+    try:
+        info = json.loads((path / SWEEP_FILE).read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{str(path / SWEEP_FILE)!r} is not valid JSON: {exc}") from None
+    keys = [g["key"] for g in info.get("grid", [])]
+    runs = [_read_run(path / entry["dir"], entry.get("params", {})) for entry in info.get("runs", [])]
+    return runs, keys
+
+
+def _discover(path: Path, runs: list[RunRecord], grid_keys: list[str], from_sweep: list[bool]) -> None:
+    if (path / SWEEP_FILE).is_file():
+        found, keys = _read_sweep(path)
+        runs.extend(found)
+        grid_keys.extend(k for k in keys if k not in grid_keys)
+        from_sweep.extend([True] * len(found))
+    elif (path / SUMMARY).is_file():
+        runs.append(_read_run(path))
+        from_sweep.append(False)
+    else:
+        for child in sorted(p for p in path.iterdir() if p.is_dir()):
+            _discover(child, runs, grid_keys, from_sweep)
+
+
+@dataclass
+class Group:
+    """Runs that share a label (e.g. one grid combination over its seeds)."""
+
+    label: tuple[tuple[str, str], ...]
+    runs: list[RunRecord]
+
+    @property
+    def title(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.label) if len(self.label) != 1 else self.label[0][1]
+
+    @property
+    def completed(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.completed]
+
+    def curve_runs(self) -> list[RunRecord]:
+        """Runs drawn in plots: the completed ones, else whatever has metrics."""
+        done = [r for r in self.completed if r.metrics()]
+        return done or [r for r in self.runs if r.metrics()]
+
+
+@dataclass
+class RunSet:
+    """Everything a report is made of: the runs, the keys that label them, the inputs."""
+
+    runs: list[RunRecord]
+    label_keys: list[str]
+    sources: list[Path]
+
+    def groups(self) -> list[Group]:
+        groups: dict[tuple, Group] = {}
+        for run in self.runs:
+            groups.setdefault(run.label, Group(run.label, [])).runs.append(run)
+        return list(groups.values())
+
+    @property
+    def metric_name(self) -> str:
+        names = {r.get("metric_name") for r in self.runs if r.get("metric_name")}
+        return names.pop() if len(names) == 1 else "metric"
+
+    @property
+    def higher_is_better(self) -> bool:
+        flags = [r.get("higher_is_better") for r in self.runs if r.get("higher_is_better") is not None]
+        return bool(flags[0]) if flags else True
+
+
+def _label_keys(runs: list[RunRecord]) -> list[str]:
+    """Config keys whose values differ between runs (seed and output.* excluded)."""
+    configs = [r.config for r in runs if r.config is not None]
+    keys: list[str] = []
+    for cfg in configs:
+        keys.extend(k for k in cfg if k not in keys)
+    differing = [k for k in keys if k != "seed" and not k.startswith("output.")
+                 and len({_text(c.get(k)) for c in configs}) > 1]
+    if len(differing) > 1 and "name" in differing:
+        differing.remove("name")  # a config's name says nothing that its differing keys do not
+    return differing or ["method.name"]
+
+
+def load_runs(paths: Iterable[str | Path]) -> RunSet:
+    """Find the runs under ``paths`` and label them; raises ConfigError where none are found."""
+    runs: list[RunRecord] = []
+    grid_keys: list[str] = []
+    from_sweep: list[bool] = []
+    sources = [Path(p) for p in paths]
+    if not sources:
+        raise ConfigError("report needs at least one run or sweep directory.")
+    for source in sources:
+        if not source.is_dir():
+            raise ConfigError(f"{str(source)!r} is not a directory; give run or sweep directories.")
+        before = len(runs)
+        _discover(source, runs, grid_keys, from_sweep)
+        if len(runs) == before:
+            raise ConfigError(f"no runs found in {str(source)!r} (no summary.json or sweep.json in it or below it).")
+    if all(from_sweep) and grid_keys:
+        keys = grid_keys
+    else:
+        keys = _label_keys(runs)
+    for run in runs:
+        run.label = tuple((k, run.value_of(k)) for k in keys)
+    return RunSet(runs, keys, sources)
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    text: str
+    bold: bool = False
+
+
+@dataclass
+class SummaryTable:
+    headers: list[str]
+    rows: list[list[Cell]]
+    notes: list[str]
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1; None for fewer than two values)."""
+    if not values:
+        return None, None
+    x = np.asarray(values, dtype=np.float64)
+    return float(x.mean()), (float(x.std(ddof=1)) if x.size > 1 else None)
+
+
+def _fmt(mean: float | None, std: float | None, digits: int) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _bold_flags(means: list[float | None], higher: bool, eligible: list[bool] | None = None) -> list[bool]:
+    """Which rows hold the best mean (ties all bold); nothing is bold with fewer than two values."""
+    eligible = eligible or [True] * len(means)
+    candidates = [m for m, ok in zip(means, eligible) if m is not None and ok]
+    if len([m for m in means if m is not None]) < 2 or not candidates:
+        return [False] * len(means)
+    best = max(candidates) if higher else min(candidates)
+    return [m is not None and ok and math.isclose(m, best, rel_tol=1e-12, abs_tol=0.0) for m, ok in zip(means, eligible)]
+
+
+def _values(runs: list[RunRecord], key: str) -> list[float]:
+    out = []
+    for r in runs:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out.append(float(v))
+    return out
+
+
+def _target(run: RunRecord) -> float | None:
+    return (run.config or {}).get("eval.target")
+
+
+def summary_table(runset: RunSet) -> SummaryTable:
+    """One row per group: mean ± std over its completed runs, the best in each column in bold.
+
+    Columns: the label keys; ``runs`` (completed/total, with what happened to the rest);
+    final and best value of the primary metric; time to target, where a target is set
+    (mean over the runs that reached it, with reached/completed); total MB up + down.
+    """
+    groups = runset.groups()
+    metric, higher = runset.metric_name, runset.higher_is_better
+    targets = {_target(r) for r in runset.runs if _target(r) is not None}
+    show_time = bool(targets) or any(r.get("time_to_target_s") is not None for r in runset.runs)
+
+    label_cols = [[g.label[i][1] if i < len(g.label) else "" for g in groups] for i in range(len(runset.label_keys))]
+    headers = list(runset.label_keys) + ["runs", f"final {metric}", f"best {metric}"]
+    columns: list[list[Cell]] = [[Cell(v) for v in col] for col in label_cols]
+
+    runs_col = []
+    for g in groups:
+        others: dict[str, int] = {}
+        for r in g.runs:
+            if not r.completed:
+                others[r.status] = others.get(r.status, 0) + 1
+        extra = ", ".join(f"{n} {s}" for s, n in others.items())
+        runs_col.append(Cell(f"{len(g.completed)}/{len(g.runs)}" + (f" ({extra})" if extra else "")))
+    columns.append(runs_col)
+
+    for key in ("final_metric", "best_metric"):
+        stats = [mean_std(_values(g.completed, key)) for g in groups]
+        bold = _bold_flags([m for m, _ in stats], higher)
+        columns.append([Cell(_fmt(m, s, 4), b) for (m, s), b in zip(stats, bold)])
+
+    if show_time:
+        if len(targets) == 1:
+            target_text = f"{metric} {'≥' if higher else '≤'} {next(iter(targets)):g}"
+        else:
+            target_text = "target"
+        headers.append(f"time to {target_text} (s)")
+        stats, shares, counts = [], [], []
+        for g in groups:
+            reached = _values(g.completed, "time_to_target_s")
+            stats.append(mean_std(reached))
+            counts.append(f"{len(reached)}/{len(g.completed)}")
+            shares.append(len(reached) / len(g.completed) if g.completed else 0.0)
+        top = max(shares, default=0.0)
+        bold = _bold_flags([m for m, _ in stats], False, [top > 0 and s == top for s in shares])
+        columns.append([Cell(f"{_fmt(m, s, 1)} ({c})", b) for (m, s), c, b in zip(stats, counts, bold)])
+
+    headers.append("MB up+down")
+    stats = []
+    for g in groups:
+        totals = [float(r.get("bytes_up") or 0) + float(r.get("bytes_down") or 0) for r in g.completed
+                  if r.get("bytes_up") is not None or r.get("bytes_down") is not None]
+        m, s = mean_std(totals)
+        stats.append((m / 1e6 if m is not None else None, s / 1e6 if s is not None else None))
+    bold = _bold_flags([m for m, _ in stats], False)
+    columns.append([Cell(_fmt(m, s, 2), b) for (m, s), b in zip(stats, bold)])
+
+    rows = [[col[i] for col in columns] for i in range(len(groups))]
+    better = "higher" if higher else "lower"
+    notes = [
+        "Each cell: mean ± sample standard deviation (ddof=1) over the completed runs of the row (one per seed); "
+        "a single run shows no ±. Diverged, failed and unfinished runs are counted in `runs` and left out of the statistics.",
+        f"**Bold**: the best mean of each column ({better} is better for {metric}; lower is better for time and bytes).",
+        f"final = the run's final {metric} (mean of its last `eval.final_window` evaluations); "
+        f"best = its best evaluation.",
+    ]
+    if show_time:
+        notes.append("Time to target: virtual seconds until the metric first reached `eval.target`, mean over the runs "
+                     "that reached it (reached/completed); bold among the rows that reached it most often.")
+    notes.append("MB up+down: total bytes communicated, uplink plus downlink (1 MB = 10⁶ bytes).")
+    return SummaryTable(headers, rows, notes)
+
+
+def _md_cell(cell: Cell) -> str:
+    text = cell.text.replace("|", "\\|")
+    return f"**{text}**" if cell.bold and cell.text != "—" else text
+
+
+def markdown_table(runset: RunSet) -> str:
+    """The summary table as GitHub-flavoured Markdown, with its notes as a footer."""
+    table = summary_table(runset)
+    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in table.headers) + " |",
+             "|" + "|".join("---" if i < len(runset.label_keys) else "---:" for i in range(len(table.headers))) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in table.notes) + "\n"
+
+
+def _md_inline(text: str) -> str:
+    """The little Markdown the notes use (``**bold**``, `` `code` ``) as HTML."""
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def html_table(table: SummaryTable, label_cols: int) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.headers)
+    body = []
+    for row in table.rows:
+        cells = []
+        for i, c in enumerate(row):
+            text = html.escape(c.text)
+            cls = "" if i < label_cols else ' class="num"'
+            cells.append(f"<td{cls}>{'<strong>' + text + '</strong>' if c.bold else text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    notes = "".join(f"<li>{_md_inline(n)}</li>" for n in table.notes)
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<ul class=\"notes\">{notes}</ul>")
+
+
+# -- plots ----------------------------------------------------------------------------------------
+
+
+def _figure_class():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError('fedweave report draws its plots with matplotlib, which is not installed; '
+                          'install the plot extra: pip install "fedweave[plot]".') from None
+    return Figure
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _series(run: RunRecord, metric: str, x_of: Callable[[dict], float | None]) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for rec in run.metrics():
+        x, y = x_of(rec), rec.get(metric)
+        if x is not None and isinstance(y, (int, float)) and math.isfinite(y):
+            xs.append(float(x))
+            ys.append(float(y))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def _by_round(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Align curves on the rounds they all have; rows of the result are runs."""
+    common = set(curves[0][0].tolist())
+    for x, _ in curves[1:]:
+        common &= set(x.tolist())
+    grid = np.asarray(sorted(common))
+    lookups = [dict(zip(x.tolist(), y.tolist())) for x, y in curves]
+    ys = np.asarray([[values[g] for g in grid.tolist()] for values in lookups], dtype=np.float64)
+    return grid, ys.reshape(len(curves), len(grid))
+
+
+def _interpolated(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolate curves onto a common grid over the x range they all cover."""
+    lo = max(float(x[0]) for x, _ in curves)
+    hi = min(float(x[-1]) for x, _ in curves)
+    if hi <= lo:
+        return _by_round(curves)
+    grid = np.linspace(lo, hi, points)
+    return grid, np.stack([np.interp(grid, x, y) for x, y in curves])
+
+
+def _curve_figure(groups: list[Group], metric: str, x_of, xlabel: str, align: str):
+    Figure = _figure_class()
+    fig = Figure(figsize=(7.5, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    drawn = False
+    for group, color in zip(groups, _colors(len(groups))):
+        curves = [c for c in (_series(r, metric, x_of) for r in group.curve_runs()) if len(c[0])]
+        if not curves:
+            continue
+        grid, ys = _by_round(curves) if align == "round" else _interpolated(curves)
+        if not len(grid):
+            continue
+        n = len(curves)
+        ax.plot(grid, ys.mean(axis=0), color=color, lw=1.8, label=f"{group.title} (n={n})",
+                marker="o" if len(grid) == 1 else None)
+        if n > 1:
+            ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.18, lw=0)
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"{metric} vs {xlabel.split(' (')[0]} — mean over seeds, band: min–max", fontsize=10)
+    return fig
+
+
+def _client_figure(groups: list[Group], metric: str):
+    data, labels = [], []
+    for group in groups:
+        pooled: list[float] = []
+        for run in group.curve_runs():
+            last = next((rec["client_scores"] for rec in reversed(run.metrics()) if rec.get("client_scores")), None)
+            pooled.extend(float(v) for v in last or [])
+        if pooled:
+            data.append(pooled)
+            labels.append(group.title)
+    if not data:
+        return None
+    Figure = _figure_class()
+    fig = Figure(figsize=(max(6.0, 0.9 * len(data) + 2), 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.boxplot(data, showmeans=True)
+    rotate = max(len(label) for label in labels) > 12
+    ax.set_xticks(range(1, len(data) + 1), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center",
+                  fontsize=8)
+    ax.set_ylabel(f"per-client {metric}")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(f"per-client {metric} at the final evaluation (all seeds pooled; triangle: mean)", fontsize=10)
+    return fig
+
+
+PLOTS: dict[str, str] = {
+    "metric-vs-round": "Primary metric against rounds (aligned by round).",
+    "metric-vs-time": "Primary metric against virtual time (interpolated onto a common grid).",
+    "metric-vs-bytes": "Primary metric against bytes communicated, up + down (interpolated onto a common grid).",
+    "client-scores": "Per-client scores of the final global model on each client's held-out data.",
+}
+
+
+def make_figures(runset: RunSet) -> dict[str, Any]:
+    """The report's matplotlib figures, by name (plots without data are left out)."""
+    groups, metric = runset.groups(), runset.metric_name
+    figures = {
+        "metric-vs-round": _curve_figure(groups, metric, lambda r: r.get("round"), "round", "round"),
+        "metric-vs-time": _curve_figure(groups, metric, lambda r: r.get("virtual_time_s"), "virtual time (s)", "interp"),
+        "metric-vs-bytes": _curve_figure(
+            groups, metric,
+            lambda r: (r.get("bytes_up", 0) + r.get("bytes_down", 0)) / 1e6 if "bytes_up" in r or "bytes_down" in r else None,
+            "bytes communicated, up + down (MB)", "interp"),
+        "client-scores": _client_figure(groups, metric),
+    }
+    return {k: f for k, f in figures.items() if f is not None}
+
+
+# -- the page ----------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:14px;margin:1em 0}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3}
+ul.notes{font-size:13px;color:#555}
+figure{margin:1.5em 0}
+figure img{max-width:100%}
+figcaption{font-size:13px;color:#555}
+code{background:#f3f3f3;padding:0 3px}
+"""
+
+
+@dataclass
+class ReportResult:
+    html: Path
+    images: list[Path]
+    runset: RunSet
+
+
+def _default_out(sources: list[Path]) -> Path:
+    return sources[0] / "report.html" if len(sources) == 1 else Path("report.html")
+
+
+def write_report(paths: Iterable[str | Path], out: str | Path | None = None) -> ReportResult:
+    """Write the HTML report of the runs under ``paths`` and its PNG plots next to it."""
+    runset = load_runs(paths)
+    out = Path(out) if out is not None else _default_out(runset.sources)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out must name an .html file; got {str(out)!r}.")
+    figures = make_figures(runset)  # fails early (ConfigError) if matplotlib is missing
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    images, blocks = [], []
+    for name, fig in figures.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        png = buf.getvalue()
+        path = out.with_name(f"{out.stem}-{name}.png")
+        path.write_bytes(png)
+        images.append(path)
+        data = base64.b64encode(png).decode("ascii")
+        blocks.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
+                      f'<figcaption>{html.escape(PLOTS[name])} File: <code>{html.escape(path.name)}</code></figcaption></figure>')
+
+    table = summary_table(runset)
+    run_rows = "".join(
+        f"<tr><td>{html.escape(str(r.path))}</td><td>{html.escape(', '.join(v for _, v in r.label))}</td>"
+        f"<td>{html.escape(r.status)}</td><td class=\"num\">{html.escape(_fmt(r.get('final_metric'), None, 4))}</td></tr>"
+        for r in runset.runs
+    )
+    sources = ", ".join(f"<code>{html.escape(str(s))}</code>" for s in runset.sources)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fedweave report</title><style>{_CSS}</style></head>
+<body>
+<h1>fedweave report</h1>
+<p>{len(runset.runs)} runs in {len(runset.groups())} groups from {sources}; generated {datetime.now():%Y-%m-%d %H:%M}.</p>
+<h2>Summary</h2>
+{html_table(table, len(runset.label_keys))}
+<h2>Plots</h2>
+{''.join(blocks) or '<p>No evaluation records to plot.</p>'}
+<h2>Runs</h2>
+<details><summary>{len(runset.runs)} runs</summary>
+<table><thead><tr><th>run directory</th><th>label</th><th>status</th><th>final {html.escape(runset.metric_name)}</th></tr></thead>
+<tbody>{run_rows}</tbody></table></details>
+</body></html>
+"""
+    out.write_text(page)
+    return ReportResult(out, images, runset)
+
+
+__all__ = ["RunRecord", "RunSet", "Group", "SummaryTable", "Cell", "load_runs", "summary_table", "markdown_table",
+           "html_table", "mean_std", "make_figures", "write_report", "ReportResult"]

@@ -1,0 +1,542 @@
+"""Sweeps: every combination of grid values × seeds, each a separate run, in parallel.
+
+::
+
+    fedweave sweep base.yaml --grid method.name=fedavg,fedprox \\
+        --grid data.partition.alpha=0.1,1.0 --seeds 0,1,2 --jobs 4 --out sweeps/cmp
+
+runs 2 × 2 × 3 = 12 runs into ``sweeps/cmp/<combination>/seed<k>/``, where the
+combination's directory name spells out its values, e.g.
+``method.name=fedavg__data.partition.alpha=0.1``.
+
+Grid values
+    ``--grid KEY=V1,V2,...``: each value is parsed as YAML, like ``--set`` (``0.1`` is a
+    float, ``fedavg`` a string, ``[16,16]`` a list). Commas inside brackets or quotes do
+    not separate values, so ``--grid 'model.hidden=[16],[32,32]'`` has two values. A value
+    list that contains ``;`` is split on ``;`` only: ``--grid 'model.kwargs={a: 1, b: 2};{a: 3}'``.
+
+Validation first
+    Every combination is validated before any run starts: the config is loaded with the
+    combination's overrides (unknown keys and invalid values are named, with what is
+    allowed) and built against its data (e.g. ``schedule.clients_per_round`` against the
+    number of clients); the data is built once per distinct ``data`` section.
+
+Stopping and starting again
+    A run is finished when its ``summary.json`` says ``completed`` or ``diverged`` (both
+    are results: running them again gives the same numbers). Starting the same sweep
+    again skips finished runs and runs every other one from scratch, deleting whatever a
+    stopped or failed attempt left in its directory. A finished run whose config differs
+    from the one the sweep would run now (outside the ``output`` section) is an error, so
+    one directory never mixes results of two different sweeps.
+
+Failures
+    A run that raises is recorded (``<run dir>/error.txt`` with the traceback, status
+    ``failed`` in ``results.csv``) and the other runs go on.
+
+Outputs in the sweep directory
+    ``sweep.json`` (grid, seeds, base config and overrides, the list of runs),
+    ``results.csv`` (one row per run: grid values, seed, status and every scalar of
+    ``summary.json``) and ``table.md`` (one row per combination, mean ± std over seeds;
+    see :mod:`fedweave.report`).
+
+Workers are separate processes started with ``spawn`` (never ``fork``, which is unsafe
+once torch has started threads); each uses ``executor.threads`` torch threads.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from .config import deep_merge, load_config, parse_overrides, read_yaml, set_dotted
+from .errors import ConfigError, FedweaveError
+from .rundir import CONFIG, SUMMARY, atomic_write_text
+
+SWEEP_FILE = "sweep.json"
+RESULTS_FILE = "results.csv"
+TABLE_FILE = "table.md"
+ERROR_FILE = "error.txt"
+FINISHED = ("completed", "diverged")
+SWEEP_FORMAT = 1
+_MAX_NAME = 150  # combination directory names longer than this are shortened with a hash
+
+
+# -- the grid ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One ``--grid`` option: a dotted key and its values (as typed and as parsed)."""
+
+    key: str
+    texts: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    @property
+    def slugs(self) -> tuple[str, ...]:
+        return tuple(value_slug(t) for t in self.texts)
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One point of the grid: ``((key, text, value), ...)`` in grid order."""
+
+    items: tuple[tuple[str, str, Any], ...]
+
+    @property
+    def name(self) -> str:
+        """Readable, filesystem-safe directory name, e.g. ``method.name=fedavg__client.lr=0.1``."""
+        if not self.items:
+            return "base"
+        name = "__".join(f"{key}={value_slug(text)}" for key, text, _ in self.items)
+        if len(name) > _MAX_NAME:
+            digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+            name = f"{name[:_MAX_NAME - 9]}~{digest}"
+        return name
+
+    @property
+    def params(self) -> dict[str, str]:
+        """``{key: value as typed}``, the combination's label."""
+        return {key: text for key, text, _ in self.items}
+
+    def overrides(self) -> dict[str, Any]:
+        """The combination as a nested override dict for :func:`fedweave.config.load_config`."""
+        tree: dict[str, Any] = {}
+        for key, _, value in self.items:
+            set_dotted(tree, key, value)
+        return tree
+
+
+def split_values(text: str) -> list[str]:
+    """Split a ``--grid`` value list: on ``;`` if it has one, else on commas outside brackets/quotes."""
+    if ";" in text:
+        return [part.strip() for part in text.split(";")]
+    parts, depth, quote, current = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current).strip())
+    return parts
+
+
+def value_slug(text: str) -> str:
+    """Filesystem-safe text for a value: ``[32, 32]`` → ``32-32``, ``a/b`` → ``a_b``."""
+    s = re.sub(r"[\[\]{}()'\"\s]", "", text).replace(",", "-")
+    s = re.sub(r"[^A-Za-z0-9._+=:-]", "_", s).replace(":", "_")
+    return s or "_"
+
+
+def parse_grid(items: Iterable[str] | None) -> list[GridAxis]:
+    """Parse ``--grid KEY=V1,V2,...`` options; raises :class:`ConfigError` on malformed ones."""
+    axes: list[GridAxis] = []
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"--grid {item!r} must look like KEY=V1,V2,... (e.g. method.name=fedavg,fedprox).")
+        if key == "seed" or key.startswith("output.") or key == "output":
+            what = "--seeds" if key == "seed" else "--out (the sweep places each run)"
+            raise ConfigError(f"--grid cannot vary {key!r}; use {what}.")
+        if any(a.key == key for a in axes):
+            raise ConfigError(f"--grid {key!r} is given twice; list all its values in one option.")
+        texts = split_values(raw)
+        if any(not t for t in texts):
+            raise ConfigError(f"--grid {item!r} has an empty value; separate values with commas (or ';').")
+        if len(set(texts)) != len(texts):
+            raise ConfigError(f"--grid {item!r} repeats a value.")
+        values = []
+        for t in texts:
+            try:
+                values.append(yaml.safe_load(t))
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--grid {key}: value {t!r} is not valid YAML ({exc}).") from None
+        axis = GridAxis(key, tuple(texts), tuple(values))
+        if len(set(axis.slugs)) != len(texts):
+            raise ConfigError(f"--grid {key}: values {', '.join(texts)} give clashing directory names; make them distinct.")
+        axes.append(axis)
+    return axes
+
+
+def parse_seeds(text: str | Iterable[int] | None, default: int = 0) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``; ``None`` → ``[default]``."""
+    if text is None:
+        return [default]
+    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    seeds = []
+    for p in parts:
+        try:
+            seeds.append(int(p))
+        except (TypeError, ValueError):
+            raise ConfigError(f"--seeds must be a comma-separated list of integers (e.g. 0,1,2); got {text!r}.") from None
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed.")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds repeats a seed: {text!r}.")
+    return seeds
+
+
+def expand(axes: list[GridAxis]) -> list[Combination]:
+    """The cross product of the axes, the first axis varying slowest."""
+    columns = [[(a.key, t, v) for t, v in zip(a.texts, a.values)] for a in axes]
+    return [Combination(tuple(point)) for point in itertools.product(*columns)]
+
+
+# -- planning and validation ------------------------------------------------------------------
+
+
+@dataclass
+class SweepRun:
+    """One run of a sweep: its combination, seed, directory and fully resolved config."""
+
+    combination: Combination
+    seed: int
+    path: Path
+    config: dict[str, Any]
+
+    @property
+    def rel(self) -> str:
+        return f"{self.combination.name}/seed{self.seed}"
+
+
+@dataclass
+class SweepPlan:
+    out: Path
+    config_path: str | None
+    base_overrides: list[str]
+    axes: list[GridAxis]
+    seeds: list[int]
+    runs: list[SweepRun]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": SWEEP_FORMAT,
+            "config": self.config_path,
+            "overrides": self.base_overrides,
+            "grid": [{"key": a.key, "values": list(a.texts)} for a in self.axes],
+            "seeds": self.seeds,
+            "runs": [{"dir": r.rel, "combination": r.combination.name, "seed": r.seed,
+                      "params": r.combination.params} for r in self.runs],
+        }
+
+
+def _conflicts(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def plan_sweep(
+    config: str | Path | None,
+    *,
+    grid: Iterable[str] | None,
+    seeds: str | Iterable[int] | None,
+    out: str | Path,
+    overrides: list[str] | None = None,
+) -> SweepPlan:
+    """Expand and validate a sweep; raises :class:`ConfigError` before anything is run or written."""
+    from .data.federated import build_federated
+    from .experiment import build_experiment
+
+    axes = parse_grid(grid)
+    base_raw = read_yaml(config) if config is not None else {}
+    base_overrides = list(overrides or [])
+    set_tree = parse_overrides(base_overrides)
+    set_keys = [o.partition("=")[0].strip() for o in base_overrides]
+    for axis in axes:
+        clash = next((k for k in set_keys if _conflicts(axis.key, k)), None)
+        if clash:
+            raise ConfigError(f"{axis.key!r} is both in --grid and in --set {clash}=...; keep it in one place.")
+    base_cfg = load_config(base_raw, set_tree)
+    seed_list = parse_seeds(seeds, default=base_cfg.seed)
+    combos = expand(axes)
+    out = Path(out)
+
+    problems: dict[str, list[str]] = {}
+    data_cache: dict[str, Any] = {}
+    runs: list[SweepRun] = []
+    for combo in combos:
+        try:
+            cfg = load_config(base_raw, deep_merge(set_tree, combo.overrides()))
+            data_key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+            if data_key not in data_cache:
+                data_cache[data_key] = build_federated(cfg.data)
+            build_experiment(cfg, data=data_cache[data_key])
+        except FedweaveError as exc:
+            problems.setdefault(str(exc), []).append(combo.name)
+            continue
+        for seed in seed_list:
+            path = out / combo.name / f"seed{seed}"
+            resolved = load_config(cfg, {"seed": seed, "output": {"dir": str(path)}})
+            runs.append(SweepRun(combo, seed, path, resolved.to_dict()))
+    if problems:
+        lines = [f"{sum(map(len, problems.values()))} of {len(combos)} sweep combinations are invalid; nothing was run."]
+        for message, names in problems.items():
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            lines.append(f"- {shown}:\n  " + message.replace("\n", "\n  "))
+        raise ConfigError("\n".join(lines))
+    plan = SweepPlan(out, str(Path(config).resolve()) if config is not None else None, base_overrides, axes, seed_list, runs)
+    _check_existing(plan)
+    return plan
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    from .tracking import flatten
+
+    a, b = flatten(old), flatten(new)
+    keys = [k for k in dict.fromkeys([*a, *b]) if not k.startswith("output.") and a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
+
+
+def _check_existing(plan: SweepPlan) -> None:
+    """Refuse to reuse an output directory whose finished runs were made with other configs."""
+    if (plan.out / SUMMARY).exists():
+        raise ConfigError(f"{str(plan.out)!r} is a run directory; give the sweep a directory of its own.")
+    for run in plan.runs:
+        if run_status(run.path) not in FINISHED or not (run.path / CONFIG).exists():
+            continue
+        diffs = _differences(read_yaml(run.path / CONFIG), run.config)
+        if diffs:
+            raise ConfigError(
+                f"{str(run.path)!r} holds a finished run made with a different config ({'; '.join(diffs[:5])}). "
+                "Use another --out, or delete that directory to run it again."
+            )
+
+
+def run_status(path: Path) -> str:
+    """``completed``/``diverged``/``interrupted`` (from summary.json), ``failed``, ``unfinished`` or ``missing``."""
+    summary = path / SUMMARY
+    if summary.exists():
+        try:
+            return str(json.loads(summary.read_text()).get("status", "unknown"))
+        except (OSError, ValueError):
+            return "unfinished"
+    if (path / ERROR_FILE).exists():
+        return "failed"
+    return "unfinished" if path.exists() else "missing"
+
+
+# -- running --------------------------------------------------------------------------------
+
+_IN_RUN = False
+
+
+def _worker_init() -> None:
+    """Worker processes react to Ctrl-C only while a run is in progress (no idle tracebacks)."""
+
+    def on_sigint(signum, frame):
+        if _IN_RUN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+def _run_one(config: dict[str, Any], path: str) -> dict[str, Any]:
+    """Run one sweep member in a worker process; never raises for a failing run."""
+    global _IN_RUN
+    import torch
+
+    from .experiment import run
+
+    torch.set_num_threads(int(config["executor"]["threads"]))
+    _IN_RUN = True
+    try:
+        result = run(config, out=path)
+        return {"status": result.status, "message": result.summary.get("message")}
+    except KeyboardInterrupt:
+        return {"status": "interrupted", "message": "stopped by the user"}
+    except Exception as exc:  # recorded, and the sweep goes on
+        Path(path).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(path) / ERROR_FILE, traceback.format_exc())
+        return {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+    finally:
+        _IN_RUN = False
+
+
+@dataclass
+class SweepProgress:
+    """What a progress callback receives after each run (and once before the first)."""
+
+    total: int
+    done: int
+    skipped: int
+    failed: int
+    last: str | None = None  # "<combination>/seed<k>: <status>"
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    plan: SweepPlan
+    statuses: dict[str, str] = field(default_factory=dict)  # run dir (relative) → status
+    messages: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, s in self.statuses.items() if s == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.statuses.values() if s == status)
+
+
+def run_sweep(
+    config: str | Path | None = None,
+    *,
+    grid: Iterable[str] | None = None,
+    seeds: str | Iterable[int] | None = None,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    jobs: int | None = None,
+    progress: Callable[[SweepProgress], None] | None = None,
+) -> SweepResult:
+    """Validate, then run every pending run of the sweep; writes sweep.json, results.csv, table.md.
+
+    ``KeyboardInterrupt`` stops the sweep: running runs end as ``interrupted``, the
+    result files are written for what exists, and the interrupt is raised again.
+    """
+    if jobs is None:
+        jobs = os.cpu_count() or 1
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1; got {jobs}.")
+    plan = plan_sweep(config, grid=grid, seeds=seeds, out=out, overrides=overrides)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(plan.out / SWEEP_FILE, json.dumps(plan.to_json(), indent=2) + "\n")
+
+    result = SweepResult(plan.out, plan)
+    pending: list[SweepRun] = []
+    for run in plan.runs:
+        status = run_status(run.path)
+        if status in FINISHED:
+            result.statuses[run.rel] = status
+        else:
+            if run.path.exists():
+                shutil.rmtree(run.path)  # a stopped or failed attempt: start it again from scratch
+            pending.append(run)
+    state = SweepProgress(total=len(plan.runs), done=len(plan.runs) - len(pending), skipped=len(plan.runs) - len(pending), failed=0)
+    if progress:
+        progress(state)
+    try:
+        if pending:
+            _execute(pending, min(jobs, len(pending)), result, state, progress)
+    finally:
+        write_outputs(plan.out)
+    return result
+
+
+def _execute(pending: list[SweepRun], jobs: int, result: SweepResult, state: SweepProgress, progress) -> None:
+    def record(run: SweepRun, outcome: dict[str, Any]) -> None:
+        result.statuses[run.rel] = outcome["status"]
+        if outcome.get("message"):
+            result.messages[run.rel] = outcome["message"]
+        state.done += 1
+        state.failed += outcome["status"] == "failed"
+        state.last = f"{run.rel}: {outcome['status']}"
+        if progress:
+            progress(state)
+
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init)
+    futures = {pool.submit(_run_one, run.config, str(run.path)): run for run in pending}
+    try:
+        for future in as_completed(futures):
+            run = futures[future]
+            try:
+                outcome = future.result()
+            except BrokenProcessPool as exc:  # the worker died (killed, out of memory, crashed)
+                run.path.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(run.path / ERROR_FILE, f"the worker process running this run died: {exc}\n")
+                outcome = {"status": "failed", "message": f"worker process died: {exc}"}
+            record(run, outcome)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=True, cancel_futures=True)  # running runs save an 'interrupted' summary
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+def read_sweep(out: str | Path) -> dict[str, Any]:
+    """The ``sweep.json`` of a sweep directory."""
+    path = Path(out) / SWEEP_FILE
+    if not path.is_file():
+        raise ConfigError(f"{str(out)!r} is not a sweep directory (no {SWEEP_FILE}).")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{str(path)!r} is not valid JSON: {exc}") from None
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def results_rows(out: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and rows of ``results.csv``: one row per run listed in ``sweep.json``."""
+    out = Path(out)
+    info = read_sweep(out)
+    keys = [g["key"] for g in info.get("grid", [])]
+    fixed = ["combination", *keys, "seed", "status", "run_dir", "error"]
+    extra: dict[str, None] = {}
+    rows = []
+    for entry in info.get("runs", []):
+        path = out / entry["dir"]
+        row: dict[str, Any] = {"combination": entry["combination"], **entry.get("params", {}),
+                               "seed": entry["seed"], "status": run_status(path), "run_dir": entry["dir"]}
+        if (path / ERROR_FILE).exists():
+            lines = [ln for ln in (path / ERROR_FILE).read_text().splitlines() if ln.strip()]
+            row["error"] = lines[-1] if lines else "failed"
+        if (path / SUMMARY).exists():
+            try:
+                summary = json.loads((path / SUMMARY).read_text())
+            except ValueError:
+                summary = {}
+            for k, v in summary.items():
+                if k not in fixed and _scalar(v):
+                    row[k] = v
+                    extra.setdefault(k)
+        rows.append(row)
+    return fixed + list(extra), rows
+
+
+def write_outputs(out: str | Path) -> None:
+    """(Re)write ``results.csv`` and ``table.md`` from the run directories of a sweep."""
+    from .report import load_runs, markdown_table
+
+    out = Path(out)
+    columns, rows = results_rows(out)
+    with open(out / RESULTS_FILE, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    atomic_write_text(out / TABLE_FILE, markdown_table(load_runs([out])))
+
+
+__all__ = ["GridAxis", "Combination", "SweepRun", "SweepPlan", "SweepProgress", "SweepResult",
+           "parse_grid", "parse_seeds", "split_values", "value_slug", "expand", "plan_sweep", "run_sweep",
+           "run_status", "read_sweep", "results_rows", "write_outputs"]
