@@ -145,7 +145,7 @@ def partition(
         data = build_federated(cfg.data)
     except FedweaveError as exc:
         _fail(exc)
-    labels = data.y.numpy()
+    labels = data.labels.numpy()
     parts = [t.numpy() for t in data.client_train]
     hists = label_histograms(labels, parts, data.num_classes)
     sizes = hists.sum(axis=1)
@@ -209,7 +209,7 @@ def sweep(
         console.print("[yellow]interrupted[/]: run the same command again to finish the sweep (finished runs are kept).")
         raise typer.Exit(code=130)
     progress.stop()
-    out.print((result.out / TABLE_FILE).read_text(), markup=False, highlight=False)
+    out.print((result.out / TABLE_FILE).read_text(), markup=False, highlight=False, soft_wrap=True)
     out.print(f"sweep directory: {result.out} (results.csv, table.md; `fedweave report {result.out}` for plots)")
     if result.failed:
         console.print(f"[bold red]{len(result.failed)} run(s) failed[/]; see error.txt in: "

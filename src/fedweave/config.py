@@ -190,8 +190,11 @@ class EvalConfig(_Section):
 
 
 class ExecutorConfig(_Section):
-    kind: Literal["serial"] = "serial"
-    threads: int = Field(1, ge=1, description="torch threads; part of the config because results may depend on it")
+    kind: Literal["serial", "ray", "vectorized", "auto"] = "serial"
+    threads: int = Field(1, ge=1, description="torch threads per worker; part of the config because results may depend on it")
+    address: Optional[str] = Field(None, description="ray: cluster address (e.g. 'auto'); default starts a local runtime")
+    num_workers: Optional[int] = Field(None, ge=1, description="ray: long-lived workers (default: one per CPU)")
+    max_cohort: int = Field(64, ge=1, description="vectorized: most clients trained at once")
 
 
 class OutputConfig(_Section):

@@ -87,6 +87,10 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     task = make_task(config.task.kind)
     check_trackers(config.output)
     strategy, algorithm = build_method(config)  # config-only checks come before loading data
+    if config.executor.kind == "ray":
+        from .sim.ray_executor import _import_ray
+
+        _import_ray()
     data = data if data is not None else build_federated(config.data)
     sched = config.schedule
     if sched.sampling != "poisson" and sched.clients_per_round > data.num_clients:
@@ -188,7 +192,7 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
 
     cfg = exp.config
     torch.set_num_threads(cfg.executor.threads)
-    exp.executor = make_executor(cfg.executor.kind)
+    exp.executor = make_executor(cfg.executor.kind, cfg.executor)
     exp.executor.start(exp.worker_setup())
     sim = Simulator(exp, run_dir, progress)
     trackers = make_trackers(cfg, run_dir.path)

@@ -165,16 +165,20 @@ class Group:
 
     @property
     def title(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.label) if len(self.label) != 1 else self.label[0][1]
+        """``value`` for one label key, else ``key=value, ...`` with keys shortened to their last part."""
+        if len(self.label) == 1:
+            return self.label[0][1]
+        short = [k.rsplit(".", 1)[-1] for k, _ in self.label]
+        keys = short if len(set(short)) == len(short) else [k for k, _ in self.label]
+        return ", ".join(f"{k}={v}" for k, (_, v) in zip(keys, self.label))
 
     @property
     def completed(self) -> list[RunRecord]:
         return [r for r in self.runs if r.completed]
 
     def curve_runs(self) -> list[RunRecord]:
-        """Runs drawn in plots: the completed ones, else whatever has metrics."""
-        done = [r for r in self.completed if r.metrics()]
-        return done or [r for r in self.runs if r.metrics()]
+        """Runs drawn in plots: the completed ones with evaluation records (as in the table)."""
+        return [r for r in self.completed if r.metrics()]
 
 
 @dataclass
@@ -494,7 +498,7 @@ def _client_figure(groups: list[Group], metric: str):
     if not data:
         return None
     Figure = _figure_class()
-    fig = Figure(figsize=(max(6.0, 0.9 * len(data) + 2), 4.6), layout="constrained")
+    fig = Figure(figsize=(max(7.5, 1.1 * len(data) + 2), 4.6), layout="constrained")
     ax = fig.add_subplot()
     ax.boxplot(data, showmeans=True)
     rotate = max(len(label) for label in labels) > 12
@@ -502,12 +506,12 @@ def _client_figure(groups: list[Group], metric: str):
                   fontsize=8)
     ax.set_ylabel(f"per-client {metric}")
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title(f"per-client {metric} at the final evaluation (all seeds pooled; triangle: mean)", fontsize=10)
+    ax.set_title(f"per-client {metric}, final evaluation (seeds pooled; ▲ mean)", fontsize=10)
     return fig
 
 
 PLOTS: dict[str, str] = {
-    "metric-vs-round": "Primary metric against rounds (aligned by round).",
+    "metric-vs-round": "Primary metric against rounds (aligned by round). Plots show completed runs only.",
     "metric-vs-time": "Primary metric against virtual time (interpolated onto a common grid).",
     "metric-vs-bytes": "Primary metric against bytes communicated, up + down (interpolated onto a common grid).",
     "client-scores": "Per-client scores of the final global model on each client's held-out data.",

@@ -72,6 +72,7 @@ class RunDirectory:
         for stale in (SUMMARY, METRICS, CHECKPOINT):
             (self.path / stale).unlink(missing_ok=True)
         atomic_write_text(self.path / CONFIG, config_yaml)
+        (self.path / METRICS).touch()
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.path / METRICS, "a") as f:

@@ -245,6 +245,12 @@ class SweepPlan:
         }
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Atomic write, readable by others like any ordinary file (the temporary file is 0600)."""
+    atomic_write_text(path, text)
+    os.chmod(path, 0o644)
+
+
 def _conflicts(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
@@ -423,7 +429,7 @@ def run_sweep(
         raise ConfigError(f"--jobs must be at least 1; got {jobs}.")
     plan = plan_sweep(config, grid=grid, seeds=seeds, out=out, overrides=overrides)
     plan.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(plan.out / SWEEP_FILE, json.dumps(plan.to_json(), indent=2) + "\n")
+    _write_text(plan.out / SWEEP_FILE, json.dumps(plan.to_json(), indent=2) + "\n")
 
     result = SweepResult(plan.out, plan)
     pending: list[SweepRun] = []
@@ -534,7 +540,7 @@ def write_outputs(out: str | Path) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    atomic_write_text(out / TABLE_FILE, markdown_table(load_runs([out])))
+    _write_text(out / TABLE_FILE, markdown_table(load_runs([out])))
 
 
 __all__ = ["GridAxis", "Combination", "SweepRun", "SweepPlan", "SweepProgress", "SweepResult",

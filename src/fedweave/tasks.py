@@ -84,3 +84,6 @@ def make_task(kind: str) -> Task:
     if kind not in TASKS:
         raise unknown_name("task", kind, TASKS)
     return TASKS[kind][0]()
+
+
+from . import restoration as _restoration  # noqa: E402,F401  (registers task.kind 'restoration')

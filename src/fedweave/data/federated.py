@@ -39,6 +39,13 @@ class FederatedDataset:
     server_idx: torch.Tensor  # indices into x / y of the server-held split (may be empty)
     num_classes: int
     input_shape: tuple[int, ...]
+    # class label of every example of x (partitions, label histograms); y itself when y holds
+    # class labels, separate when y holds restoration targets
+    labels: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.labels is None:
+            self.labels = self.y
 
     @property
     def num_clients(self) -> int:
@@ -74,7 +81,7 @@ def load_dataset_source(data_cfg) -> DataSource:
 def build_federated(data_cfg, source: DataSource | None = None) -> FederatedDataset:
     """Load the source named by ``data_cfg`` and carve splits and partition."""
     src = source if source is not None else load_dataset_source(data_cfg)
-    labels = src.y_train.numpy()
+    labels = src.labels if src.labels is not None else src.y_train.numpy()
     pool = np.arange(len(labels), dtype=np.int64)
     seed = data_cfg.seed
     if src.x_test is None:
@@ -114,4 +121,5 @@ def build_federated(data_cfg, source: DataSource | None = None) -> FederatedData
         server_idx=_as_index(server_idx),
         num_classes=src.num_classes,
         input_shape=tuple(src.input_shape),
+        labels=None if src.labels is None else torch.as_tensor(np.asarray(src.labels, dtype=np.int64)),
     )

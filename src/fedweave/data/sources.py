@@ -62,6 +62,9 @@ class DataSource:
     num_classes: int
     input_shape: tuple[int, ...]
     client_ids: np.ndarray | None = None
+    # class labels for stratified splits and partitions when ``y_train`` is not one
+    # (restoration targets are images: see fedweave.restoration); None: ``y_train``
+    labels: np.ndarray | None = None
 
     @property
     def has_test(self) -> bool:
@@ -564,6 +567,14 @@ def load_source(
     ``synthetic_*`` arguments are the parameters of ``synthetic``. Bad or
     missing files raise DataError; an unknown name raises ConfigError.
     """
+    if name.startswith("sr") and ":" in name and name[2 : name.index(":")].isdigit():
+        # "sr<k>:<source>": x<k> super-resolution pairs built from an image source
+        from fedweave.restoration import super_resolution_source
+
+        base = load_source(name[name.index(":") + 1 :], root=root, seed=seed, synthetic_alpha=synthetic_alpha,
+                           synthetic_beta=synthetic_beta, synthetic_num_clients=synthetic_num_clients,
+                           synthetic_dim=synthetic_dim, synthetic_classes=synthetic_classes)
+        return super_resolution_source(base, int(name[2 : name.index(":")]))
     if name not in DATASETS:
         raise unknown_name("dataset", name, DATASETS)
     if name == "digits":

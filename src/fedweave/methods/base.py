@@ -54,6 +54,8 @@ class ServerContext:
     seed: int
     server_data: tuple[torch.Tensor, torch.Tensor] | None = None
     round_lr: float = 0.0  # the client learning rate of the current round
+    # builds a fresh, seeded model (FedLAW evaluates candidate aggregates on the server's split)
+    model_factory: Any = None
 
 
 class Strategy:

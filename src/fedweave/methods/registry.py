@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..aggregate import make_server_optimizer
 from ..errors import ConfigError, unknown_name
 from .base import ClientAlgorithm, Strategy
-from .stages import StagedStrategy, get_combiner, get_weighting
+from .stages import StagedStrategy, WithStageClients, get_combiner, get_weighting, make_stage, stage_params
 
 
 class MethodParams(BaseModel):
@@ -33,6 +33,7 @@ class Preset:
     server_lr: Optional[float] = None
     server_momentum: float = 0.0
     objective: Optional[str] = None  # forces the client objective (FedProx: "prox")
+    client: Optional[Callable[[Any, Any], ClientAlgorithm]] = None  # (config, params) -> client (FedVSR)
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,12 @@ def get_method(name: str) -> MethodInfo:
     return methods[name]
 
 
-def method_params(info: MethodInfo, method_cfg) -> MethodParams:
+def method_params(info: MethodInfo, method_cfg, stage_fields: tuple[str, ...] = ()) -> MethodParams:
+    """Validate the method's own ``method.*`` keys (those of its stages, ``stage_fields``, excepted)."""
     try:
-        return info.params.model_validate(method_cfg.extras())
+        return info.params.model_validate({k: v for k, v in method_cfg.extras().items() if k not in stage_fields})
     except ValidationError as exc:
-        allowed = ", ".join(info.params.model_fields) or "none"
+        allowed = ", ".join([*info.params.model_fields, *stage_fields]) or "none"
         problems = "; ".join(
             f"method.{'.'.join(map(str, e['loc']))}: {'unknown parameter' if e['type'] == 'extra_forbidden' else e['msg']}"
             for e in exc.errors()
@@ -90,8 +92,8 @@ _STAGE_KEYS = ("weighting", "combiner", "server_opt", "server_momentum", "beta1"
 def build_method(config) -> tuple[Strategy, ClientAlgorithm]:
     """Resolve ``config.method`` into a (strategy, client algorithm) pair, or explain why not."""
     info = get_method(config.method.name)
-    params = method_params(info, config.method)
     m = config.method
+    params = method_params(info, m, _stage_fields(info, m))
     modes = info.modes if info.preset is None else StagedStrategy.modes
     if config.schedule.mode not in modes:
         raise ConfigError(
@@ -105,14 +107,37 @@ def build_method(config) -> tuple[Strategy, ClientAlgorithm]:
                 f"remove method.{', method.'.join(given)}."
             )
         return info.build(config, params)
-    return build_staged(info, config)
+    return build_staged(info, config, params)
 
 
-def build_staged(info: MethodInfo, config) -> tuple[Strategy, ClientAlgorithm]:
+def _stages(info: MethodInfo, m) -> list[tuple[str, str]]:
+    if info.preset is None:
+        return []
+    return [("weighting", m.weighting or info.preset.weighting), ("combiner", m.combiner or info.preset.combiner)]
+
+
+def _stage_fields(info: MethodInfo, m) -> tuple[str, ...]:
+    """The ``method.*`` keys that belong to the stages this run uses (FedDisco's a, b...)."""
+    fields: list[str] = []
+    for kind, name in _stages(info, m):
+        (get_weighting if kind == "weighting" else get_combiner)(name)  # unknown names fail here
+        model = stage_params(kind, name)
+        fields += [f for f in (model.model_fields if model else ()) if f not in fields]
+    return tuple(fields)
+
+
+def build_staged(info: MethodInfo, config, params: MethodParams | None = None) -> tuple[Strategy, ClientAlgorithm]:
     preset, m = info.preset, config.method
     weighting = m.weighting or preset.weighting
     combiner = m.combiner or preset.combiner
     get_weighting(weighting), get_combiner(combiner)  # unknown names fail here, with the allowed list
+    extras = m.extras()
+
+    def values(kind: str, name: str) -> dict[str, Any]:
+        fields = getattr(stage_params(kind, name), "model_fields", {})
+        return {k: v for k, v in extras.items() if k in fields}
+
+    stages = tuple(make_stage(kind, name, config, values(kind, name)) for kind, name in (("weighting", weighting), ("combiner", combiner)))
     opt_name = m.server_opt or preset.server_opt
     momentum = m.server_momentum if m.server_momentum is not None else preset.server_momentum
     if momentum and opt_name != "sgd":
@@ -124,5 +149,10 @@ def build_staged(info: MethodInfo, config) -> tuple[Strategy, ClientAlgorithm]:
     kwargs = {k: getattr(m, k) for k in ("beta1", "beta2", "tau") if getattr(m, k) is not None}
     server_opt = make_server_optimizer(opt_name, lr=m.server_lr if m.server_lr is not None else preset.server_lr, momentum=momentum, **kwargs)
     objective = preset.objective or config.client.objective
-    strategy = StagedStrategy(info.name, weighting, combiner, server_opt)
-    return strategy, ClientAlgorithm(objective=objective, mu=config.client.mu)
+    strategy = StagedStrategy(info.name, weighting, combiner, server_opt, stages)
+    if preset.client is not None:
+        client = preset.client(config, params if params is not None else info.params())
+    else:
+        client = ClientAlgorithm(objective=objective, mu=config.client.mu)
+    parts = [s.client for s in stages if getattr(s, "client", None) is not None]
+    return strategy, (WithStageClients(client, parts) if parts else client)

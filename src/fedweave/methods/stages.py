@@ -8,16 +8,25 @@ A staged method computes, for the cohort's deltas Δ_k (rows of a ``[K, P]`` mat
 
 so a weighting from one paper combines with a combiner or optimizer from another. Float
 buffers (BatchNorm statistics) always get a plain example-weighted mean.
+
+A stage registered with ``params=`` (a pydantic model) is a *factory*
+``fn(config, params) -> stage``, built once per run from its validated ``method.<key>``
+values (FedDisco's ``a``, ``b``, ``metric``), whichever preset the run uses. A stage
+object may also carry optional hooks, found by attribute: ``init(state, ctx)`` (its
+entries of ``state.extra``), ``broadcast_payload(client_id, state, ctx) -> dict``
+(per-client downlink extras), ``metrics(state) -> dict`` (per-round figures) and
+``client`` (a :class:`StageClient`: what the stage needs from each client, e.g. a label
+histogram, added to the client's upload).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from ..aggregate import weighted_mean
-from ..errors import unknown_name
+from ..errors import ConfigError, unknown_name
 from ..messages import Update
 from .base import ServerContext, ServerState, Strategy, average_buffers, size_weights, stack_deltas
 
@@ -51,20 +60,96 @@ COMBINERS: dict[str, tuple[Combiner, str]] = {
 }
 
 
-def register_weighting(name: str, fn: Weighting, description: str) -> Weighting:
-    """Make a weighting available as ``method.weighting: <name>`` (methods call this)."""
+# (kind, name) -> pydantic model of the stage's own parameters (``method.<key>``)
+STAGE_PARAMS: dict[tuple[str, str], Any] = {}
+
+
+def register_weighting(name: str, fn: Weighting, description: str, params=None) -> Weighting:
+    """Make a weighting available as ``method.weighting: <name>`` (methods call this).
+
+    With ``params`` (a pydantic model), ``fn`` is a factory ``fn(config, params) -> weighting``.
+    """
     if name in WEIGHTINGS:
         raise ValueError(f"weighting {name!r} registered twice")
     WEIGHTINGS[name] = (fn, description)
+    if params is not None:
+        STAGE_PARAMS[("weighting", name)] = params
     return fn
 
 
-def register_combiner(name: str, fn: Combiner, description: str) -> Combiner:
-    """Make a combiner available as ``method.combiner: <name>`` (methods call this)."""
+def register_combiner(name: str, fn: Combiner, description: str, params=None) -> Combiner:
+    """Make a combiner available as ``method.combiner: <name>`` (methods call this).
+
+    With ``params`` (a pydantic model), ``fn`` is a factory ``fn(config, params) -> combiner``.
+    """
     if name in COMBINERS:
         raise ValueError(f"combiner {name!r} registered twice")
     COMBINERS[name] = (fn, description)
+    if params is not None:
+        STAGE_PARAMS[("combiner", name)] = params
     return fn
+
+
+def stage_params(kind: str, name: str):
+    """The parameter model of stage ``name`` of ``kind`` (weighting / combiner), or None."""
+    _registered()
+    return STAGE_PARAMS.get((kind, name))
+
+
+def make_stage(kind: str, name: str, config=None, values: dict[str, Any] | None = None):
+    """The ready stage ``name``: the registered function, or its factory's product."""
+    fn = get_weighting(name) if kind == "weighting" else get_combiner(name)
+    model = STAGE_PARAMS.get((kind, name))
+    if model is None:
+        return fn
+    from pydantic import ValidationError
+
+    try:
+        params = model.model_validate(values or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"method.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(
+            f"Invalid parameters for {kind} {name!r}: {problems}. Its parameters: {', '.join(model.model_fields)}."
+        ) from None
+    return fn(config, params)
+
+
+class StageClient:
+    """The client side of a server stage: what it adds to each upload, and the client
+    state it keeps (under its own keys). ``upload`` runs after local training."""
+
+    stateful = False
+
+    def upload(self, job, worker, update: Update, state: dict | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``(payload entries, client-state entries or None)``."""
+        return {}, None
+
+
+class WithStageClients:
+    """A client algorithm plus the client side of the stages of its server (delegates
+    everything else to the wrapped algorithm)."""
+
+    def __init__(self, inner, parts):
+        self.inner = inner
+        self.parts = tuple(parts)
+        self.stateful = bool(getattr(inner, "stateful", False) or any(p.stateful for p in self.parts))
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("inner", "parts"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def train(self, job, worker, generator):
+        out = self.inner.train(job, worker, generator)
+        state, changed = (out.state, True) if out.state is not None else (job.state, False)
+        for part in self.parts:
+            payload, entries = part.upload(job, worker, out.update, state)
+            out.update.payload.update(payload)
+            if entries is not None:
+                state, changed = {**(state or {}), **entries}, True
+        if changed:
+            out.state = state
+        return out
 
 
 def _registered() -> None:
@@ -92,18 +177,34 @@ class StagedStrategy(Strategy):
     # async mode would hand single updates to a cohort-mean, which is not what these mean
     modes = ("sync", "buffered")
 
-    def __init__(self, name: str, weighting: str, combiner: str, server_opt):
+    def __init__(self, name: str, weighting: str, combiner: str, server_opt, stages: tuple = ()):
+        """``stages``: ready (weighting, combiner) objects, built by :func:`make_stage`
+        (default: the registered functions named ``weighting`` and ``combiner``)."""
         self.name = name
         self.weighting_name = weighting
         self.combiner_name = combiner
-        self.weighting = get_weighting(weighting)
-        self.combiner = get_combiner(combiner)
+        self.weighting, self.combiner = stages or (get_weighting(weighting), get_combiner(combiner))
         self.server_opt = server_opt
+
+    def _hooks(self, hook: str) -> list:
+        return [getattr(s, hook) for s in (self.weighting, self.combiner) if hasattr(s, hook)]
 
     def init(self, params, buffers, ctx) -> ServerState:
         state = super().init(params, buffers, ctx)
         state.extra["opt"] = self.server_opt.init(state.params)
+        for init in self._hooks("init"):
+            init(state, ctx)
         return state
+
+    def configure(self, client_ids, state, ctx):
+        shared = super().configure(client_ids, state, ctx)
+        hooks = self._hooks("broadcast_payload")
+        if not hooks:
+            return shared
+        return {cid: b.with_payload(**{k: v for h in hooks for k, v in h(cid, state, ctx).items()}) for cid, b in shared.items()}
+
+    def metrics(self, state) -> dict:
+        return {k: v for hook in self._hooks("metrics") for k, v in hook(state).items()}
 
     def aggregate(self, updates: list[Update], state: ServerState, ctx: ServerContext) -> ServerState:
         if not updates:

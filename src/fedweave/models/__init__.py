@@ -43,6 +43,19 @@ MODELS: dict[str, str] = {
     "norm group|batch|none.",
 }
 
+#: Models registered by other modules with :func:`register_model`, kept apart from
+#: :data:`MODELS` because they are not classifiers (fedweave.restoration's ``srnet`` maps
+#: images to images): name -> (factory(input_shape, num_classes, width=..., **kwargs), description).
+EXTRA_MODELS: dict[str, tuple[Any, str]] = {}
+
+
+def register_model(name: str, factory: Any, description: str) -> None:
+    """Make ``factory`` buildable as ``model.name: <name>``."""
+    if name in MODELS or name in EXTRA_MODELS:
+        raise ValueError(f"model {name!r} registered twice")
+    EXTRA_MODELS[name] = (factory, description)
+
+
 #: Models that need ``(channels, height, width)`` input.
 IMAGE_MODELS = frozenset({"cnn", "lenet5", "resnet"})
 #: Models that flatten any input shape.
@@ -147,8 +160,10 @@ def build_model(
     hidden_sizes = _check_hidden(hidden)
     if isinstance(name, str) and ":" in name:
         return _build_user_model(name, shape, num_classes, kwargs)
+    if name in EXTRA_MODELS:
+        return EXTRA_MODELS[name][0](shape, num_classes, width=width, **kwargs)
     if name not in MODELS:
-        raise unknown_name("model", str(name), MODELS)
+        raise unknown_name("model", str(name), {**MODELS, **EXTRA_MODELS})
     if kwargs:
         raise ConfigError(
             f"Unexpected option(s) for model {name!r}: {', '.join(sorted(kwargs))}. Extra "

@@ -149,6 +149,7 @@ class Simulator:
         self.ctx = ServerContext(
             spec=exp.spec, num_clients=exp.data.num_clients, client_sizes=exp.data.client_sizes(),
             clock=self.clock, seed=self.cfg.seed, server_data=exp.data.server_data(),
+            model_factory=exp.model_factory,
         )
         self.eval_model = FlatModel(exp.model_factory(), exp.roles)
         state = exp.strategy.init(exp.initial_params, exp.initial_buffers, self.ctx)

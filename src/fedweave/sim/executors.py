@@ -56,10 +56,18 @@ class SerialExecutor(Executor):
         return self.worker.run(handle)
 
 
-EXECUTORS = {"serial": "in-process, one reused model (the reference)"}
+EXECUTORS = {
+    "serial": "in-process, one reused model (the reference)",
+    "ray": "long-lived Ray actors on this machine or a cluster (fedweave[ray])",
+}
 
 
-def make_executor(kind: str) -> Executor:
+def make_executor(kind: str, executor_cfg=None) -> Executor:
     if kind == "serial":
         return SerialExecutor()
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+
+        cfg = executor_cfg
+        return RayExecutor(cfg.address if cfg else None, cfg.num_workers if cfg else None, cfg.threads if cfg else 1)
     raise unknown_name("executor", kind, EXECUTORS)

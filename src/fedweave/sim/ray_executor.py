@@ -1,0 +1,107 @@
+"""The Ray executor: client jobs on long-lived Ray actors, on one machine or a cluster.
+
+* ``executor.address`` joins an existing cluster (``auto`` or ``ray://host:port``);
+  without it a local Ray runtime is started with ``num_workers`` CPUs.
+* The worker setup — dataset tensors, model factory, client algorithm — is put into the
+  object store **once**; every actor builds its reusable model from it at start.
+* Each distinct broadcast (the global model of a round or version) is put into the
+  object store once and passed to the actors by reference, not copied per client.
+* Jobs go to the actor with the fewest outstanding jobs; which actor runs a job never
+  changes its numbers (generators are keyed by seed, client id and job counter), so the
+  results are bit-for-bit those of the serial executor for the same ``executor.threads``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ..errors import ConfigError
+from ..methods.base import ClientJob, JobResult
+from .executors import Executor
+from .worker import Worker, WorkerSetup
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError('executor.kind=ray needs Ray: pip install "fedweave[ray]" (or use executor.kind=serial).') from None
+    return ray
+
+
+class _RayWorkerImpl:
+    """The actor body: one Worker with its reusable model."""
+
+    def __init__(self, setup: WorkerSetup):
+        self.worker = Worker(setup)
+
+    def run(self, job: ClientJob, broadcast) -> JobResult:
+        return self.worker.run(replace(job, broadcast=broadcast))
+
+
+class RayExecutor(Executor):
+    def __init__(self, address: str | None = None, num_workers: int | None = None, threads: int = 1):
+        self.ray = _import_ray()
+        self.address = address
+        self.num_workers = num_workers
+        self.threads = threads
+        self.actors: list[Any] = []
+        self.outstanding: list[int] = []
+        self._broadcast_refs: dict[int, tuple[Any, Any]] = {}  # id(broadcast) -> (broadcast, ref)
+        self._started_ray = False
+
+    def start(self, setup: WorkerSetup) -> None:
+        ray = self.ray
+        if not ray.is_initialized():
+            try:
+                if self.address:
+                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=self.num_workers, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"Cannot start or reach Ray at {self.address or 'a local runtime'}: {exc}. "
+                                  "Check executor.address (e.g. 'auto' after `ray start --head`), or use executor.kind=serial.") from None
+            self._started_ray = True
+        n = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        setup_ref = ray.put(setup)  # the dataset enters the object store once
+        actor_cls = ray.remote(num_cpus=1)(_RayWorkerImpl)
+        self.actors = [actor_cls.remote(setup_ref) for _ in range(n)]
+        self.outstanding = [0] * n
+
+    def _broadcast_ref(self, broadcast):
+        key = id(broadcast)
+        hit = self._broadcast_refs.get(key)
+        if hit is None or hit[0] is not broadcast:
+            if len(self._broadcast_refs) > 64:  # old versions are no longer needed
+                self._broadcast_refs.clear()
+            hit = (broadcast, self.ray.put(broadcast))
+            self._broadcast_refs[key] = hit
+        return hit[1]
+
+    def submit(self, job: ClientJob):
+        i = min(range(len(self.actors)), key=lambda a: (self.outstanding[a], a))
+        self.outstanding[i] += 1
+        light = replace(job, broadcast=None)
+        ref = self.actors[i].run.remote(light, self._broadcast_ref(job.broadcast))
+        return (i, ref)
+
+    def collect(self, handle) -> JobResult:
+        i, ref = handle
+        try:
+            return self.ray.get(ref)
+        finally:
+            self.outstanding[i] -= 1
+
+    def cancel(self, handle) -> None:
+        i, ref = handle
+        self.outstanding[i] -= 1
+        self.ray.cancel(ref)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+        self._broadcast_refs.clear()
+        if self._started_ray:
+            self.ray.shutdown()
