@@ -44,9 +44,20 @@ class SyntheticConfig(_Section):
     num_classes: int = Field(10, ge=2)
 
 
+class ColumnsConfig(_Section):
+    x: Optional[str] = Field(None, description="column of the inputs (default: image, img, pixel_values, x or features)")
+    y: Optional[str] = Field(None, description="column of the class labels (default: label, labels or y)")
+    client: Optional[str] = Field(None, description="column of a natural client id (for partition.kind natural)")
+
+
 class DataConfig(_Section):
     dataset: str = "digits"
     root: Optional[str] = Field(None, description="folder or file for file-based sources")
+    name: Optional[str] = Field(
+        None, description="leaf: femnist | shakespeare | sent140 | synthetic (default: detected); hf: the dataset's Hub name"
+    )
+    split: Optional[str] = Field(None, description="hf: the training split (default 'train'; a 'test' split is the test set)")
+    columns: Optional[ColumnsConfig] = Field(None, description="hf: the columns of inputs (x), labels (y), client ids (client)")
     seed: int = Field(0, description="seed of splits and partition (separate from `seed`)")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="ignored where the source has an official test set")
     server_fraction: float = Field(0.0, ge=0, lt=1, description="class-balanced server-held split")
@@ -187,6 +198,11 @@ class EvalConfig(_Section):
     target: Optional[float] = Field(None, description="primary-metric value for time_to_target_s")
     final_window: int = Field(1, ge=1, description="final value = mean of the last k evaluations")
     batch_size: int = Field(2048, ge=1)
+    robust_accuracy: bool = Field(False, description="also report PGD robust accuracy on the test set (costly)")
+    robust_eps: float = Field(0.1, gt=0, description="PGD: L-infinity radius, in input units")
+    robust_steps: int = Field(10, ge=1, description="PGD: number of steps k")
+    robust_step_size: Optional[float] = Field(None, gt=0, description="PGD: step size (default 2.5·eps/steps)")
+    robust_max_examples: Optional[int] = Field(1000, ge=1, description="PGD: first n test examples (None: all)")
 
 
 class ExecutorConfig(_Section):
@@ -208,6 +224,73 @@ class OutputConfig(_Section):
     mlflow_experiment: str = Field("fedweave", description="MLflow experiment name")
 
 
+# -- threats and privacy (fedweave.threats, fedweave.privacy) ----------------------------
+
+
+class TriggerConfig(_Section):
+    """A backdoor trigger: a checkerboard square near the bottom-right corner of the input."""
+
+    kind: Literal["pixel_pattern", "dba"] = Field(
+        "pixel_pattern", description="pixel_pattern: every attacker stamps the whole square; dba: each stamps one piece"
+    )
+    size: int = Field(3, ge=1, description="side of the square, in pixels (features for 1-D inputs)")
+    offset: int = Field(1, ge=0, description="gap between the square and the bottom-right corner")
+    value: Optional[float] = Field(None, description="value of the 'on' pixels (default: the data's maximum)")
+    parts: int = Field(4, ge=1, description="dba: pieces the square is cut into (row bands)")
+
+
+class AttackConfig(_Section):
+    """The threat model: who is malicious, what they do, and when (the defense never reads it)."""
+
+    kind: Optional[Literal["label_flip", "backdoor", "sign_flip", "gaussian", "scaling", "alie", "minmax", "minsum"]] = None
+    fraction: float = Field(0.0, ge=0, lt=1, description="share of clients that are malicious, chosen by seed")
+    target: int = Field(0, ge=0, description="backdoor / targeted label_flip: the attacker's target label")
+    source: Optional[int] = Field(None, ge=0, description="label_flip: relabel only this class as target (default: y -> C-1-y)")
+    poison_fraction: float = Field(0.5, gt=0, le=1, description="backdoor: share of an attacker's examples stamped each round")
+    trigger: TriggerConfig = TriggerConfig()
+    scale: Optional[float] = Field(
+        None, gt=0, description="sign_flip: -s·Δ (1); scaling / backdoor boost: s·Δ (10 / 1); gaussian: std (1); minmax/minsum: largest γ (10)"
+    )
+    deviation: Literal["std", "unit_vec", "sign"] = Field("std", description="minmax/minsum: perturbation direction")
+    z: Optional[float] = Field(None, description="alie: deviations from the mean (default: from the cohort size)")
+    sees_benign: bool = Field(False, description="alie/minmax/minsum: attackers know the round's benign updates")
+    start_round: int = Field(1, ge=1, description="first round (1-based) the attackers act")
+    end_round: Optional[int] = Field(None, ge=1, description="last round they act (default: to the end)")
+
+    @model_validator(mode="after")
+    def _rounds(self):
+        if self.end_round is not None and self.end_round < self.start_round:
+            raise ValueError(f"attack.end_round={self.end_round} is before attack.start_round={self.start_round}")
+        return self
+
+
+class DPConfig(_Section):
+    """Client-level DP-FedAvg (McMahan et al. 2018); on when ``clip`` is set."""
+
+    clip: Optional[float] = Field(None, gt=0, description="C: each client update is clipped to this L2 norm")
+    noise_multiplier: Optional[float] = Field(None, ge=0, description="σ: noise std on the sum is σ·C")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee reported")
+
+    @model_validator(mode="after")
+    def _both(self):
+        if (self.clip is None) != (self.noise_multiplier is None):
+            raise ValueError("privacy.dp needs both clip and noise_multiplier (or neither)")
+        return self
+
+
+class PrivacyConfig(_Section):
+    dp: DPConfig = DPConfig()
+
+
+class EavesdropperConfig(_Section):
+    """An observer that intercepts uplink messages and keeps its own model from them."""
+
+    probability: float = Field(0.0, ge=0, le=1, description="chance of intercepting each uplink message (0: off)")
+    sees: Literal["models", "deltas"] = Field(
+        "models", description="models: uploads are full models; deltas: only updates, applied to its own model"
+    )
+
+
 class Config(_Section):
     name: str = "quickstart"
     seed: int = Field(0, description="seed of training: sampling, shuffling, initialisation")
@@ -221,6 +304,9 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     executor: ExecutorConfig = ExecutorConfig()
     output: OutputConfig = OutputConfig()
+    attack: AttackConfig = AttackConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    eavesdropper: EavesdropperConfig = EavesdropperConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -117,6 +117,14 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
         raise ModelError(f"Model {m.name!r} outputs shape {tuple(out.shape)}; expected [batch, {data.num_classes}] classes.")
     if flat.spec.num_params == 0:
         raise ModelError(f"Model {m.name!r} has no trainable shared parameters under model.roles.")
+    if config.executor.kind == "vectorized":
+        from .sim.vectorized import unsupported_reason
+
+        reason = unsupported_reason(WorkerSetup(factory, dict(m.roles), task.name, data, algorithm, config.seed),
+                                    flat, config.client.optimizer)
+        if reason:
+            raise ConfigError(f"executor.kind=vectorized cannot run this experiment: {reason}. "
+                              "Use executor.kind=serial, or auto to vectorize where possible.")
     exp = Experiment(
         config=config, task=task, data=data, model_factory=factory, roles=dict(m.roles), spec=flat.spec,
         initial_params=flat.params.clone(), initial_buffers=flat.buffers.clone(), strategy=strategy,
@@ -192,8 +200,14 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
 
     cfg = exp.config
     torch.set_num_threads(cfg.executor.threads)
-    exp.executor = make_executor(cfg.executor.kind, cfg.executor)
-    exp.executor.start(exp.worker_setup())
+    if cfg.executor.kind in ("vectorized", "auto"):
+        from .sim.vectorized import make_vectorized
+
+        exp.executor = make_vectorized(exp.worker_setup(), cfg.client.optimizer, cfg.executor.max_cohort,
+                                       auto=cfg.executor.kind == "auto")
+    else:
+        exp.executor = make_executor(cfg.executor.kind, cfg.executor)
+        exp.executor.start(exp.worker_setup())
     sim = Simulator(exp, run_dir, progress)
     trackers = make_trackers(cfg, run_dir.path)
     sim.progress = track_progress(progress, trackers)

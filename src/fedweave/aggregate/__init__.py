@@ -11,7 +11,9 @@ client, parameters flattened) and is vectorised over the P coordinates:
 * :mod:`~fedweave.aggregate.geometry` -- ``pairwise_sq_distances``, ``clip_by_norm`` and
   ``cosine_similarity_rows``;
 * :mod:`~fedweave.aggregate.server_opt` -- server optimizers (FedAvg, FedAvgM, FedAdam,
-  FedYogi, FedAdagrad) that turn the aggregated delta into a new global model.
+  FedYogi, FedAdagrad) that turn the aggregated delta into a new global model;
+* :mod:`~fedweave.aggregate.staleness` -- staleness functions ``s(τ)`` for asynchronous
+  aggregation (constant, polynomial, hinge; Xie et al. 2019) and ``staleness_weight``.
 
 Invalid inputs (no clients, mismatched shapes, too few clients for the assumed number of
 attackers) raise ``ValueError``; invalid optimizer settings raise ``ConfigError``.
@@ -32,6 +34,7 @@ from fedweave.aggregate.server_opt import (
     ServerYogi,
     make_server_optimizer,
 )
+from fedweave.aggregate.staleness import STALENESS_FUNCTIONS, constant, hinge, polynomial, staleness_weight
 
 __all__ = [
     "weighted_mean",
@@ -54,4 +57,9 @@ __all__ = [
     "SERVER_OPTIMIZERS",
     "DEFAULT_SERVER_LR",
     "make_server_optimizer",
+    "STALENESS_FUNCTIONS",
+    "constant",
+    "polynomial",
+    "hinge",
+    "staleness_weight",
 ]

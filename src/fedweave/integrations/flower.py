@@ -196,7 +196,7 @@ def _flower_problem() -> FlowerVersionError | None:
 _PROBLEM = _flower_problem()
 if _PROBLEM is None:
     try:
-        from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+        from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
         from flwr.serverapp.strategy import FedAvg as _FlowerBase
     except ImportError as exc:  # an installation that claims a supported version but is broken
         _PROBLEM = FlowerVersionError(
@@ -226,6 +226,7 @@ class FlowerSupport:
     needs: frozenset[str]
     refused: list[str] = field(default_factory=list)  # reasons; empty when supported
     client_duties: list[str] = field(default_factory=list)  # what each ClientApp must do
+    fixable: bool = True  # every refusal goes away with an argument of FedweaveStrategy
 
     @property
     def supported(self) -> bool:
@@ -236,8 +237,13 @@ class FlowerSupport:
             return (
                 f"Method {self.method!r} cannot run as a Flower strategy: it needs "
                 + "; and ".join(self.refused)
-                + ". Use a method whose server side needs only parameters, example counts and metrics "
-                "(e.g. fedavg, fedavgm, fedadam, fedyogi, fedadagrad), or run it with `fedweave run`."
+                + "."
+                + (
+                    ""
+                    if self.fixable
+                    else " Use a method whose server side needs only parameters, example counts and metrics "
+                    "(e.g. fedavg, fedavgm, fedadam, fedyogi, fedadagrad), or run it with `fedweave run`."
+                )
             )
         duties = "; ".join(self.client_duties) if self.client_duties else "send its arrays and a 'num-examples' metric"
         return f"Method {self.method!r} runs as a Flower strategy. Each ClientApp must: {duties}."
@@ -248,27 +254,75 @@ def _declared(obj) -> set[str] | None:
     return None if needs is None else {str(n) for n in needs}
 
 
-def method_needs(info, strategy: Strategy, client: ClientAlgorithm | None) -> tuple[frozenset[str], dict[str, str]]:
-    """What the method needs beyond arrays and example counts, and details for messages."""
+def _overrides(obj, base, hooks) -> list[str]:
+    return [h for h in hooks if getattr(type(obj), h, None) is not getattr(base, h, None)]
+
+
+def _client_needs(client, needs: set[str], detail: dict[str, str]) -> None:
+    """Needs of a client algorithm, or of one wrapped with its stages' client parts."""
+    if client is None:
+        return
+    inner, parts = getattr(client, "inner", None), getattr(client, "parts", None)
+    if inner is not None and parts is not None and not isinstance(client, ClientAlgorithm):
+        _client_needs(inner, needs, detail)  # WithStageClients: the algorithm plus stage uploads
+        for part in parts:
+            declared = _declared(part)
+            if getattr(part, "stateful", False):
+                needs.add("client_state")
+            if declared is not None:
+                needs |= declared
+            else:
+                needs.add("client_logic")
+                detail.setdefault("client_logic", f"{type(part).__name__} computes an upload on the client")
+        return
+    declared = _declared(client)
+    if declared is not None:
+        needs |= declared
+    if getattr(client, "stateful", False):
+        needs.add("client_state")
+    hooks = _overrides(client, ClientAlgorithm, _CLIENT_HOOKS)
+    if hooks and declared is None:
+        needs.add("client_logic")
+        detail.setdefault("client_logic", f"{type(client).__name__} overrides {', '.join(hooks)}")
+
+
+def _strategy_needs(strategy: Strategy, needs: set[str], detail: dict[str, str]) -> None:
+    declared = _declared(strategy)
+    if declared is not None:
+        needs |= declared
+        return
+    from ..methods.stages import StagedStrategy
+
+    if isinstance(strategy, StagedStrategy) and not _overrides(strategy, StagedStrategy, _BROADCAST_HOOKS):
+        for attr in ("weighting", "combiner"):
+            stage = getattr(strategy, attr, None)
+            stage_declared = _declared(stage)
+            if stage_declared is not None:
+                needs |= stage_declared
+            elif hasattr(stage, "broadcast_payload"):
+                needs.add("broadcast")
+                detail.setdefault("broadcast", f"the {attr} stage {type(stage).__name__} sends per-client extras")
+        return
+    hooks = _overrides(strategy, Strategy, _BROADCAST_HOOKS)
+    if hooks:
+        needs.add("broadcast")
+        detail.setdefault("broadcast", f"{type(strategy).__name__} overrides {', '.join(hooks)}")
+
+
+def method_needs(info, strategy: Strategy, client) -> tuple[frozenset[str], dict[str, str]]:
+    """What a method needs beyond arrays and example counts (see :data:`NEEDS`), and
+    details for messages. A ``needs`` attribute on the registry entry replaces the
+    inference; on a strategy, stage, client algorithm or stage client it replaces the
+    inference for that part."""
     needs: set[str] = set()
     detail: dict[str, str] = {}
-    declared = [d for d in (_declared(info), _declared(strategy), _declared(client)) if d is not None]
-    for d in declared:
-        needs |= d
+    info_declared = _declared(info)
+    if info_declared is not None:
+        return frozenset(info_declared), detail
+    _strategy_needs(strategy, needs, detail)
+    _client_needs(client, needs, detail)
     name = getattr(info, "name", None) or getattr(strategy, "name", "")
-    if not declared and name in _KNOWN_NEEDS:
-        needs |= _KNOWN_NEEDS[name]
-    if client is not None:
-        if getattr(client, "stateful", False):
-            needs.add("client_state")
-        hooks = [h for h in _CLIENT_HOOKS if getattr(type(client), h, None) is not getattr(ClientAlgorithm, h)]
-        if hooks and _declared(client) is None and _declared(info) is None:
-            needs.add("client_logic")
-            detail["client_logic"] = f"{type(client).__name__} overrides {', '.join(hooks)}"
-    hooks = [h for h in _BROADCAST_HOOKS if getattr(type(strategy), h, None) is not getattr(Strategy, h)]
-    if hooks and _declared(strategy) is None and _declared(info) is None:
-        needs.add("broadcast")
-        detail["broadcast"] = f"{type(strategy).__name__} overrides {', '.join(hooks)}"
+    needs |= _KNOWN_NEEDS.get(name, frozenset())
     return frozenset(needs), detail
 
 
@@ -278,6 +332,7 @@ def _assess(name, needs, detail, client, *, client_lr, has_server_data) -> Flowe
     for need in sorted(needs):
         if need in _REFUSED_WHY:
             support.refused.append(_REFUSED_WHY[need].format(detail=detail.get(need, "")).replace(" ()", ""))
+            support.fixable = False
         elif need == "num_steps":
             support.client_duties.append(f"send its number of local steps as metric {NUM_STEPS_METRIC!r}")
         elif need == "round_lr":
@@ -291,6 +346,7 @@ def _assess(name, needs, detail, client, *, client_lr, has_server_data) -> Flowe
             support.client_duties.append(f"send metric '{PAYLOAD_PREFIX}{key}' (a number or a list of numbers)")
         else:
             support.refused.append(f"{need!r}, which the Flower adapter does not know how to provide")
+            support.fixable = False
     if client is not None and getattr(client, "objective", "plain") == "prox":
         support.client_duties.append(
             "add the proximal term (mu/2)*||w - w_global||^2 to its loss, with mu from the train config key 'proximal-mu'"
@@ -459,6 +515,14 @@ def _to_payload(value):
     return float(value)
 
 
+def _without_payload(content):
+    """The reply's metrics without ``payload.*`` entries (uploads, not training figures)."""
+    out = {}
+    for key, record in content.metric_records.items():
+        out[key] = MetricRecord({k: v for k, v in record.items() if not k.startswith(PAYLOAD_PREFIX)})
+    return RecordDict(out)
+
+
 class _WallClock:
     """Seconds since the strategy was created (a deployment reads the wall clock)."""
 
@@ -596,6 +660,7 @@ class FedweaveStrategy(_FlowerBase):
         for u in updates:
             self._sizes[u.client_id] = u.num_examples
         ctx = self._refresh_context()
+        self.state.round = int(server_round) - 1  # rounds completed before this one, as in fedweave's engine
         try:
             state = self.fedweave_strategy.aggregate(updates, self.state, ctx)
         except KeyError as exc:
@@ -612,7 +677,7 @@ class FedweaveStrategy(_FlowerBase):
         state.round = int(server_round)
         self.state = state
         self._global = self.layout.to_record(state.params, state.buffers, self._global)
-        metrics = self.train_metrics_aggr_fn([m.content for _, m in accepted], self.weighted_by_key)
+        metrics = self.train_metrics_aggr_fn([_without_payload(m.content) for _, m in accepted], self.weighted_by_key)
         for key, value in self.fedweave_strategy.metrics(state).items():
             metrics[f"fedweave.{key}"] = float(value)
         return self._global, metrics

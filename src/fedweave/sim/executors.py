@@ -59,6 +59,8 @@ class SerialExecutor(Executor):
 EXECUTORS = {
     "serial": "in-process, one reused model (the reference)",
     "ray": "long-lived Ray actors on this machine or a cluster (fedweave[ray])",
+    "vectorized": "a cohort of clients trained at once with torch.func (vmap)",
+    "auto": "vectorized where the method and model allow it, serial otherwise",
 }
 
 

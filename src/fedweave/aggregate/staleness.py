@@ -1,0 +1,88 @@
+"""Staleness functions for asynchronous aggregation: how much a late update still counts.
+
+An update trained from global version ``v`` and arriving when the server is at version
+``t`` has staleness ``τ = t − v ≥ 0`` (0: nothing was merged while the client trained).
+Following Xie, Koyejo & Gupta 2019, *Asynchronous Federated Optimization* (FedAsync,
+§5.2 "adaptive α"), a staleness function ``s(τ) ∈ (0, 1]`` scales the mixing weight
+(FedAsync: ``α_t = α · s(τ)``) or the update (FedBuff, Nguyen et al. 2022:
+``Δ̄ = (1/K) Σ_k s(τ_k) Δ_k``):
+
+* ``constant``:   s(τ) = 1
+* ``polynomial``: s(τ) = (τ + 1)^(−a)                         a ≥ 0
+* ``hinge``:      s(τ) = 1 if τ ≤ b else 1 / (a (τ − b) + 1)   a ≥ 0, b ≥ 0
+
+All are 1 at τ = 0, never increase with τ, and stay in (0, 1]. ``polynomial`` with
+``a = 0.5`` is FedBuff's ``1/√(1 + τ)``; FedAsync's experiments use ``a = 0.5`` for
+polynomial and ``a = 10, b = 4`` for hinge.
+
+The functions are pure and take a Python number or a NumPy array of staleness values
+(elementwise); a scalar input gives a float.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+
+Number = Union[int, float, np.ndarray]
+
+STALENESS_FUNCTIONS: dict[str, str] = {
+    "constant": "s(τ) = 1 (staleness ignored)",
+    "polynomial": "s(τ) = (τ + 1)^(−a)",
+    "hinge": "s(τ) = 1 if τ ≤ b else 1 / (a (τ − b) + 1)",
+}
+
+__all__ = ["STALENESS_FUNCTIONS", "constant", "polynomial", "hinge", "staleness_weight"]
+
+
+def _tau(tau: Number) -> np.ndarray:
+    t = np.asarray(tau, dtype=np.float64)
+    if not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise ValueError(f"staleness must be finite and >= 0, got {tau!r}")
+    return t
+
+
+def _out(value: np.ndarray, tau: Number) -> Number:
+    return float(value) if np.ndim(tau) == 0 else value
+
+
+def _check(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+        raise ValueError(f"staleness parameter {name} must be a finite number >= 0, got {value!r}")
+
+
+def constant(tau: Number) -> Number:
+    """s(τ) = 1."""
+    t = _tau(tau)
+    return _out(np.ones_like(t), tau)
+
+
+def polynomial(tau: Number, a: float = 0.5) -> Number:
+    """s(τ) = (τ + 1)^(−a)."""
+    _check("a", a)
+    t = _tau(tau)
+    return _out(np.power(t + 1.0, -float(a)), tau)
+
+
+def hinge(tau: Number, a: float = 10.0, b: float = 4.0) -> Number:
+    """s(τ) = 1 if τ ≤ b, else 1 / (a (τ − b) + 1)."""
+    _check("a", a)
+    _check("b", b)
+    t = _tau(tau)
+    return _out(np.where(t <= b, 1.0, 1.0 / (float(a) * (t - float(b)) + 1.0)), tau)
+
+
+def staleness_weight(kind: str, tau: Number, a: float = 0.5, b: float = 4.0) -> Number:
+    """The staleness function ``kind`` (one of :data:`STALENESS_FUNCTIONS`) at ``tau``.
+
+    ``a`` is the exponent of ``polynomial`` and the slope of ``hinge``; ``b`` is the
+    hinge's threshold. Parameters a kind does not use are ignored.
+    """
+    if kind == "constant":
+        return constant(tau)
+    if kind == "polynomial":
+        return polynomial(tau, a)
+    if kind == "hinge":
+        return hinge(tau, a, b)
+    raise ValueError(f"unknown staleness function {kind!r}; choose one of {', '.join(STALENESS_FUNCTIONS)}")
