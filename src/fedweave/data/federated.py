@@ -75,6 +75,9 @@ def load_dataset_source(data_cfg) -> DataSource:
         synthetic_num_clients=syn.num_clients,
         synthetic_dim=syn.dim,
         synthetic_classes=syn.num_classes,
+        data_name=getattr(data_cfg, "name", None),
+        split=getattr(data_cfg, "split", None),
+        columns=None if getattr(data_cfg, "columns", None) is None else data_cfg.columns.model_dump(),
     )
 
 

@@ -40,6 +40,10 @@ DATASETS: dict[str, str] = {
     "fashion_mnist": "Fashion-MNIST from the four IDX files (plain or .gz) in data.root",
     "cifar10": "CIFAR-10 from the python pickle batches in data.root",
     "npz": "your own arrays: an .npz file with x, y and optional client_id, x_test, y_test",
+    "leaf": "LEAF's JSON files (FEMNIST, Shakespeare, Sent140, Synthetic; data.name) in data.root, "
+    "one client per LEAF user",
+    "hf": "a Hugging Face dataset: a save_to_disk folder in data.root, or data.name from the local "
+    "cache (never downloads); data.split, data.columns",
 }
 
 
@@ -559,8 +563,14 @@ def load_source(
     synthetic_num_clients: int = 30,
     synthetic_dim: int = 60,
     synthetic_classes: int = 10,
+    data_name: str | None = None,
+    split: str | None = None,
+    columns: dict | None = None,
 ) -> DataSource:
     """Load the data source ``name`` (a key of :data:`DATASETS`).
+
+    ``data_name``, ``split`` and ``columns`` are ``data.name``, ``data.split`` and
+    ``data.columns`` of the ``leaf`` and ``hf`` sources.
 
     ``root`` is the folder (or, for ``npz``, the file) of file sources.
     ``seed`` drives the generated sources (``mnist1d``, ``synthetic``); the
@@ -586,6 +596,14 @@ def load_source(
     if name == "synthetic":
         return _load_synthetic(synthetic_alpha, synthetic_beta, synthetic_num_clients,
                                synthetic_dim, synthetic_classes, seed)
+    if name == "leaf":
+        from fedweave.data.leaf import load_leaf
+
+        return load_leaf(root, data_name)
+    if name == "hf":
+        from fedweave.data.hf import load_hf
+
+        return load_hf(root, data_name, split=split, columns=columns)
     if name in ("mnist", "fashion_mnist"):
         return _load_mnist_like(name, root)
     if name == "cifar10":

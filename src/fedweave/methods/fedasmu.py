@@ -1,0 +1,308 @@
+"""FedASMU — Liu, Jia, Che, Huo, Ren, Zhou, Dai & Dou, "FedASMU: Efficient Asynchronous
+Federated Learning with Dynamic Staleness-aware Model Update", AAAI 2024
+(arXiv:2312.05770). No official code was found; this follows the equations in the
+project's notes (METHODS.md), which are marked unverified, and the decisions below.
+
+Server (every arrival is merged at once, ``schedule.mode: async``). Device i's model
+w_i, trained from global version v, arrives when the server is at version V:
+
+    τ = V − v,   t = V + 1                      (t counts global versions, not seconds)
+    ξ = λ_i / (√t · (τ + 1)^σ_i) + ι_i
+    α = μ ξ / (1 + μ ξ)                          ∈ (0, 1)
+    w_g ← (1 − α) w_g + α w_i
+
+* τ + 1 instead of τ: τ = 0 (nothing merged meanwhile) would make τ^σ zero and ξ
+  infinite; with τ + 1 a fresh update gets ξ = λ/√t + ι.
+* λ_i, σ_i, ι_i are per device and parameterised as softplus of unconstrained raw values
+  (λ = softplus(r_λ) > 0 ...), so ξ > 0 and α stays in (0, 1) whatever gradient steps do.
+* Learned by a meta-gradient on the global loss L. At device i's merge the server keeps
+  u_i = w_i − w_g (so ∂w_merged/∂α = u_i) and ∂α/∂r. When device i's *next* upload
+  arrives, its delta Δ_next (from the model it started from) gives the gradient of
+  L near the merged model, g ≈ −Δ_next / (η · steps) with η = ``ctx.round_lr`` (exact
+  for one plain-SGD step on the global loss; an approximation otherwise: several local
+  steps, the device's own non-IID loss, later merges in between, momentum). Then
+
+      ∂L/∂α ≈ g · u_i,        r_i ← r_i − η_meta · clip((g · u_i) ∂α/∂r_i)
+
+  each coordinate of the step clipped to ±``meta_clip``. The meta step needs two
+  consecutive uploads of the same device, so the server stores one model-sized vector
+  per device that has uploaded: memory O(devices · P) (kept in the checkpoint).
+* Uploads staler than ``schedule.max_staleness`` are dropped by the engine before the
+  strategy sees them (the paper's staleness bound).
+
+Device. Part-way through local training the device fetches the newest global model
+w_g′ (``fetch_fraction``: the engine delivers it as ``job.fetched`` at that share of the
+job's compute time) and merges
+
+    β = μ_β φ / (1 + μ_β φ),    φ = max(0, γ_i/√t · (1 − υ_i/√(t − t_start + 1)))
+    w ← (1 − β) w + β w_g′
+
+with t = (fetched version) + 1 and t_start = (version the job started from) + 1, so
+t − t_start is the number of global versions merged while the device trained. γ_i, υ_i
+(softplus-parameterised, in the client state) are learned on the device from the first
+minibatch after the merge: with g₁ the gradient of the local loss there,
+∂L/∂β ≈ g₁ · (w_g′ − w_before) and r ← r − η_dev · clip(∂L/∂β · ∂β/∂r). The merged-in
+β is applied to the current job; the learned values serve the device's next job.
+
+Decisions:
+
+* The fetch point is fixed (``fetch_at``, share of the local steps, default 0.5),
+  decided at dispatch so the simulator knows the segment durations; the paper adapts
+  the fetch time per device, which is not implemented.
+* No merge when no newer global model exists at the fetch (fetched version = start
+  version): merging with the model training started from would only undo local steps.
+  The fetch is still made and counted in the downlink by the simulator's timing.
+* The local optimizer's state (momentum, Adam moments) restarts after the merge: the
+  job is trained as two segments with ``local_train``; the batch order reshuffles at the
+  segment boundary.
+* The upload's ``base_version`` stays the version the job started from (staleness is
+  measured from there, conservatively); its delta includes the merge jump, so the
+  server's meta-gradient g sees it too (an approximation).
+* Uploads are full models (``upload_full_model``); float buffers are mixed with α (server)
+  and β (device).
+* Ablations: ``learn_server: false`` / ``learn_device: false`` keep the initial
+  parameters fixed; ``device_merge: false`` turns the fetch off (server side only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from pydantic import Field
+
+from ..messages import Update
+from ..train import local_train
+from .base import ClientAlgorithm, JobResult, ServerState, Strategy
+from .fedasync import mix
+from .registry import MethodInfo, MethodParams, register
+
+
+class FedASMUParams(MethodParams):
+    mu: float = Field(1.0, gt=0, description="server: α = μξ/(1+μξ)")
+    lambda_init: float = Field(1.0, gt=0, description="initial λ_i (server)")
+    sigma_init: float = Field(0.5, gt=0, description="initial σ_i (server, staleness exponent)")
+    iota_init: float = Field(0.1, gt=0, description="initial ι_i (server, floor of ξ)")
+    learn_server: bool = Field(True, description="learn λ, σ, ι by the meta-gradient (false: fixed-weight ablation)")
+    server_meta_lr: float = Field(0.1, gt=0, description="step size of the server meta-gradient")
+    device_merge: bool = Field(True, description="fetch and merge the fresh global model during local training")
+    fetch_at: float = Field(0.5, gt=0, lt=1, description="share of local steps after which the device fetches")
+    mu_beta: float = Field(1.0, gt=0, description="device: β = μ_β φ/(1+μ_β φ)")
+    gamma_init: float = Field(1.0, gt=0, description="initial γ_i (device)")
+    upsilon_init: float = Field(0.5, gt=0, description="initial υ_i (device)")
+    learn_device: bool = Field(True, description="learn γ, υ on the device (false: fixed-weight ablation)")
+    device_meta_lr: float = Field(0.1, gt=0, description="step size of the device meta-gradient")
+    meta_clip: float = Field(1.0, gt=0, description="largest change of a raw parameter per meta step")
+
+
+def softplus(r: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.softplus(r)
+
+
+def inverse_softplus(v: float) -> float:
+    """r with softplus(r) = v (v > 0)."""
+    return v + math.log(-math.expm1(-v))
+
+
+# -- the server weight ------------------------------------------------------------------
+
+
+def server_alpha(raw: torch.Tensor, t: int, tau: int, mu: float) -> tuple[float, torch.Tensor]:
+    """α and ∂α/∂raw for raw = (r_λ, r_σ, r_ι) (float64 [3])."""
+    lam, sig, iota = softplus(raw).tolist()
+    dsp = torch.sigmoid(raw)  # d softplus / d raw
+    root_t = math.sqrt(t)
+    decay = (tau + 1.0) ** sig
+    xi = lam / (root_t * decay) + iota
+    alpha = mu * xi / (1.0 + mu * xi)
+    dalpha_dxi = mu / (1.0 + mu * xi) ** 2
+    dxi = torch.tensor([1.0 / (root_t * decay), -lam * math.log(tau + 1.0) / (root_t * decay), 1.0], dtype=torch.float64)
+    return alpha, dalpha_dxi * dxi * dsp
+
+
+def device_beta(raw: torch.Tensor, t: int, elapsed: int, mu_beta: float) -> tuple[float, torch.Tensor]:
+    """β and ∂β/∂raw for raw = (r_γ, r_υ) (float64 [2]); ``elapsed`` = t − t_start ≥ 0."""
+    gamma, upsilon = softplus(raw).tolist()
+    dsp = torch.sigmoid(raw)
+    root_t, root_s = math.sqrt(t), math.sqrt(elapsed + 1.0)
+    phi = gamma / root_t * (1.0 - upsilon / root_s)
+    if phi <= 0.0:
+        return 0.0, torch.zeros(2, dtype=torch.float64)
+    beta = mu_beta * phi / (1.0 + mu_beta * phi)
+    dbeta_dphi = mu_beta / (1.0 + mu_beta * phi) ** 2
+    dphi = torch.tensor([(1.0 - upsilon / root_s) / root_t, -gamma / (root_t * root_s)], dtype=torch.float64)
+    return beta, dbeta_dphi * dphi * dsp
+
+
+def _clip(step: torch.Tensor, limit: float) -> torch.Tensor:
+    return step.clamp(-limit, limit)
+
+
+class FedASMUStrategy(Strategy):
+    name = "fedasmu"
+    modes = ("async",)
+
+    def __init__(self, p: FedASMUParams):
+        self.p = p
+
+    def init(self, params, buffers, ctx) -> ServerState:
+        state = super().init(params, buffers, ctx)
+        p = self.p
+        raw0 = torch.tensor([inverse_softplus(p.lambda_init), inverse_softplus(p.sigma_init), inverse_softplus(p.iota_init)],
+                            dtype=torch.float64)
+        state.extra["raw"] = raw0.repeat(ctx.num_clients, 1)  # [N, 3]: r_λ, r_σ, r_ι per device
+        state.extra["dalpha"] = torch.zeros(ctx.num_clients, 3, dtype=torch.float64)  # ∂α/∂r at the last merge
+        state.extra["u"] = {}  # client id -> w_i − w_g at its last merge
+        return state
+
+    def meta_step(self, update, state: ServerState, ctx) -> torch.Tensor | None:
+        """The new raw row of the device after the feedback of its previous merge (None: none)."""
+        cid = update.client_id
+        u = state.extra["u"].get(cid)
+        lr = ctx.round_lr
+        if u is None or update.num_steps <= 0 or not lr > 0:
+            return None
+        g = -update.delta.to(torch.float64) / (lr * update.num_steps)
+        dl_dalpha = float(g @ u.to(torch.float64))
+        step = _clip(self.p.server_meta_lr * dl_dalpha * state.extra["dalpha"][cid], self.p.meta_clip)
+        return state.extra["raw"][cid] - step
+
+    def on_update(self, update, state: ServerState, ctx) -> ServerState:
+        cid = update.client_id
+        raw = state.extra["raw"]
+        extra = dict(state.extra)
+        if self.p.learn_server:
+            new_row = self.meta_step(update, state, ctx)
+            if new_row is not None:
+                raw = raw.clone()  # never in place: the engine's snapshots share tensors
+                raw[cid] = new_row
+                extra["raw"] = raw
+        tau = state.version - update.base_version
+        t = state.version + 1
+        alpha, dalpha = server_alpha(raw[cid], t, tau, self.p.mu)
+        x_new = update.params if update.params is not None else state.params + update.delta
+        u = x_new.to(state.params.dtype) - state.params
+        state.params = state.params + alpha * u
+        if update.buffers is not None and state.buffers.numel():
+            state.buffers = mix(state.buffers, update.buffers, alpha)
+        if self.p.learn_server:
+            extra["u"] = {**state.extra["u"], cid: u}
+            d = state.extra["dalpha"].clone()
+            d[cid] = dalpha
+            extra["dalpha"] = d
+        extra["alpha_t"] = alpha
+        if "merge_beta" in update.metrics:
+            extra["beta_last"] = float(update.metrics["merge_beta"])
+        state.extra = extra
+        state.version += 1
+        return state
+
+    def aggregate(self, updates, state, ctx) -> ServerState:
+        for u in updates:
+            state = self.on_update(u, state, ctx)
+        return state
+
+    def metrics(self, state: ServerState) -> dict[str, float]:
+        out = {}
+        if "alpha_t" in state.extra:
+            out["alpha_t"] = state.extra["alpha_t"]
+        if "beta_last" in state.extra:
+            out["merge_beta"] = state.extra["beta_last"]
+        vals = softplus(state.extra["raw"]).mean(dim=0).tolist()
+        out.update(lambda_mean=vals[0], sigma_mean=vals[1], iota_mean=vals[2])
+        return out
+
+
+class FedASMUClient(ClientAlgorithm):
+    """Local training in two segments around the merge with the fetched global model."""
+
+    upload_full_model = True
+
+    def __init__(self, p: FedASMUParams, objective: str = "plain", mu: float = 0.0):
+        super().__init__(objective, mu)
+        self.p = p
+        self.stateful = p.device_merge and p.learn_device
+
+    def fetch_fraction(self, job) -> float | None:
+        return self.p.fetch_at if self.p.device_merge else None
+
+    def _raw(self, job) -> torch.Tensor:
+        state = job.state or {}
+        if "fedasmu_raw" in state:
+            return state["fedasmu_raw"]
+        return torch.tensor([inverse_softplus(self.p.gamma_init), inverse_softplus(self.p.upsilon_init)], dtype=torch.float64)
+
+    def train(self, job, worker, generator) -> JobResult:
+        if job.fetched is None:
+            return super().train(job, worker, generator)
+        model = worker.model
+        idx = worker.data.client_train[job.client_id]
+        total = job.settings.num_steps(len(idx))
+        k1 = int(math.floor(self.p.fetch_at * total))
+        hooks = self.grad_hooks(job, worker)
+        loss_fn = self.loss_fn(job, worker)
+
+        def segment(steps: int, extra_hooks=()):
+            settings = dataclasses.replace(job.settings, local_steps=steps, epochs=None)
+            return local_train(model, worker.task, worker.data.x, worker.data.y, idx, settings, generator,
+                               tuple(extra_hooks) + hooks, loss_fn)
+
+        r1 = segment(k1) if k1 > 0 else None
+        raw = self._raw(job)
+        elapsed = job.fetched.version - job.broadcast.version
+        beta, dbeta = (0.0, None)
+        jump = None
+        if elapsed > 0:
+            beta, dbeta = device_beta(raw, job.fetched.version + 1, elapsed, self.p.mu_beta)
+        if beta > 0.0:
+            with torch.no_grad():
+                jump = job.fetched.params - model.params  # w_g′ − w_before
+                model.params.add_(jump, alpha=beta)  # the worker's own model: in place is fine
+                if model.buffers.numel() and job.fetched.buffers is not None:
+                    model.buffers.mul_(1.0 - beta).add_(job.fetched.buffers, alpha=beta)
+        first_grad: list[torch.Tensor] = []
+        n = model.params.numel()
+
+        def capture(grad, trained):
+            if not first_grad:
+                first_grad.append(grad[:n].clone())
+
+        r2 = segment(total - k1, (capture,) if jump is not None else ()) if total - k1 > 0 else None
+        new_raw = raw
+        if self.p.learn_device and jump is not None and first_grad:
+            dl_dbeta = float(first_grad[0].to(torch.float64) @ jump.to(torch.float64))
+            new_raw = raw - _clip(self.p.device_meta_lr * dl_dbeta * dbeta, self.p.meta_clip)
+        parts = [r for r in (r1, r2) if r is not None and r.steps > 0]
+        steps = sum(r.steps for r in parts)
+        processed = sum(r.examples_processed for r in parts)
+        loss = sum(r.mean_loss * r.steps for r in parts) / steps if steps else float("nan")
+        update = Update(
+            client_id=job.client_id,
+            base_version=job.broadcast.version,
+            delta=model.params - job.broadcast.params,
+            buffers=model.buffers.clone(),
+            num_examples=len(idx),
+            num_steps=steps,
+            metrics={"loss": loss, "merge_beta": beta},
+            payload={},
+            params=model.params.clone(),
+        )
+        state = {**(job.state or {}), "fedasmu_raw": new_raw} if self.stateful else None
+        return JobResult(update, state, processed)
+
+
+def _build(config, params: FedASMUParams):
+    return FedASMUStrategy(params), FedASMUClient(params, config.client.objective, config.client.mu)
+
+
+METHOD = register(
+    MethodInfo(
+        name="fedasmu",
+        summary="async: learned staleness-aware merge weight α (server) + mid-training merge with the fresh model (device)",
+        citation="Liu et al., AAAI 2024 (arXiv:2312.05770)",
+        build=_build,
+        params=FedASMUParams,
+        modes=("async",),
+    )
+)
