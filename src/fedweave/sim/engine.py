@@ -145,7 +145,10 @@ class Simulator:
         self.run_dir = run_dir
         self.progress = progress
         self.clock = VirtualClock()
-        self.store = ClientStateStore()
+        budget = self.cfg.executor.state_memory_mb
+        self.store = ClientStateStore(
+            None if budget is None else int(budget * 2**20), run_dir.path / "client_state" if budget is not None else None
+        )
         self.ctx = ServerContext(
             spec=exp.spec, num_clients=exp.data.num_clients, client_sizes=exp.data.client_sizes(),
             clock=self.clock, seed=self.cfg.seed, server_data=exp.data.server_data(),
@@ -158,6 +161,7 @@ class Simulator:
         self.committed = Committed(0, state, {}, np.zeros(n, dtype=np.int64), 0.0, Totals(),
                                    participation=np.zeros(n, dtype=np.int64), next_eval_s=every_s)
         self._wall_offset = 0.0
+        self._checkpointed: dict = {}
         # one concatenated validation set, so per-client figures cost one forward pass
         val = exp.data.client_val
         self._val_idx = torch.cat(val) if val and sum(len(v) for v in val) else torch.zeros(0, dtype=torch.long)
@@ -168,6 +172,7 @@ class Simulator:
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_dict(self) -> dict[str, Any]:
         c = self.committed
+        self._checkpointed = c.client_states
         d = {k: getattr(c, k) for k in c.__dataclass_fields__}
         d["state"] = c.state.to_dict()
         d["totals"] = vars(c.totals).copy()
@@ -185,6 +190,7 @@ class Simulator:
         fields["totals"] = Totals(**ckpt["totals"])
         self.committed = Committed(**fields)
         self._wall_offset = self.committed.wall_time_s
+        self._checkpointed = self.committed.client_states  # its spill files must survive
         for obs, st in zip(self.exp.observers, self.committed.observers):
             obs.load_state_dict(st)
         torch.set_rng_state(ckpt["torch_rng"])
@@ -192,6 +198,7 @@ class Simulator:
     def _snapshot(self, **live) -> None:
         """Commit the live bookkeeping (copies where the live objects keep changing)."""
         c = self.committed
+        previous = c.client_states
         self.committed = Committed(
             round=live["round"], state=_copy_state(live["state"]), client_states=self.store.state_dict(),
             counters=live["counters"].copy(), clock=self.clock.now(), totals=copy.copy(live["totals"]),
@@ -203,6 +210,9 @@ class Simulator:
             dispatches=live.get("dispatches", 0), next_eval_s=live.get("next_eval_s", c.next_eval_s),
             done=live.get("done", False),
         )
+        if self.store.spill_dir is not None:
+            # files that only the previous snapshot used may still be in the last checkpoint
+            self.store.collect_garbage(self.committed.client_states, previous, self._checkpointed)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Committed:

@@ -3,29 +3,127 @@
 SCAFFOLD's control variates, personal model segments, FLIP's triggers... live here,
 owned by the simulator rather than by the executor's workers, so any worker can run any
 client. Stateless clients cost nothing: nothing is stored until a client has state.
+
+With a memory budget (``executor.state_memory_mb``) the store keeps the most recently
+used states in memory, up to the budget, and spills the others to files in
+``spill_dir``, loading them back (memory-mapped) when their client is dispatched again.
+Spill files are written once and never modified (a new file per spill), so a
+checkpoint can refer to them by name: a snapshot is a mapping from client id to either
+an in-memory state or a file, and stays valid while the run goes on. Files no snapshot
+refers to any more are deleted.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
+
+import torch
+
+
+def state_bytes(state: dict[str, Any]) -> int:
+    return sum(v.numel() * v.element_size() if isinstance(v, torch.Tensor) else 8 for v in state.values())
+
+
+class SpilledState:
+    """A reference to a state saved in a file (what snapshots and checkpoints hold)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def load(self) -> dict[str, Any]:
+        return torch.load(self.path, mmap=True, weights_only=False)
+
+    def __reduce__(self):
+        return (SpilledState, (self.path,))
 
 
 class ClientStateStore:
-    def __init__(self):
-        self._states: dict[int, dict[str, Any]] = {}
+    def __init__(self, memory_budget_bytes: int | None = None, spill_dir: str | Path | None = None):
+        self.budget = memory_budget_bytes
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        if self.budget is not None and self.spill_dir is None:
+            raise ValueError("a memory budget needs a spill directory")
+        self._memory: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._spilled: dict[int, SpilledState] = {}
+        self._bytes = 0
+        self._seq = itertools.count()
+        self.spills = 0
+        self.loads = 0
 
     def get(self, client_id: int) -> dict[str, Any] | None:
-        return self._states.get(client_id)
+        state = self._memory.get(client_id)
+        if state is not None:
+            self._memory.move_to_end(client_id)
+            return state
+        ref = self._spilled.get(client_id)
+        if ref is None:
+            return None
+        self.loads += 1
+        return ref.load()
 
     def put(self, client_id: int, state: dict[str, Any] | None) -> None:
-        if state is not None:
-            self._states[client_id] = state
+        if state is None:
+            return
+        old = self._memory.pop(client_id, None)
+        if old is not None:
+            self._bytes -= state_bytes(old)
+        self._spilled.pop(client_id, None)
+        self._memory[client_id] = state
+        self._bytes += state_bytes(state)
+        self._enforce_budget()
+
+    def _enforce_budget(self) -> None:
+        if self.budget is None:
+            return
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        while self._bytes > self.budget and len(self._memory) > 1:
+            cid, state = self._memory.popitem(last=False)  # least recently used
+            path = self.spill_dir / f"client{cid}-{next(self._seq)}.pt"
+            torch.save({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}, path)
+            self._spilled[cid] = SpilledState(str(path))
+            self._bytes -= state_bytes(state)
+            self.spills += 1
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._memory) + len(self._spilled)
 
-    def state_dict(self) -> dict[int, dict[str, Any]]:
-        return dict(self._states)
+    @property
+    def memory_bytes(self) -> int:
+        return self._bytes
 
-    def load_state_dict(self, states: dict[int, dict[str, Any]]) -> None:
-        self._states = {int(k): v for k, v in states.items()}
+    def state_dict(self) -> dict[int, Any]:
+        """A snapshot: in-memory states by reference, spilled ones by file."""
+        snap: dict[int, Any] = dict(self._spilled)
+        snap.update(self._memory)
+        return snap
+
+    def load_state_dict(self, states: dict[int, Any]) -> None:
+        self._memory.clear()
+        self._spilled.clear()
+        self._bytes = 0
+        for cid, st in states.items():
+            if isinstance(st, SpilledState):
+                self._spilled[int(cid)] = st
+            else:
+                self._memory[int(cid)] = st
+                self._bytes += state_bytes(st)
+        self._enforce_budget()
+
+    def collect_garbage(self, *snapshots: dict[int, Any]) -> int:
+        """Delete spill files that neither the live store nor ``snapshots`` refer to."""
+        if self.spill_dir is None or not self.spill_dir.exists():
+            return 0
+        keep = {ref.path for ref in self._spilled.values()}
+        for snap in snapshots:
+            keep |= {v.path for v in snap.values() if isinstance(v, SpilledState)}
+        removed = 0
+        for path in self.spill_dir.glob("client*.pt"):
+            if str(path) not in keep:
+                path.unlink()
+                removed += 1
+        return removed

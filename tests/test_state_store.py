@@ -1,0 +1,74 @@
+"""The client-state store: memory budget, spilling to disk, snapshots and resume."""
+
+import pytest
+import torch
+
+import fedweave
+from fedweave.sim.state_store import ClientStateStore, SpilledState, state_bytes
+
+
+def _state(v, n=1000):
+    return {"c_i": torch.full((n,), float(v)), "count": v}
+
+
+def test_budget_spills_least_recently_used_and_loads_back(tmp_path):
+    one = state_bytes(_state(0))
+    store = ClientStateStore(memory_budget_bytes=int(2.5 * one), spill_dir=tmp_path)
+    for cid in range(5):
+        store.put(cid, _state(cid))
+    assert store.memory_bytes <= 2.5 * one
+    assert store.spills == 3 and len(store) == 5
+    assert store.get(4)["count"] == 4 and store.loads == 0  # recent: in memory
+    got = store.get(0)
+    assert store.loads == 1 and got["count"] == 0 and torch.equal(got["c_i"], torch.zeros(1000))
+    assert store.get(99) is None
+
+
+def test_snapshot_stays_valid_while_the_store_changes(tmp_path):
+    one = state_bytes(_state(0))
+    store = ClientStateStore(memory_budget_bytes=one, spill_dir=tmp_path)
+    store.put(0, _state(1))
+    store.put(1, _state(2))  # spills client 0
+    snap = store.state_dict()
+    assert isinstance(snap[0], SpilledState)
+    store.put(0, _state(7))
+    store.put(2, _state(3))
+    store.collect_garbage(snap)
+    restored = ClientStateStore(memory_budget_bytes=one, spill_dir=tmp_path)
+    restored.load_state_dict(snap)
+    assert restored.get(0)["count"] == 1 and restored.get(1)["count"] == 2 and restored.get(2) is None
+
+
+def test_unbounded_store_never_touches_disk():
+    store = ClientStateStore()
+    for cid in range(50):
+        store.put(cid, _state(cid, 10))
+    assert store.spills == 0 and len(store) == 50
+    store.put(3, None)  # stateless answer keeps the old state
+    assert store.get(3)["count"] == 3
+
+
+OV = ["method.name=scaffold", "schedule.rounds=6", "eval.every=2", "data.partition.num_clients=12",
+      "schedule.clients_per_round=4", "model.hidden=[32]"]
+
+
+def test_run_with_tiny_budget_equals_unbounded_and_resumes(tmp_path):
+    a = fedweave.run(None, out=tmp_path / "a", overrides=OV)
+    b = fedweave.run(None, out=tmp_path / "b", overrides=OV + ["executor.state_memory_mb=0.05"])
+    assert torch.equal(a.params, b.params)
+    assert any((tmp_path / "b" / "client_state").iterdir())
+
+    calls = []
+
+    def stop_at_5(done, total, record):
+        calls.append(done)
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fedweave.run(None, out=tmp_path / "c", overrides=OV + ["executor.state_memory_mb=0.05", "output.checkpoint_every=2"],
+                     progress=stop_at_5)
+    c = fedweave.resume(tmp_path / "c")
+    assert torch.equal(a.params, c.params)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in h]  # noqa: E731
+    assert strip(a.history) == strip(c.history)
