@@ -134,6 +134,9 @@ def partition(
     config: Optional[Path] = typer.Argument(None, help="YAML config (default: the quickstart)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     show: int = typer.Option(20, "--show", help="clients listed individually"),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="also draw each client's label distribution (stacked bars) and size into this file (.png)"
+    ),
 ):
     """Print partition statistics: sizes, label histograms and a heterogeneity figure."""
     from .config import load_config
@@ -141,6 +144,10 @@ def partition(
     from .data.stats import heterogeneity, label_histograms
 
     try:
+        if plot is not None:
+            from .data.plots import check_plot_path
+
+            check_plot_path(plot)
         cfg = load_config(config, set_)
         data = build_federated(cfg.data)
     except FedweaveError as exc:
@@ -166,6 +173,14 @@ def partition(
     out.print(table)
     if data.num_clients > show:
         out.print(f"({data.num_clients - show} more clients; --show N lists more)")
+    if plot is not None:
+        from .data.plots import plot_partition
+
+        try:
+            written = plot_partition(hists, plot, title=f"{data.name}: label distribution of {data.num_clients} clients")
+        except FedweaveError as exc:
+            _fail(exc)
+        out.print(f"plot written to {written}", highlight=False)
 
 
 GRID_HELP = ("KEY=V1,V2,...: a config key and the values to try, parsed as YAML; commas inside [...] or quotes "

@@ -108,11 +108,13 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     factory = ModelFactory(m.name, tuple(data.input_shape), data.num_classes, kwargs, config.seed)
     module = factory()
     flat = FlatModel(module, dict(m.roles))
+    module.eval()  # the probe must not touch BatchNorm statistics
     with torch.no_grad():
         try:
             out = module(data.x[:2])
         except Exception as exc:  # a model that does not fit the data is a user error
             raise ModelError(f"Model {m.name!r} cannot process inputs of shape {tuple(data.input_shape)}: {exc}") from None
+    module.train()
     if task.name == "classification" and tuple(out.shape) != (min(2, len(data.x)), data.num_classes):
         raise ModelError(f"Model {m.name!r} outputs shape {tuple(out.shape)}; expected [batch, {data.num_classes}] classes.")
     if flat.spec.num_params == 0:
@@ -138,7 +140,16 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
 def extensions() -> tuple[Callable[[Experiment], None], ...]:
     """Features that configure themselves from the config (each may wrap the client
     algorithm, add cohort hooks or observers, or refuse a combination)."""
-    return ()
+    from .methods.flip import configure_flip
+    from .methods.fltrust import configure_fltrust
+    from .methods.frl import configure_frl
+    from .privacy import configure_privacy
+    from .threats import configure_attack, configure_eavesdropper, configure_robust_accuracy
+
+    # order matters: method set-up first, then privacy (wraps strategy and client), then
+    # the attack (wraps the client outermost: attackers skip DP's client-side clipping)
+    return (configure_frl, configure_fltrust, configure_flip, configure_privacy, configure_attack,
+            configure_eavesdropper, configure_robust_accuracy)
 
 
 @dataclass

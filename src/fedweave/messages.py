@@ -9,6 +9,7 @@ serializes; the deployment counts wire bytes beside these analytic figures.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +93,17 @@ class Update:
         )
 
     def is_finite(self) -> bool:
-        tensors = [self.delta, self.params, self.buffers] + [v for v in self.payload.values() if isinstance(v, torch.Tensor)]
-        if any(t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
-            return False
-        return all(v == v and abs(v) != float("inf") for v in self.metrics.values())
+        values = [self.delta, self.params, self.buffers, *self.payload.values(), *self.metrics.values()]
+        return all(_finite(v) for v in values)
+
+
+def _finite(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    return True

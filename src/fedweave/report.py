@@ -165,10 +165,15 @@ class Group:
 
     @property
     def title(self) -> str:
-        """``value`` for one label key, else ``key=value, ...`` with keys shortened to their last part."""
+        """``value`` for one label key, else ``key=value, ...`` with keys shortened where unambiguous.
+
+        A key is shortened to its last part, or for ``x.name`` to ``x`` (``method.name`` → ``method``,
+        ``data.partition.alpha`` → ``alpha``); full keys are kept if two would read the same.
+        """
         if len(self.label) == 1:
             return self.label[0][1]
-        short = [k.rsplit(".", 1)[-1] for k, _ in self.label]
+        short = [k[: -len(".name")].rsplit(".", 1)[-1] if k.endswith(".name") else k.rsplit(".", 1)[-1]
+                 for k, _ in self.label]
         keys = short if len(set(short)) == len(short) else [k for k, _ in self.label]
         return ", ".join(f"{k}={v}" for k, (_, v) in zip(keys, self.label))
 
@@ -274,13 +279,18 @@ def _fmt(mean: float | None, std: float | None, digits: int) -> str:
 
 
 def _bold_flags(means: list[float | None], higher: bool, eligible: list[bool] | None = None) -> list[bool]:
-    """Which rows hold the best mean (ties all bold); nothing is bold with fewer than two values."""
+    """Which rows hold the best mean (ties all bold).
+
+    Nothing is bold with fewer than two values, or where every row would be (all equal).
+    """
     eligible = eligible or [True] * len(means)
     candidates = [m for m, ok in zip(means, eligible) if m is not None and ok]
-    if len([m for m in means if m is not None]) < 2 or not candidates:
+    present = [m is not None for m in means]
+    if sum(present) < 2 or not candidates:
         return [False] * len(means)
     best = max(candidates) if higher else min(candidates)
-    return [m is not None and ok and math.isclose(m, best, rel_tol=1e-12, abs_tol=0.0) for m, ok in zip(means, eligible)]
+    flags = [m is not None and ok and math.isclose(m, best, rel_tol=1e-12, abs_tol=0.0) for m, ok in zip(means, eligible)]
+    return [False] * len(means) if flags == present else flags
 
 
 def _values(runs: list[RunRecord], key: str) -> list[float]:
@@ -358,7 +368,8 @@ def summary_table(runset: RunSet) -> SummaryTable:
     notes = [
         "Each cell: mean ± sample standard deviation (ddof=1) over the completed runs of the row (one per seed); "
         "a single run shows no ±. Diverged, failed and unfinished runs are counted in `runs` and left out of the statistics.",
-        f"**Bold**: the best mean of each column ({better} is better for {metric}; lower is better for time and bytes).",
+        f"**Bold**: the best mean of each column ({better} is better for {metric}; lower is better for time and bytes); "
+        "no bold where all rows are equal.",
         f"final = the run's final {metric} (mean of its last `eval.final_window` evaluations); "
         f"best = its best evaluation.",
     ]
@@ -462,7 +473,8 @@ def _curve_figure(groups: list[Group], metric: str, x_of, xlabel: str, align: st
     fig = Figure(figsize=(7.5, 4.6), layout="constrained")
     ax = fig.add_subplot()
     drawn = False
-    for group, color in zip(groups, _colors(len(groups))):
+    styles = ["-", "--", "-.", ":"]  # lines that coincide stay visible
+    for i, (group, color) in enumerate(zip(groups, _colors(len(groups)))):
         curves = [c for c in (_series(r, metric, x_of) for r in group.curve_runs()) if len(c[0])]
         if not curves:
             continue
@@ -470,7 +482,7 @@ def _curve_figure(groups: list[Group], metric: str, x_of, xlabel: str, align: st
         if not len(grid):
             continue
         n = len(curves)
-        ax.plot(grid, ys.mean(axis=0), color=color, lw=1.8, label=f"{group.title} (n={n})",
+        ax.plot(grid, ys.mean(axis=0), color=color, lw=1.8, ls=styles[i % len(styles)], label=f"{group.title} (n={n})",
                 marker="o" if len(grid) == 1 else None)
         if n > 1:
             ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.18, lw=0)

@@ -332,6 +332,18 @@ def _check_existing(plan: SweepPlan) -> None:
             )
 
 
+def _check_shared_sqlite(plan: SweepPlan, jobs: int) -> None:
+    """Parallel workers must not share one SQLite MLflow store (SQLite has a single writer)."""
+    uris = {(r.config["output"].get("mlflow_tracking_uri") or "") for r in plan.runs if r.config["output"].get("mlflow")}
+    shared = sorted(u for u in uris if u.startswith("sqlite:"))
+    if shared and jobs > 1 and len(plan.runs) > 1:
+        raise ConfigError(
+            f"output.mlflow_tracking_uri={shared[0]!r} would be written by {jobs} worker processes at once, which a "
+            "SQLite store does not survive. Use --jobs 1, a tracking server (http://...), or leave "
+            "output.mlflow_tracking_uri unset for one database per run."
+        )
+
+
 def run_status(path: Path) -> str:
     """``completed``/``diverged``/``interrupted`` (from summary.json), ``failed``, ``unfinished`` or ``missing``."""
     summary = path / SUMMARY
@@ -428,6 +440,7 @@ def run_sweep(
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1; got {jobs}.")
     plan = plan_sweep(config, grid=grid, seeds=seeds, out=out, overrides=overrides)
+    _check_shared_sqlite(plan, jobs)
     plan.out.mkdir(parents=True, exist_ok=True)
     _write_text(plan.out / SWEEP_FILE, json.dumps(plan.to_json(), indent=2) + "\n")
 

@@ -218,7 +218,15 @@ def make_trackers(cfg, run_dir_path: str | Path) -> list[Tracker]:
     if out.mlflow:
         default_store = out.mlflow_tracking_uri is None
         uri = out.mlflow_tracking_uri or "sqlite:///" + str((run_dir / "mlflow.db").resolve())
-        trackers.append(MLflowTracker(uri, out.mlflow_experiment, run_dir.name, run_dir, default_store))
+        try:
+            trackers.append(MLflowTracker(uri, out.mlflow_experiment, run_dir.name, run_dir, default_store))
+        except Exception as exc:  # a wrong URI, an unreachable server, a broken database
+            for tracker in trackers:
+                tracker.close(None)
+            raise ConfigError(
+                f"output.mlflow: could not start an MLflow run in {uri!r} (output.mlflow_tracking_uri): "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
     params = flatten(cfg.to_dict())
     for tracker in trackers:
         tracker.log_params(params)

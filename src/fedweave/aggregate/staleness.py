@@ -70,7 +70,8 @@ def hinge(tau: Number, a: float = 10.0, b: float = 4.0) -> Number:
     _check("a", a)
     _check("b", b)
     t = _tau(tau)
-    return _out(np.where(t <= b, 1.0, 1.0 / (float(a) * (t - float(b)) + 1.0)), tau)
+    over = np.maximum(t - float(b), 0.0)  # 0 where τ ≤ b, so the formula gives 1 there
+    return _out(1.0 / (float(a) * over + 1.0), tau)
 
 
 def staleness_weight(kind: str, tau: Number, a: float = 0.5, b: float = 4.0) -> Number:

@@ -280,6 +280,13 @@ def _inputs(name: str, x: list, where: str, length: int | None) -> np.ndarray:
         if not x:
             return np.zeros((0, SENT140_DIM), dtype=np.float32)
         return np.stack([hashed_bag_of_words(_text(v)) for v in x])
+    if name == "femnist":
+        wrong = sorted({len(v) if isinstance(v, list) else -1 for v in x} - {FEMNIST_PIXELS})
+        if wrong:
+            found = "non-list inputs" if wrong == [-1] else f"inputs of {max(wrong)} values"
+            raise DataError(
+                f"{where}: FEMNIST inputs must have 784 values (28x28 pixels); found {found}. Check data.name."
+            )
     try:
         arr = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError):
@@ -290,10 +297,6 @@ def _inputs(name: str, x: list, where: str, length: int | None) -> np.ndarray:
         return arr.reshape(0, length or 0)
     if arr.ndim != 2:
         raise DataError(f"{where}: each input must be a flat list of numbers; got shape {arr.shape[1:]}.")
-    if name == "femnist" and arr.shape[1] != FEMNIST_PIXELS:
-        raise DataError(
-            f"{where}: FEMNIST inputs must have 784 values (28x28 pixels); found {arr.shape[1]}. Check data.name."
-        )
     if length is not None and arr.shape[1] != length:
         raise DataError(f"{where}: inputs have {arr.shape[1]} values, but earlier ones have {length}; all must match.")
     if not np.all(np.isfinite(arr)):

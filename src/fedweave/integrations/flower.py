@@ -24,7 +24,8 @@ How a round maps onto fedweave
   strategies expect) becomes a :class:`fedweave.messages.Update`: ``delta`` = client
   arrays - global arrays; ``num_examples`` = the ``num-examples`` metric
   (``weighted_by_key``); ``num_steps`` = the optional ``num-steps`` metric; metrics
-  named ``payload.<key>`` become ``payload[<key>]`` (a list becomes a 1-D tensor); the
+  named ``payload.<key>`` become ``payload[<key>]`` (a list becomes a 1-D float32
+  tensor, as fedweave's own uploads); the
   other scalar metrics become ``Update.metrics``.
 * Nodes are numbered 0, 1, ... in increasing Flower node id (new nodes are appended),
   and updates reach the method sorted by that number, as in fedweave's engine, so the
@@ -45,6 +46,8 @@ entry, its strategy or its client algorithm, and otherwise inferred (see
 * ``num_steps`` -- the number of local steps: each ClientApp sends metric ``num-steps``;
 * ``round_lr`` -- the clients' learning rate: pass ``client_lr=``;
 * ``server_data`` -- a server-held labelled set: pass ``server_data=(x, y)``;
+* ``model_factory`` -- the model itself on the server (FedLAW evaluates candidate
+  aggregates): pass ``model_factory=`` (a function returning the model);
 * ``payload:<key>`` -- an extra client upload: each ClientApp sends metric
   ``payload.<key>`` (a number or a list of numbers, e.g. a label histogram);
 * ``client_logic`` -- fedweave client-side training code (a client algorithm that
@@ -52,7 +55,12 @@ entry, its strategy or its client algorithm, and otherwise inferred (see
   without declaring ``needs``): refused, a Flower ClientApp runs its own training;
 * ``client_state`` -- per-client state kept by fedweave between rounds: refused;
 * ``broadcast`` -- data beyond the global model sent to clients, or per-client
-  messages (a strategy overriding ``configure``/``broadcast_payload``): refused.
+  messages (a strategy overriding ``configure``/``broadcast_payload``, a stage with a
+  ``broadcast_payload`` hook): refused;
+* ``server_training`` -- training on the server with fedweave's trainer (FLTrust): refused.
+
+Methods that run only asynchronously or buffered (FedAsync, FedBuff) are refused too:
+Flower's rounds are synchronous.
 
 The client objective ``prox`` (FedProx) is accepted: the strategy adds
 ``proximal-mu`` to the training ``ConfigRecord``, the key Flower's own FedProx uses,
@@ -119,10 +127,13 @@ NEEDS: dict[str, str | None] = {
     "num_steps": f"each ClientApp sends its number of local steps as metric {NUM_STEPS_METRIC!r}",
     "round_lr": "pass client_lr= (the clients' learning rate) to FedweaveStrategy",
     "server_data": "pass server_data=(x, y) (a server-held labelled set) to FedweaveStrategy",
+    "model_factory": "pass model_factory= (a function building the model whose state_dict keys are the arrays') "
+    "to FedweaveStrategy",
     "payload:<key>": f"each ClientApp sends metric '{PAYLOAD_PREFIX}<key>' (a number or a list of numbers)",
     "client_logic": None,
     "client_state": None,
     "broadcast": None,
+    "server_training": None,
 }
 
 _REFUSED_WHY = {
@@ -130,11 +141,28 @@ _REFUSED_WHY = {
     "client_state": "per-client state that fedweave keeps between rounds, which Flower does not store",
     "broadcast": "data beyond the global model sent to clients, or a different message per client "
     "({detail}), which the adapter cannot send",
+    "server_training": "training on the server's own data with fedweave's trainer, which the adapter does not set up",
 }
 
-# Methods registered before ``needs`` declarations existed: what their maths reads.
-_KNOWN_NEEDS: dict[str, frozenset[str]] = {
-    "fednova": frozenset({"num_steps", "round_lr"}),
+# What some methods registered without a ``needs`` declaration need. By class (strategy,
+# stage, client algorithm or stage client; replaces the inference for that part):
+_KNOWN_CLASS_NEEDS: dict[str, frozenset[str]] = {
+    "fedweave.methods.fednova.FedNovaStrategy": frozenset({"num_steps", "round_lr"}),
+    "fedweave.methods.fedlaw.FedLAWStrategy": frozenset({"server_data", "model_factory"}),
+    "fedweave.methods.feddisco.LabelHistogramClient": frozenset({"payload:label_hist"}),
+}
+# By method name, checked before the method is built (its build checks fedweave's own
+# schedule and data settings, which mean nothing under Flower):
+_KNOWN_METHOD_NEEDS: dict[str, frozenset[str]] = {
+    "fedlaw": frozenset({"server_data", "model_factory"}),
+    "fedce": frozenset({"broadcast", "client_logic"}),
+    "fltrust": frozenset({"server_training"}),
+}
+_KNOWN_DETAIL = {
+    "fedce": {
+        "broadcast": "each client's contribution score is sent to it",
+        "client_logic": "each client scores the model on its validation split",
+    }
 }
 
 _CLIENT_HOOKS = ("train", "grad_hooks", "loss_fn", "upload_payload", "next_state")
@@ -250,7 +278,13 @@ class FlowerSupport:
 
 
 def _declared(obj) -> set[str] | None:
+    """The needs ``obj`` declares (attribute ``needs``), or that are known for its class."""
+    if obj is None:
+        return None
     needs = getattr(obj, "needs", None)
+    if needs is None:
+        cls = type(obj)
+        needs = _KNOWN_CLASS_NEEDS.get(f"{cls.__module__}.{cls.__qualname__}")
     return None if needs is None else {str(n) for n in needs}
 
 
@@ -321,12 +355,10 @@ def method_needs(info, strategy: Strategy, client) -> tuple[frozenset[str], dict
         return frozenset(info_declared), detail
     _strategy_needs(strategy, needs, detail)
     _client_needs(client, needs, detail)
-    name = getattr(info, "name", None) or getattr(strategy, "name", "")
-    needs |= _KNOWN_NEEDS.get(name, frozenset())
     return frozenset(needs), detail
 
 
-def _assess(name, needs, detail, client, *, client_lr, has_server_data) -> FlowerSupport:
+def _assess(name, needs, detail, client, *, client_lr, has_server_data, has_model_factory) -> FlowerSupport:
     support = FlowerSupport(name, needs)
     support.client_duties.append("send its trained arrays (same keys and shapes) and the metric 'num-examples'")
     for need in sorted(needs):
@@ -341,6 +373,12 @@ def _assess(name, needs, detail, client, *, client_lr, has_server_data) -> Flowe
         elif need == "server_data":
             if not has_server_data:
                 support.refused.append("a server-held labelled data set (pass server_data=(x, y) to FedweaveStrategy)")
+        elif need == "model_factory":
+            if not has_model_factory:
+                support.refused.append(
+                    "the model on the server (pass model_factory=..., a function returning the model whose "
+                    "state_dict the arrays are, to FedweaveStrategy)"
+                )
         elif need.startswith("payload:") and len(need) > len("payload:"):
             key = need[len("payload:"):]
             support.client_duties.append(f"send metric '{PAYLOAD_PREFIX}{key}' (a number or a list of numbers)")
@@ -354,7 +392,14 @@ def _assess(name, needs, detail, client, *, client_lr, has_server_data) -> Flowe
     return support
 
 
-def _config_for(method, params: dict | None, client: dict | None) -> Config:
+def _config_for(method, params: dict | None, client: dict | None, has_server_data: bool) -> Config:
+    """The fedweave Config a method is built from under Flower.
+
+    Flower picks each round's cohort, so a method given by name is built as for cohorts
+    of unknown size (``schedule.sampling: poisson``; robust combiners then check their
+    cohort each round); with ``server_data`` it is built as if the server held a split.
+    A full Config is used as given.
+    """
     params = dict(params or {})
     if isinstance(method, Config):
         extra: dict[str, Any] = {}
@@ -372,24 +417,43 @@ def _config_for(method, params: dict | None, client: dict | None) -> Config:
             f"method must be a registered method name, a dict of method settings, a fedweave Config or a fedweave "
             f"Strategy; got {type(method).__name__}."
         )
-    raw: dict[str, Any] = {"method": section}
+    raw: dict[str, Any] = {"method": section, "schedule": {"sampling": "poisson", "sampling_rate": 1.0}}
     if client:
         raw["client"] = dict(client)
+    if has_server_data:
+        raw["data"] = {"server_fraction": 0.02}
     return load_config(raw)
 
 
-def _resolve(method, params, client):
-    """(name, info, strategy, client algorithm, config) for any accepted ``method`` form."""
+def _resolve(method, params, client, *, client_lr, has_server_data, has_model_factory):
+    """(info, strategy, client algorithm, config, support) for any accepted ``method`` form.
+
+    Raises UnsupportedMethodError for methods refused before they are built.
+    """
+    flags = dict(client_lr=client_lr, has_server_data=has_server_data, has_model_factory=has_model_factory)
     if isinstance(method, Strategy):
         if params or client:
             raise ConfigError("params= and client= apply to registered methods, not to a Strategy instance.")
-        return getattr(method, "name", type(method).__name__), None, method, None, None
+        name = getattr(method, "name", type(method).__name__)
+        needs, detail = method_needs(None, method, None)
+        return None, method, None, None, _assess(name, needs, detail, None, **flags)
     from ..methods import build_method, get_method
 
-    cfg = _config_for(method, params, client)
+    cfg = _config_for(method, params, client, has_server_data)
     info = get_method(cfg.method.name)
+    if "sync" not in info.modes:
+        raise UnsupportedMethodError(
+            f"Method {info.name!r} runs only with schedule.mode {' or '.join(info.modes)}, and Flower's rounds are "
+            f"synchronous; use a synchronous method, or run it with `fedweave run`."
+        )
+    known = _declared(info)
+    if known is None and info.name in _KNOWN_METHOD_NEEDS:
+        pre = _assess(info.name, _KNOWN_METHOD_NEEDS[info.name], _KNOWN_DETAIL.get(info.name, {}), None, **flags)
+        if not pre.supported:
+            raise UnsupportedMethodError(pre.message())
     strategy, algorithm = build_method(cfg)
-    return info.name, info, strategy, algorithm, cfg
+    needs, detail = method_needs(info, strategy, algorithm)
+    return info, strategy, algorithm, cfg, _assess(info.name, needs, detail, algorithm, **flags)
 
 
 def flower_support(
@@ -399,16 +463,19 @@ def flower_support(
     client: dict | None = None,
     client_lr: float | None = None,
     server_data: bool = False,
+    model_factory: bool = False,
 ) -> FlowerSupport:
     """Whether ``method`` runs as a Flower strategy and what ClientApps must send.
 
-    Arguments as for :class:`FedweaveStrategy` (``server_data`` only says whether a
-    server-held set will be given). Unknown methods and bad parameters raise
-    ConfigError, as in ``fedweave run``.
+    Arguments as for :class:`FedweaveStrategy`; ``server_data`` and ``model_factory``
+    only say whether they will be given. Refusals found before the method can be built
+    (asynchronous methods...) raise UnsupportedMethodError; unknown methods and bad
+    parameters raise ConfigError, as in ``fedweave run``.
     """
-    name, info, strategy, algorithm, _ = _resolve(method, params, client)
-    needs, detail = method_needs(info, strategy, algorithm)
-    return _assess(name, needs, detail, algorithm, client_lr=client_lr, has_server_data=server_data)
+    *_, support = _resolve(
+        method, params, client, client_lr=client_lr, has_server_data=server_data, has_model_factory=model_factory
+    )
+    return support
 
 
 # --------------------------------------------------------------------------------------
@@ -508,9 +575,8 @@ class ArrayLayout:
 
 
 def _to_payload(value):
+    """A metric as an Update payload entry: a list becomes a float32 tensor, a number a float."""
     if isinstance(value, list):
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return torch.tensor(value, dtype=torch.int64)
         return torch.tensor([float(v) for v in value], dtype=torch.float32)
     return float(value)
 
@@ -521,6 +587,19 @@ def _without_payload(content):
     for key, record in content.metric_records.items():
         out[key] = MetricRecord({k: v for k, v in record.items() if not k.startswith(PAYLOAD_PREFIX)})
     return RecordDict(out)
+
+
+def _metric_value(value):
+    """A method's figure as a MetricRecord value (a float or a list of floats), or None."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+            return [float(v) for v in value]
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 class _WallClock:
@@ -558,7 +637,10 @@ class FedweaveStrategy(_FlowerBase):
         The size of the client population the method is told; default: the number of
         nodes seen so far.
     server_data
-        ``(x, y)`` tensors held by the server, for methods that need them.
+        ``(x, y)`` tensors held by the server, for methods that need them (FedLAW's proxy set).
+    model_factory
+        A function returning a fresh model whose ``state_dict`` keys are the arrays', for
+        methods that evaluate models on the server (FedLAW).
     client_lr
         The clients' learning rate (``ServerContext.round_lr``), for methods that need it.
     buffer_keys
@@ -577,35 +659,32 @@ class FedweaveStrategy(_FlowerBase):
         seed: int = 0,
         num_clients: int | None = None,
         server_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+        model_factory: Any = None,
         client_lr: float | None = None,
         buffer_keys: Iterable[str] = DEFAULT_BUFFER_KEYS,
         **flower_kwargs: Any,
     ) -> None:
         require_flower()
         super().__init__(**flower_kwargs)
-        name, info, strategy, algorithm, cfg = _resolve(method, params, client)
-        if info is not None and "sync" not in info.modes:
-            raise UnsupportedMethodError(
-                f"Method {name!r} runs only asynchronously ({', '.join(info.modes)}); Flower's rounds are synchronous."
-            )
-        needs, detail = method_needs(info, strategy, algorithm)
-        support = _assess(
-            name, needs, detail, algorithm, client_lr=client_lr, has_server_data=server_data is not None
+        info, strategy, algorithm, cfg, support = _resolve(
+            method, params, client, client_lr=client_lr, has_server_data=server_data is not None,
+            has_model_factory=model_factory is not None,
         )
         if not support.supported:
             raise UnsupportedMethodError(support.message())
         if num_clients is not None and (isinstance(num_clients, bool) or int(num_clients) < 1):
             raise ConfigError(f"num_clients must be a positive integer; got {num_clients!r}.")
-        self.method_name = name
+        self.method_name = support.method
         self.method_info = info
         self.fedweave_config = cfg
         self.fedweave_strategy = strategy
         self.client_algorithm = algorithm
         self.support = support
-        self.needs = needs
+        self.needs = support.needs
         self.seed = int(seed)
         self.fixed_num_clients = None if num_clients is None else int(num_clients)
         self.server_data = server_data
+        self.model_factory = model_factory
         self.client_lr = None if client_lr is None else float(client_lr)
         self.buffer_keys = tuple(buffer_keys)
         self.proximal_mu = (
@@ -646,6 +725,8 @@ class FedweaveStrategy(_FlowerBase):
         for m in replies:
             if m.has_error():
                 logger.warning("node %s replied with an error: %s", m.metadata.src_node_id, m.error.reason)
+        for node in sorted({int(m.metadata.src_node_id) for m in valid}):
+            self._client_index(node)  # nodes not seen in configure_train: numbered in increasing id
         accepted = []
         for msg in valid:
             update = self._to_update(msg)
@@ -679,7 +760,9 @@ class FedweaveStrategy(_FlowerBase):
         self._global = self.layout.to_record(state.params, state.buffers, self._global)
         metrics = self.train_metrics_aggr_fn([_without_payload(m.content) for _, m in accepted], self.weighted_by_key)
         for key, value in self.fedweave_strategy.metrics(state).items():
-            metrics[f"fedweave.{key}"] = float(value)
+            value = _metric_value(value)
+            if value is not None:
+                metrics[f"fedweave.{key}"] = value
         return self._global, metrics
 
     # -- fedweave side -------------------------------------------------------------------
@@ -717,7 +800,7 @@ class FedweaveStrategy(_FlowerBase):
         if self.context is None:
             self.context = ServerContext(
                 spec=self.layout.spec, num_clients=n, client_sizes=sizes, clock=self._clock, seed=self.seed,
-                server_data=self.server_data, round_lr=self.client_lr or 0.0,
+                server_data=self.server_data, round_lr=self.client_lr or 0.0, model_factory=self.model_factory,
             )
         else:
             self.context.num_clients, self.context.client_sizes = n, sizes
@@ -812,6 +895,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="method.key=value or client.key=value (YAML value); repeatable")
     parser.add_argument("--client-lr", type=float, default=None, help="the clients' learning rate")
     parser.add_argument("--server-data", action="store_true", help="the server will hold a labelled set")
+    parser.add_argument("--model-factory", action="store_true", help="the server will have the model")
     args = parser.parse_args(argv)
     try:
         require_flower()
@@ -821,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--set takes method.* and client.* keys here; got {', '.join(unknown)}.")
         support = flower_support(
             {**tree.get("method", {}), "name": args.method}, client=tree.get("client"),
-            client_lr=args.client_lr, server_data=args.server_data,
+            client_lr=args.client_lr, server_data=args.server_data, model_factory=args.model_factory,
         )
     except FedweaveError as exc:
         print(f"error: {exc}", file=sys.stderr)

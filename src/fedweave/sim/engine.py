@@ -132,6 +132,7 @@ class Committed:
     dispatches: int = 0
     next_eval_s: float | None = None
     done: bool = False
+    pending_losses: list = field(default_factory=list)
 
 
 class _Stop(Exception):
@@ -208,7 +209,7 @@ class Simulator:
             queue=[copy.copy(e) for e in live.get("queue", [])], queue_seq=live.get("queue_seq", 0),
             busy=list(live.get("busy", [])), buffer=list(live.get("buffer", [])),
             dispatches=live.get("dispatches", 0), next_eval_s=live.get("next_eval_s", c.next_eval_s),
-            done=live.get("done", False),
+            done=live.get("done", False), pending_losses=list(live.get("pending_losses", [])),
         )
         if self.store.spill_dir is not None:
             # files that only the previous snapshot used may still be in the last checkpoint
@@ -306,6 +307,7 @@ class Simulator:
         totals = copy.copy(c.totals)
         participation = c.participation.copy()
         accepted, new_states, losses = [], {}, []
+        nonfinite = 0
         end = t0
         for cid in selected:
             totals.bytes_down += broadcasts[cid].num_bytes()
@@ -331,8 +333,12 @@ class Simulator:
                 totals.arrivals += 1
                 for obs in exp.observers:
                     obs.on_upload(res.update, r)
-                if not self._online_at_arrival(info, ev.time) or not res.update.is_finite():
+                if not self._online_at_arrival(info, ev.time):
                     totals.dropped_updates += 1
+                    continue
+                if not res.update.is_finite():
+                    totals.dropped_updates += 1
+                    nonfinite += 1
                     continue
                 end = ev.time
                 totals.client_updates += 1
@@ -349,7 +355,11 @@ class Simulator:
         accepted.sort(key=lambda u: u.client_id)
         for hook in exp.cohort_hooks:
             accepted = hook(accepted, state, r, self.ctx)
-        new_state = exp.strategy.aggregate(accepted, state, self.ctx)
+        if not accepted and nonfinite and nonfinite == totals.arrivals - c.totals.arrivals:
+            raise DivergedError(f"Every update of round {r + 1} was non-finite; lower client.lr or check the method's settings.")
+        # strategies may update the state in place: aggregate a copy, so the committed
+        # state stays that of the last completed round until this one is committed
+        new_state = exp.strategy.aggregate(accepted, _copy_state(state), self.ctx)
         self._check_finite(new_state, f"round {r + 1}")
         new_state.round = r + 1
         for obs in exp.observers:
@@ -391,14 +401,15 @@ class Simulator:
         every_s = cfg.eval.every_s
         live = dict(round=c.round, state=c.state, counters=c.counters.copy(), totals=copy.copy(c.totals),
                     history=list(c.history), participation=c.participation.copy(), busy=list(c.busy),
-                    buffer=list(c.buffer), dispatches=c.dispatches, next_eval_s=c.next_eval_s, done=c.done)
+                    buffer=list(c.buffer), dispatches=c.dispatches, next_eval_s=c.next_eval_s, done=c.done,
+                    pending_losses=list(c.pending_losses))
         if live["done"]:
             return
         queue = EventQueue()
         queue._heap = [copy.copy(e) for e in c.queue]
         queue._seq = c.queue_seq
         busy: set[int] = set(live["busy"])
-        pending_losses: list[float] = []
+        pending_losses: list[float] = live["pending_losses"]  # train losses since the last evaluation
 
         def commit():
             live["busy"] = sorted(busy)
@@ -447,16 +458,21 @@ class Simulator:
                 commit()
                 self.run_dir.save_checkpoint(self.checkpoint_dict())
 
-        if not queue and not busy:
+        # fill free slots: at the start, and after a resume from a commit made while an
+        # arrival was being processed (before its slot was refilled) — the same dispatch
+        # the uninterrupted run makes right after that arrival
+        spent = max_arrivals is not None and live["totals"].arrivals >= max_arrivals
+        if not spent:
             dispatch(self.clock.now())
         try:
-            while queue:
+            while queue and not spent:
                 ev = queue.peek()
                 if every_s is not None and ev.time >= live["next_eval_s"]:
                     # evaluate the model as it is at the grid point, before later events
-                    self.clock.advance_to(live["next_eval_s"])
-                    evaluate(live["next_eval_s"])
-                    live["next_eval_s"] += every_s
+                    at = live["next_eval_s"]
+                    self.clock.advance_to(at)
+                    live["next_eval_s"] = at + every_s  # committed by evaluate()
+                    evaluate(at)
                     continue
                 if sched.max_time_s is not None and ev.time > sched.max_time_s:
                     self.clock.advance_to(sched.max_time_s)
@@ -523,9 +539,9 @@ class Simulator:
                 live["buffer"] = []
                 for hook in exp.cohort_hooks:
                     batch = hook(batch, state, live["round"], self.ctx)
-                merged(exp.strategy.aggregate(batch, state, self.ctx))
+                merged(exp.strategy.aggregate(batch, _copy_state(state), self.ctx))
         else:
-            merged(exp.strategy.on_update(res.update, state, self.ctx))
+            merged(exp.strategy.on_update(res.update, _copy_state(state), self.ctx))
 
     def _check_finite(self, state: ServerState, where: str) -> None:
         if not bool(torch.isfinite(state.params).all()) or not bool(torch.isfinite(state.buffers).all()):
