@@ -117,6 +117,8 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     module.train()
     if task.name == "classification" and tuple(out.shape) != (min(2, len(data.x)), data.num_classes):
         raise ModelError(f"Model {m.name!r} outputs shape {tuple(out.shape)}; expected [batch, {data.num_classes}] classes.")
+    if hasattr(task, "check_output"):  # e.g. restoration: output and target images must match
+        task.check_output(out, data.y[: len(out)])
     if flat.spec.num_params == 0:
         raise ModelError(f"Model {m.name!r} has no trainable shared parameters under model.roles.")
     if config.executor.kind == "vectorized":
@@ -183,6 +185,11 @@ def run(
         cfg.output.dir = str(out)
     exp = build_experiment(cfg)
     run_dir = RunDirectory(cfg.output.dir or default_run_dir(cfg))
+    if (run_dir.path / CONFIG).exists():
+        raise ConfigError(
+            f"{str(run_dir.path)!r} already holds a run; choose another output directory, delete it, "
+            "or continue it with `fedweave run --resume DIR`."
+        )
     cfg.output.dir = str(run_dir.path)
     run_dir.create(cfg.to_yaml())
     return _execute(exp, run_dir, None, progress)

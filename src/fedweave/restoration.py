@@ -70,6 +70,10 @@ class RestorationTask(Task):
     def __init__(self):
         super().__init__("restoration", "psnr", True)
 
+    def check_output(self, output, target):
+        """Raise ModelError unless the model maps inputs to images shaped like the targets."""
+        _check_pair(output, target)
+
     def loss(self, output, target):
         _check_pair(output, target)
         return charbonnier(output, target).mean()

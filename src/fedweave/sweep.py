@@ -55,7 +55,7 @@ import re
 import shutil
 import signal
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,29 +281,43 @@ def plan_sweep(
     combos = expand(axes)
     out = Path(out)
 
-    problems: dict[str, list[str]] = {}
-    data_cache: dict[str, Any] = {}
-    runs: list[SweepRun] = []
+    problems: dict[str, list[str]] = {}  # error message -> combinations
+    configs: dict[str, Any] = {}  # combination name -> Config
+    by_data: dict[str, list[Combination]] = {}  # combinations sharing a `data` section share one build
     for combo in combos:
         try:
             cfg = load_config(base_raw, deep_merge(set_tree, combo.overrides()))
-            data_key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
-            if data_key not in data_cache:
-                data_cache[data_key] = build_federated(cfg.data)
-            build_experiment(cfg, data=data_cache[data_key])
         except FedweaveError as exc:
             problems.setdefault(str(exc), []).append(combo.name)
             continue
-        for seed in seed_list:
-            path = out / combo.name / f"seed{seed}"
-            resolved = load_config(cfg, {"seed": seed, "output": {"dir": str(path)}})
-            runs.append(SweepRun(combo, seed, path, resolved.to_dict()))
+        configs[combo.name] = cfg
+        by_data.setdefault(json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True), []).append(combo)
+    for group in by_data.values():
+        try:
+            data = build_federated(configs[group[0].name].data)  # one data set in memory at a time
+        except FedweaveError as exc:
+            problems.setdefault(str(exc), []).extend(c.name for c in group)
+            continue
+        for combo in group:
+            try:
+                build_experiment(configs[combo.name], data=data)
+            except FedweaveError as exc:
+                problems.setdefault(str(exc), []).append(combo.name)
+        del data
+
     if problems:
         lines = [f"{sum(map(len, problems.values()))} of {len(combos)} sweep combinations are invalid; nothing was run."]
         for message, names in problems.items():
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             lines.append(f"- {shown}:\n  " + message.replace("\n", "\n  "))
         raise ConfigError("\n".join(lines))
+
+    runs: list[SweepRun] = []
+    for combo in combos:
+        for seed in seed_list:
+            path = out / combo.name / f"seed{seed}"
+            resolved = load_config(configs[combo.name], {"seed": seed, "output": {"dir": str(path)}})
+            runs.append(SweepRun(combo, seed, path, resolved.to_dict()))
     plan = SweepPlan(out, str(Path(config).resolve()) if config is not None else None, base_overrides, axes, seed_list, runs)
     _check_existing(plan)
     return plan
@@ -359,13 +373,16 @@ def run_status(path: Path) -> str:
 
 # -- running --------------------------------------------------------------------------------
 
-_IN_RUN = False
+_IN_RUN = False  # worker-process state: a run is in progress
+_STOPPING = False  # worker-process state: Ctrl-C was pressed; start nothing more
 
 
 def _worker_init() -> None:
-    """Worker processes react to Ctrl-C only while a run is in progress (no idle tracebacks)."""
+    """Ctrl-C interrupts a worker's run in progress, and an idle worker starts no further run."""
 
     def on_sigint(signum, frame):
+        global _STOPPING
+        _STOPPING = True
         if _IN_RUN:
             raise KeyboardInterrupt
 
@@ -379,6 +396,8 @@ def _run_one(config: dict[str, Any], path: str) -> dict[str, Any]:
 
     from .experiment import run
 
+    if _STOPPING:
+        return {"status": "interrupted", "message": "not started: the sweep was stopped"}
     torch.set_num_threads(int(config["executor"]["threads"]))
     _IN_RUN = True
     try:
@@ -466,6 +485,13 @@ def run_sweep(
 
 
 def _execute(pending: list[SweepRun], jobs: int, result: SweepResult, state: SweepProgress, progress) -> None:
+    """Run ``pending`` on ``jobs`` worker processes, handing out one run at a time.
+
+    Only as many runs as there are workers are ever submitted, so after Ctrl-C nothing
+    queued starts. A worker that dies (killed, out of memory) fails the runs it held
+    and is replaced by a fresh pool.
+    """
+
     def record(run: SweepRun, outcome: dict[str, Any]) -> None:
         result.statuses[run.rel] = outcome["status"]
         if outcome.get("message"):
@@ -476,24 +502,39 @@ def _execute(pending: list[SweepRun], jobs: int, result: SweepResult, state: Swe
         if progress:
             progress(state)
 
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init)
-    futures = {pool.submit(_run_one, run.config, str(run.path)): run for run in pending}
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init)
+
+    todo = iter(pending)
+    running: dict[Future, tuple[SweepRun, ProcessPoolExecutor]] = {}
+    pool = new_pool()
+
+    def submit_next() -> None:
+        run = next(todo, None)
+        if run is not None:
+            running[pool.submit(_run_one, run.config, str(run.path))] = (run, pool)
+
     try:
-        for future in as_completed(futures):
-            run = futures[future]
-            try:
-                outcome = future.result()
-            except BrokenProcessPool as exc:  # the worker died (killed, out of memory, crashed)
-                run.path.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(run.path / ERROR_FILE, f"the worker process running this run died: {exc}\n")
-                outcome = {"status": "failed", "message": f"worker process died: {exc}"}
-            record(run, outcome)
-    except KeyboardInterrupt:
-        pool.shutdown(wait=True, cancel_futures=True)  # running runs save an 'interrupted' summary
-        raise
+        for _ in range(jobs):
+            submit_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                run, owner = running.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as exc:
+                    run.path.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(run.path / ERROR_FILE, f"the worker process running this run died: {exc}\n")
+                    outcome = {"status": "failed", "message": f"worker process died: {exc}"}
+                    if owner is pool:  # the other runs it held fail the same way; later runs get a new pool
+                        pool.shutdown(wait=False)
+                        pool = new_pool()
+                record(run, outcome)
+                submit_next()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # after Ctrl-C: running runs save 'interrupted' summaries
 
 
 # -- results ------------------------------------------------------------------------------------

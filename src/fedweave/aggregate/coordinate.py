@@ -15,16 +15,39 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from fedweave.aggregate._checks import check_updates
+
+
+def sorted_rows(updates: Tensor) -> Tensor:
+    """``updates`` ``[K, P]`` with each column sorted in increasing order (a new tensor).
+
+    CPU float32/float64 tensors that need no gradient are sorted by numpy's vectorised
+    (SIMD) sort along axis 0, several times faster than ``torch.sort`` along a strided
+    dimension for small K; other tensors use ``torch.sort``. NaNs sort last in both.
+    """
+    if updates.device.type == "cpu" and updates.dtype in (torch.float32, torch.float64) and not updates.requires_grad:
+        return torch.from_numpy(np.sort(updates.detach().resolve_neg().resolve_conj().numpy(), axis=0))
+    return updates.sort(dim=0).values
+
+
+def sort_rows_(updates: Tensor) -> Tensor:
+    """Like :func:`sorted_rows`, but sorts a contiguous CPU float tensor in place (no copy)."""
+    if (updates.device.type == "cpu" and updates.dtype in (torch.float32, torch.float64) and not updates.requires_grad
+            and updates.is_contiguous() and not updates.is_neg() and not updates.is_conj()):
+        updates.numpy().sort(axis=0)
+        return updates
+    return sorted_rows(updates)
 
 
 def median(updates: Tensor) -> Tensor:
     """Coordinate-wise median ``[P]`` of ``updates`` ``[K, P]``; even K averages the middle two."""
     check_updates(updates)
     k = updates.shape[0]
-    ordered = updates.sort(dim=0).values
+    ordered = sorted_rows(updates)
     if k % 2 == 1:
         return ordered[k // 2].clone()
     return 0.5 * (ordered[k // 2 - 1] + ordered[k // 2])
@@ -52,5 +75,7 @@ def trimmed_mean(updates: Tensor, beta: float) -> Tensor:
             f"trimmed mean with beta={beta} drops 2*{b} of K={k} values per coordinate, "
             "leaving none; lower beta or aggregate more clients."
         )
-    ordered = updates.sort(dim=0).values
+    if b == 0:
+        return updates.mean(dim=0)
+    ordered = sorted_rows(updates)
     return ordered[b : k - b].mean(dim=0)

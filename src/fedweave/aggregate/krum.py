@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from fedweave.aggregate._checks import check_count, check_updates
-from fedweave.aggregate.coordinate import median
+from fedweave.aggregate.coordinate import median, sort_rows_, sorted_rows
 from fedweave.aggregate.geometry import pairwise_sq_distances
 
 
@@ -125,9 +125,80 @@ def bulyan(updates: Tensor, num_malicious: int) -> Tensor:
     Raises ValueError when K < 4f + 3.
     """
     f = check_count(num_malicious, "num_malicious")
-    selected = updates[bulyan_select(updates, f)]  # [theta, P]
+    rows = torch.tensor(bulyan_select(updates, f), device=updates.device)
+    selected = updates.index_select(0, rows)  # [theta, P], our own copy: sorted in place
     beta = selected.shape[0] - 2 * f
+    return _mean_closest_to_median(sort_rows_(selected), beta, lambda cols: updates[:, cols].index_select(0, rows))
+
+
+def _mean_closest_to_median_by_sorting(selected: Tensor, beta: int) -> Tensor:
+    """The reference computation: stable argsort of the distances to the median."""
     centre = median(selected)
-    # Per coordinate, the beta values nearest the median; stable sort for determinism.
     order = torch.argsort((selected - centre).abs(), dim=0, stable=True)[:beta]
     return selected.gather(0, order).mean(dim=0)
+
+
+def mean_closest_to_median(selected: Tensor, beta: int) -> Tensor:
+    """Per coordinate, the mean of the ``beta`` values of ``selected`` ``[theta, P]`` closest
+    to the coordinate's median ``[P]``; ties in the distance go to the earlier row.
+
+    In sorted order the ``beta`` closest values form a window around the median, found by
+    dropping the farther end ``theta - beta`` times (vectorised over coordinates, after one
+    column sort). A coordinate where the two ends were ever equally far but different is
+    ambiguous under that rule; those few coordinates are recomputed with the row-order tie
+    rule.
+    """
+    return _mean_closest_to_median(sorted_rows(selected), beta, lambda cols: selected[:, cols])
+
+
+def _mean_closest_to_median(ordered: Tensor, beta: int, original_columns) -> Tensor:
+    theta, p = ordered.shape
+    if beta >= theta:
+        return ordered.mean(dim=0)
+    out = torch.empty(p, dtype=ordered.dtype, device=ordered.device)
+    ambiguous = torch.zeros(p, dtype=torch.bool, device=ordered.device)
+    # column blocks that stay in cache while the window is found
+    step = max(1, _BLOCK_ENTRIES // theta)
+    for start in range(0, p, step):
+        block = ordered[:, start : start + step]
+        out[start : start + step], ambiguous[start : start + step] = _window_mean(block, beta)
+    if bool(ambiguous.any()):
+        cols = torch.nonzero(ambiguous).flatten()
+        out[cols] = _mean_closest_to_median_by_sorting(original_columns(cols), beta)
+    return out
+
+
+_BLOCK_ENTRIES = 1 << 20
+
+
+def _window_mean(ordered: Tensor, beta: int) -> tuple[Tensor, Tensor]:
+    """Columns of ``ordered`` sorted: the mean of the window of ``beta`` consecutive values
+    with the smallest radius around the median, and where two windows tie (ambiguous)."""
+    theta, c = ordered.shape
+    centre = ordered[theta // 2] if theta % 2 else 0.5 * (ordered[theta // 2 - 1] + ordered[theta // 2])
+    drops = theta - beta
+    best_r = torch.maximum(centre - ordered[0], ordered[beta - 1] - centre)
+    best_a = torch.zeros(c, dtype=torch.long, device=ordered.device)
+    ambiguous = torch.zeros(c, dtype=torch.bool, device=ordered.device)
+    for a in range(1, drops + 1):
+        r = torch.maximum(centre - ordered[a], ordered[a + beta - 1] - centre)
+        better = r < best_r
+        ambiguous = (ambiguous | (r == best_r)) & ~better
+        best_r = torch.where(better, r, best_r)
+        best_a = torch.where(better, a, best_a)
+    if drops < beta:
+        # rows drops..beta-1 are in every window; low[a] = rows a..drops-1, high[a] =
+        # rows beta..beta+a-1 are the parts that depend on the window's start a
+        low = torch.zeros(drops + 1, c, dtype=ordered.dtype, device=ordered.device)
+        high = torch.zeros(drops + 1, c, dtype=ordered.dtype, device=ordered.device)
+        for a in range(drops - 1, -1, -1):
+            torch.add(low[a + 1], ordered[a], out=low[a])
+        for a in range(1, drops + 1):
+            torch.add(high[a - 1], ordered[beta + a - 1], out=high[a])
+        total = ordered[drops:beta].sum(dim=0) + low.gather(0, best_a[None])[0] + high.gather(0, best_a[None])[0]
+    else:
+        # window sum = prefix[a + beta] - prefix[a], prefix over the rows (prefix[0] = 0)
+        prefix = torch.zeros(theta + 1, c, dtype=ordered.dtype, device=ordered.device)
+        torch.cumsum(ordered, dim=0, out=prefix[1:])
+        total = prefix.gather(0, (best_a + beta)[None])[0] - prefix.gather(0, best_a[None])[0]
+    return total / beta, ambiguous

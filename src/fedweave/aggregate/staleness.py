@@ -21,6 +21,7 @@ The functions are pure and take a Python number or a NumPy array of staleness va
 
 from __future__ import annotations
 
+import math
 from typing import Union
 
 import numpy as np
@@ -36,6 +37,16 @@ STALENESS_FUNCTIONS: dict[str, str] = {
 __all__ = ["STALENESS_FUNCTIONS", "constant", "polynomial", "hinge", "staleness_weight"]
 
 
+def _scalar_tau(tau) -> float | None:
+    """A plain Python number as a float (the per-arrival fast path), else None."""
+    if isinstance(tau, (int, float)) and not isinstance(tau, bool):
+        t = float(tau)
+        if not (t >= 0 and t != float("inf")):
+            raise ValueError(f"staleness must be finite and >= 0, got {tau!r}")
+        return t
+    return None
+
+
 def _tau(tau: Number) -> np.ndarray:
     t = np.asarray(tau, dtype=np.float64)
     if not np.all(np.isfinite(t)) or np.any(t < 0):
@@ -48,12 +59,14 @@ def _out(value: np.ndarray, tau: Number) -> Number:
 
 
 def _check(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise ValueError(f"staleness parameter {name} must be a finite number >= 0, got {value!r}")
 
 
 def constant(tau: Number) -> Number:
     """s(τ) = 1."""
+    if _scalar_tau(tau) is not None:
+        return 1.0
     t = _tau(tau)
     return _out(np.ones_like(t), tau)
 
@@ -61,6 +74,9 @@ def constant(tau: Number) -> Number:
 def polynomial(tau: Number, a: float = 0.5) -> Number:
     """s(τ) = (τ + 1)^(−a)."""
     _check("a", a)
+    st = _scalar_tau(tau)
+    if st is not None:
+        return (st + 1.0) ** (-float(a))
     t = _tau(tau)
     return _out(np.power(t + 1.0, -float(a)), tau)
 
@@ -69,6 +85,9 @@ def hinge(tau: Number, a: float = 10.0, b: float = 4.0) -> Number:
     """s(τ) = 1 if τ ≤ b, else 1 / (a (τ − b) + 1)."""
     _check("a", a)
     _check("b", b)
+    st = _scalar_tau(tau)
+    if st is not None:
+        return 1.0 / (float(a) * max(st - float(b), 0.0) + 1.0)
     t = _tau(tau)
     over = np.maximum(t - float(b), 0.0)  # 0 where τ ≤ b, so the formula gives 1 there
     return _out(1.0 / (float(a) * over + 1.0), tau)

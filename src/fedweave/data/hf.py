@@ -185,6 +185,19 @@ def _as_array(ds, col: str) -> Any:
     return ds.select_columns([col]).with_format("numpy")[:][col]
 
 
+def _value_dtype(feature) -> str | None:
+    """The element dtype of a (possibly nested) feature: ``uint8`` for lists of byte images."""
+    for _ in range(8):
+        dtype = getattr(feature, "dtype", None)
+        if isinstance(dtype, str) and not hasattr(feature, "feature"):
+            return dtype
+        inner = getattr(feature, "feature", None)
+        if inner is None:
+            return dtype if isinstance(dtype, str) else None
+        feature = inner
+    return None
+
+
 def _inputs(ds, col: str, where: str) -> np.ndarray:
     datasets = _datasets()
     feature = ds.features[col]
@@ -210,6 +223,8 @@ def _inputs(ds, col: str, where: str) -> np.ndarray:
         raise DataError(f"{where}: column {col!r} holds text; tokenise it into numbers first.")
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{where}: column {col!r} has values of type {arr.dtype}, not numbers or images.")
+    if not is_image and _value_dtype(feature) == "uint8" and arr.dtype.kind in "iu":
+        arr = arr.astype(np.uint8)  # numpy formatting widens nested uint8 lists to int64
     if is_image or (arr.dtype == np.uint8 and arr.ndim in (3, 4)):
         if arr.ndim == 3:  # [N, H, W] grey images
             arr = arr[:, None]

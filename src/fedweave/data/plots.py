@@ -23,6 +23,9 @@ import numpy as np
 from fedweave.errors import ConfigError
 
 
+_MAX_BARS = 150  # above this many clients the bars are drawn as filled steps (fast for thousands)
+
+
 def _figure_class():
     try:
         from matplotlib.figure import Figure
@@ -80,8 +83,14 @@ def plot_partition(hists, path, *, title: str | None = None, class_names: list[s
     colors, cmap = _class_colors(num_classes)
     base = np.zeros(num_clients)
     names = class_names or [str(c) for c in range(num_classes)]
+    few = num_clients <= _MAX_BARS
+    edges = np.arange(num_clients + 1) - 0.5
     for c in range(num_classes):
-        top.bar(x, shares[:, c], bar_width, bottom=base, color=colors[c], label=names[c], linewidth=0)
+        if few:
+            top.bar(x, shares[:, c], bar_width, bottom=base, color=colors[c], label=names[c], linewidth=0)
+        else:  # one filled step polygon per class instead of one rectangle per client and class
+            top.fill_between(edges, np.append(base, base[-1]), np.append(base + shares[:, c], base[-1] + shares[-1, c]),
+                             step="post", color=colors[c], label=names[c], linewidth=0)
         base += shares[:, c]
     top.set_ylim(0, 1)
     top.set_ylabel("share of the client's examples")
@@ -94,7 +103,10 @@ def plot_partition(hists, path, *, title: str | None = None, class_names: list[s
 
         bar = fig.colorbar(ScalarMappable(norm=Normalize(0, num_classes - 1), cmap=cmap), ax=top, pad=0.01)
         bar.set_label("class")
-    bottom.bar(x, sizes, bar_width, color="0.35", linewidth=0)
+    if few:
+        bottom.bar(x, sizes, bar_width, color="0.35", linewidth=0)
+    else:
+        bottom.fill_between(edges, 0, np.append(sizes, sizes[-1]), step="post", color="0.35", linewidth=0)
     bottom.set_ylabel("examples")
     bottom.set_xlabel("client")
     bottom.set_xlim(-0.6, num_clients - 0.4)

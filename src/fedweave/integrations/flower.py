@@ -201,9 +201,15 @@ def check_flower_version(version: str | None = None) -> str:
         try:
             version = _metadata.version("flwr")
         except _metadata.PackageNotFoundError:
-            raise FlowerVersionError(
-                f"The Flower adapter needs Flower (the flwr package), which is not installed. Install it with: {fix}."
-            ) from None
+            try:  # installed under another distribution name (flwr-nightly)
+                import flwr
+
+                version = str(flwr.__version__)
+            except (ImportError, AttributeError):
+                raise FlowerVersionError(
+                    f"The Flower adapter needs Flower (the flwr package), which is not installed. Install it with: "
+                    f"{fix}."
+                ) from None
     parsed = _parse_version(version)
     if not parsed or parsed[:2] < FLOWER_MIN or parsed[:2] >= FLOWER_MAX_EXCLUSIVE:
         raise FlowerVersionError(

@@ -26,6 +26,9 @@ Decisions, and where they follow the paper or the official code:
   (default) does the same; ``zero`` clamps δ at 0 so a client never contributes a
   flipped layer. A zero-norm layer (client or global) gets δ = 1 (the code leaves a zero
   client layer unscaled).
+* Every evaluation record after the warm-up carries ``ldawa_delta_mean`` and
+  ``ldawa_delta_min``, the mean and smallest δ_k^l of the round: since δ < 1 shrinks the
+  layer, they show how much weight decay the rule applies.
 * BatchNorm statistics: the code scales running means/variances by their cosine too; here
   float buffers get the framework's plain example-weighted mean (the stages never see
   buffers). The default models use GroupNorm and have no buffers.
@@ -74,11 +77,12 @@ def ldawa_cosines(global_params: torch.Tensor, deltas: torch.Tensor, slices: lis
 
 
 def ldawa_combine(global_params: torch.Tensor, deltas: torch.Tensor, weights: torch.Tensor, slices: list[slice],
-                  negative: str = "keep") -> torch.Tensor:
+                  negative: str = "keep", delta_cos: torch.Tensor | None = None) -> torch.Tensor:
     """The delta Σ_k p_k δ_k^l w_k^l − w_g^l, layer by layer (p normalised to sum 1)."""
     p = weights.to(torch.float64)
     p = p / p.sum()
-    delta_cos = ldawa_cosines(global_params, deltas, slices, negative)
+    if delta_cos is None:
+        delta_cos = ldawa_cosines(global_params, deltas, slices, negative)
     coeff = (p.unsqueeze(1) * delta_cos).to(deltas.dtype)  # [K, L]
     clients = global_params.unsqueeze(0) + deltas
     new = global_params.clone()
@@ -99,7 +103,16 @@ class LDawaCombiner:
             return weighted_mean(deltas, weights.to(deltas.dtype))
         if self._slices is None:
             self._slices = layer_slices(ctx.spec, self.granularity)
-        return ldawa_combine(state.params, deltas, weights, self._slices, self.negative)
+        delta_cos = ldawa_cosines(state.params, deltas, self._slices, self.negative)
+        state.extra["ldawa_delta_mean"] = float(delta_cos.mean())
+        state.extra["ldawa_delta_min"] = float(delta_cos.min())
+        return ldawa_combine(state.params, deltas, weights, self._slices, self.negative, delta_cos)
+
+    def metrics(self, state) -> dict:
+        """Mean and smallest δ_k^l of the last L-DAWA round (absent during warm-up)."""
+        if "ldawa_delta_mean" not in state.extra:
+            return {}
+        return {"ldawa_delta_mean": state.extra["ldawa_delta_mean"], "ldawa_delta_min": state.extra["ldawa_delta_min"]}
 
 
 def _make_ldawa(config, params: LDawaParams) -> LDawaCombiner:

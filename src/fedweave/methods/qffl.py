@@ -17,7 +17,14 @@ F_k^{q−1} stays finite. q = 0 gives h_k = L and w_g ← w_g + (1/K) Σ_k Δ_k:
 *uniform* average of the client models (the paper pairs this with clients sampled in
 proportion to their size, ``schedule.sampling: weighted``, which makes it unbiased FedAvg).
 ``method.q`` ≥ 0 (default 1). L = 1/η assumes plain SGD steps; with momentum or Adam it
-is only a heuristic scale. The extra forward pass is not charged to the device's compute
+is only a heuristic scale.
+
+Equivalently w_g ← w_g + Σ_k a_k Δ_k with a_k = L F_k^q / Σ_j h_j. Σ_k a_k, the step
+length relative to averaging the client models, is reported as ``qffl_step_scale`` in
+every evaluation record: for q > 0 the term q F^{q−1} L² ‖Δ_k‖² of h_k makes it small
+when clients move far (many local steps), so q-FedAvg then progresses much more slowly
+than FedAvg; that is the method's maths (the official code computes the same h_k), not a
+bug. The extra forward pass is not charged to the device's compute
 time (a forward pass costs about a third of a training step).
 """
 
@@ -34,15 +41,21 @@ LOSS_KEY = "qffl_loss"
 LOSS_EPS = 1e-10
 
 
-def qffl_step(global_params: torch.Tensor, deltas: torch.Tensor, losses: torch.Tensor, q: float, lr: float) -> torch.Tensor:
-    """The new global model of q-FedAvg from client deltas ``[K, P]`` and global-model losses ``[K]``."""
+def qffl_coefficients(deltas: torch.Tensor, losses: torch.Tensor, q: float, lr: float) -> torch.Tensor:
+    """a ``[K]`` with w_g ← w_g + Σ_k a_k Δ_k, a_k = L F_k^q / Σ_j h_j (a_k = 1/K for q = 0)."""
     big_l = 1.0 / lr
     f = losses.to(torch.float64).clamp_min(0.0) + LOSS_EPS
-    dw = -big_l * deltas.to(torch.float64)  # Δw_k = L (w_g − w_k)
-    sq = (dw * dw).sum(dim=1)
+    sq = big_l**2 * (deltas.to(torch.float64) ** 2).sum(dim=1)  # ‖Δw_k‖² = L² ‖Δ_k‖²
     h = q * f.pow(q - 1) * sq + big_l * f.pow(q)
-    step = (f.pow(q) @ dw) / h.sum()
-    return (global_params.to(torch.float64) - step).to(global_params.dtype)
+    return big_l * f.pow(q) / h.sum()
+
+
+def qffl_step(global_params: torch.Tensor, deltas: torch.Tensor, losses: torch.Tensor, q: float, lr: float) -> torch.Tensor:
+    """The new global model of q-FedAvg from client deltas ``[K, P]`` and global-model losses ``[K]``.
+
+    w_g − Σ_k F_k^q Δw_k / Σ_k h_k with Δw_k = −L Δ_k, i.e. w_g + Σ_k a_k Δ_k."""
+    a = qffl_coefficients(deltas, losses, q, lr)
+    return (global_params.to(torch.float64) + a @ deltas.to(torch.float64)).to(global_params.dtype)
 
 
 class QFFLStrategy(Strategy):
@@ -58,10 +71,17 @@ class QFFLStrategy(Strategy):
         if missing:
             raise ConfigError(f"q-FFL needs each client's global-model loss; clients {missing} sent none.")
         losses = torch.tensor([float(u.payload[LOSS_KEY]) for u in updates], dtype=torch.float64)
-        state.params = qffl_step(state.params, stack_deltas(updates), losses, self.q, ctx.round_lr)
+        deltas = stack_deltas(updates)
+        a = qffl_coefficients(deltas, losses, self.q, ctx.round_lr)
+        state.params = (state.params.to(torch.float64) + a @ deltas.to(torch.float64)).to(state.params.dtype)
+        state.extra["qffl_step_scale"] = float(a.sum())
         state.buffers = average_buffers(updates, state)
         state.version += 1
         return state
+
+    def metrics(self, state) -> dict:
+        # Σ_k a_k: the length of the step relative to averaging the client models (1)
+        return {"qffl_step_scale": state.extra.get("qffl_step_scale")}
 
 
 class QFFLClient(ClientAlgorithm):

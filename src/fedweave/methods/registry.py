@@ -139,7 +139,9 @@ def build_staged(info: MethodInfo, config, params: MethodParams | None = None) -
 
     stages = tuple(make_stage(kind, name, config, values(kind, name)) for kind, name in (("weighting", weighting), ("combiner", combiner)))
     opt_name = m.server_opt or preset.server_opt
-    momentum = m.server_momentum if m.server_momentum is not None else preset.server_momentum
+    # the preset's optimizer settings apply to the preset's optimizer only
+    same_opt = opt_name == preset.server_opt
+    momentum = m.server_momentum if m.server_momentum is not None else (preset.server_momentum if same_opt else 0.0)
     if momentum and opt_name != "sgd":
         raise ConfigError(
             f"method.server_momentum applies only to server_opt 'sgd' (heavy-ball, FedAvgM); this run uses {opt_name!r}."
@@ -147,7 +149,8 @@ def build_staged(info: MethodInfo, config, params: MethodParams | None = None) -
     if opt_name == "replace" and m.server_lr is not None:
         raise ConfigError("method.server_lr has no effect with server_opt 'replace'; use server_opt 'sgd' for a server learning rate.")
     kwargs = {k: getattr(m, k) for k in ("beta1", "beta2", "tau") if getattr(m, k) is not None}
-    server_opt = make_server_optimizer(opt_name, lr=m.server_lr if m.server_lr is not None else preset.server_lr, momentum=momentum, **kwargs)
+    preset_lr = preset.server_lr if same_opt else None
+    server_opt = make_server_optimizer(opt_name, lr=m.server_lr if m.server_lr is not None else preset_lr, momentum=momentum, **kwargs)
     objective = preset.objective or config.client.objective
     strategy = StagedStrategy(info.name, weighting, combiner, server_opt, stages)
     if preset.client is not None:

@@ -1,0 +1,318 @@
+"""Reproduce the numbers of docs/results/weighting.md.
+
+    .venv/bin/python docs/results/weighting/run.py            # everything (about 15 min on 2 cores)
+    .venv/bin/python docs/results/weighting/run.py --parts main,niid2 --jobs 2
+
+Runs go to ``runs/weighting/`` (resumable: ``fedweave sweep`` skips finished runs); the
+aggregated figures are written to ``docs/results/weighting/results.csv`` (one row per
+run), ``loo.json`` (leave-one-out contributions) and ``tables.md`` (the tables of the page).
+
+Parts
+  main         FedAvg, FedDisco, FedLAW, L-DAWA, FedCE and q-FFL (q = 0.1 and 1) on digits,
+               mnist5k and mnist1d at Dirichlet 0.1 and 0.5, 10 clients, all in every
+               round, 30 rounds; 3 replicates, replicate k using seed k and data.seed k
+               (a different partition and initialisation each time).
+  niid2        FedDisco's NIID-2 on mnist5k (5 two-class clients + 1 IID client), FedAvg and
+               FedProx, each with size and disco weights; 3 training seeds.
+  restoration  x2 super-resolution of mnist5k: FedAvg, FedVSR and its two halves (the
+               loss-aware weighting alone, the high-frequency loss alone); 3 replicates.
+  loo          FedCE's contribution estimates vs leave-one-out contributions: mnist5k
+               Dirichlet 0.5 (replicate 0), and digits with 4 IID clients one of which has
+               shuffled labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import fedweave  # noqa: E402
+from fedweave.sweep import run_sweep  # noqa: E402
+
+METHODS = "fedavg,feddisco,fedlaw,ldawa,fedce"
+REPS = (0, 1, 2)
+
+
+def _sweep(config: Path, grid: list[str], out: Path, jobs: int, seeds=(0,), overrides=None) -> None:
+    def progress(p):
+        if p.last:
+            print(f"  [{p.done}/{p.total}] {p.last}", flush=True)
+
+    run_sweep(config, grid=grid, seeds=list(seeds), out=out, overrides=overrides or [], jobs=jobs, progress=progress)
+
+
+def part_main(out: Path, jobs: int) -> None:
+    for ds in ("digits", "mnist5k", "mnist1d"):
+        for k in REPS:
+            base = [f"data.seed={k}"]
+            print(f"main: {ds} replicate {k}", flush=True)
+            _sweep(HERE / f"{ds}.yaml", [f"method.name={METHODS}", "data.partition.alpha=0.1,0.5"],
+                   out / "main" / ds / f"rep{k}", jobs, seeds=(k,), overrides=base)
+            _sweep(HERE / f"{ds}.yaml", ["method.q=0.1,1", "data.partition.alpha=0.1,0.5"],
+                   out / "main" / f"{ds}-qffl" / f"rep{k}", jobs, seeds=(k,), overrides=base + ["method.name=qffl"])
+
+
+def make_niid2(path: Path, seed: int = 0) -> None:
+    """FedDisco's NIID-2 (utils.py of the official code, re-derived): per class, 6 equal shards;
+    client i < 5 gets 5 shards of classes 2i and 2i+1, client 5 one shard of every class."""
+    from fedweave.data.sources import load_source
+    from fedweave.data.splits import stratified_holdout
+
+    src = load_source("mnist5k")
+    x, y = src.x_train.numpy(), src.y_train.numpy()
+    train, test = stratified_holdout(y, 0.2, 12345)
+    rng = np.random.default_rng(seed)
+    owner = np.full(len(train), -1, dtype=np.int64)
+    ytr = y[train]
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(ytr == c))
+        shards = np.array_split(idx, 6)
+        for s in shards[:5]:
+            owner[s] = c // 2
+        owner[shards[5]] = 5
+    assert (owner >= 0).all()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x[train], y=ytr, client_id=owner, x_test=x[test], y_test=y[test])
+
+
+def part_niid2(out: Path, jobs: int) -> None:
+    npz = ROOT / "runs" / "weighting" / "niid2_mnist5k.npz"
+    if not npz.exists():
+        make_niid2(npz)
+    print("niid2", flush=True)
+    _sweep(HERE / "niid2.yaml", ["method.name=fedavg,fedprox", "method.weighting=size,disco"], out / "niid2", jobs,
+           seeds=REPS, overrides=["client.mu=0.1"])  # mu of the official NIID-2 script
+
+
+def part_restoration(out: Path, jobs: int) -> None:
+    for k in REPS:
+        print(f"restoration: replicate {k}", flush=True)
+        _sweep(HERE / "restoration.yaml", ["method.name=fedavg,fedvsr", "method.weighting=size,loss"],
+               out / "restoration" / f"rep{k}", jobs, seeds=(k,), overrides=[f"data.seed={k}"])
+
+
+def _fedce_estimates(run_dir: Path) -> tuple[list[float], list[float]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = records[-1]["fedce_contribution"]
+    mean = np.mean([r["fedce_contribution"] for r in records], axis=0).tolist()
+    return final, mean
+
+
+def _fedce_run(cfg, data, path: Path):
+    from fedweave.experiment import _execute, build_experiment
+    from fedweave.rundir import RunDirectory
+
+    exp = build_experiment(cfg, data=data)
+    rd = RunDirectory(path)
+    cfg.output.dir = str(rd.path)
+    rd.create(cfg.to_yaml())
+    return _execute(exp, rd, None, None)
+
+
+def part_loo(out: Path, jobs: int) -> None:
+    import torch
+
+    from fedweave.data.federated import build_federated
+    from fedweave.methods.fedce import leave_one_out, pearson
+
+    results = {}
+    # 1. mnist5k, Dirichlet 0.5, replicate 0: FedCE's estimates from its run in `main`
+    raw = yaml.safe_load((HERE / "mnist5k.yaml").read_text())
+    over = ["data.seed=0", "seed=0", "data.partition.alpha=0.5"]
+    cfg = fedweave.load_config(raw, over + ["method.name=fedce"])
+    data = build_federated(cfg.data)
+    ce_dir = out / "main" / "mnist5k" / "rep0" / "method.name=fedce__data.partition.alpha=0.5" / "seed0"
+    final, mean = _fedce_estimates(ce_dir)
+    print("loo: mnist5k (11 FedCE runs, 11 FedAvg runs)", flush=True)
+    loo_ce = leave_one_out(raw, over + ["method.name=fedce"], data=data, out=out / "loo" / "mnist5k-fedce")
+    loo_avg = leave_one_out(raw, over + ["method.name=fedavg"], data=data, out=out / "loo" / "mnist5k-fedavg")
+    results["mnist5k_dir0.5"] = {
+        "sizes": [int(v) for v in data.client_sizes()], "fedce_final": final, "fedce_mean": mean,
+        "loo_fedce": loo_ce, "loo_fedavg": loo_avg,
+        "pearson_final_vs_loo_fedce": pearson(final, loo_ce["contribution"]),
+        "pearson_mean_vs_loo_fedce": pearson(mean, loo_ce["contribution"]),
+        "pearson_final_vs_loo_fedavg": pearson(final, loo_avg["contribution"]),
+        "pearson_mean_vs_loo_fedavg": pearson(mean, loo_avg["contribution"]),
+    }
+    # 2. digits, 4 IID clients, client 0's labels shuffled (training and validation)
+    noisy = {"name": "noisy", "data": {"dataset": "digits", "partition": {"kind": "iid", "num_clients": 4}},
+             "model": {"name": "mlp", "hidden": [64]}, "client": {"epochs": 2, "lr": 0.1},
+             "schedule": {"rounds": 30, "clients_per_round": 4}, "eval": {"per_client": True, "final_window": 3}}
+    rows = []
+    for seed in REPS:
+        cfg = fedweave.load_config(noisy, [f"seed={seed}", "method.name=fedce"])
+        data = build_federated(cfg.data)
+        y = data.y.clone()
+        idx = torch.cat([data.client_train[0], data.client_val[0]])
+        y[idx] = y[idx][torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
+        data = dataclasses.replace(data, y=y, labels=y)
+        res = _fedce_run(cfg, data, out / "loo" / f"noisy-fedce-seed{seed}")
+        last = res.history[-1]
+        avg = leave_one_out(noisy, [f"seed={seed}", "method.name=fedavg"], data=data, out=out / "loo" / f"noisy-fedavg-seed{seed}")
+        rows.append({"seed": seed, "fedce_final": last["fedce_contribution"], "fedce_G": last["fedce_gradient"],
+                     "fedce_M": last["fedce_data"], "fedce_accuracy": res.summary["final_metric"], "loo_fedavg": avg,
+                     "pearson_final_vs_loo_fedavg": pearson(last["fedce_contribution"], avg["contribution"])})
+        print(f"  noisy seed {seed}: FedCE c = {np.round(last['fedce_contribution'], 3).tolist()}, "
+              f"LOO (FedAvg) = {np.round(avg['contribution'], 4).tolist()}", flush=True)
+    results["digits_noisy_client0"] = rows
+    (HERE / "loo.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+# -- collecting ------------------------------------------------------------------------------
+
+
+def _get(tree, dotted, default=None):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return default
+        tree = tree[part]
+    return tree
+
+
+def collect(out: Path) -> list[dict]:
+    rows = []
+    for summary_path in sorted(out.glob("*/**/summary.json")):
+        run = summary_path.parent
+        if "loo" in run.relative_to(out).parts:
+            continue
+        s = json.loads(summary_path.read_text())
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        m = cfg["method"]
+        method = m["name"]
+        if method == "qffl":
+            method = f"qffl(q={float(m.get('q', 1.0))})"
+        if m.get("weighting"):
+            method = f"{method}+{m['weighting']}"
+        last = records[-1] if records else {}
+        rows.append({
+            "part": run.relative_to(out).parts[0],
+            "dataset": cfg["data"]["dataset"], "partition": cfg["data"]["partition"]["kind"],
+            "alpha": cfg["data"]["partition"]["alpha"] if cfg["data"]["partition"]["kind"] == "dirichlet" else "",
+            "method": method, "seed": cfg["seed"], "data_seed": cfg["data"]["seed"], "status": s["status"],
+            "metric": s["metric_name"], "final": s["final_metric"], "best": s["best_metric"],
+            "client_mean": s.get("client_acc_mean"), "client_worst10": s.get("client_acc_worst10"),
+            "client_std": s.get("client_acc_std"), "jain": s.get("jain_index"),
+            "fedlaw_gamma": last.get("fedlaw_gamma"), "qffl_step_scale": last.get("qffl_step_scale"),
+            "fedce_max_c": max(last["fedce_contribution"]) if "fedce_contribution" in last else None,
+            "fedce_min_c": min(last["fedce_contribution"]) if "fedce_contribution" in last else None,
+            "wall_s": s.get("wall_time_s"),
+        })
+    return rows
+
+
+def _ms(values, digits=3, scale=1.0):
+    v = [x * scale for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return "–"
+    mean = float(np.mean(v))
+    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _paired(rows, key_rows, base_rows, field="final", scale=100.0):
+    """mean ± std over replicates of (method − FedAvg), paired by (seed, data_seed)."""
+    base = {(r["seed"], r["data_seed"]): r[field] for r in base_rows}
+    diffs = [scale * (r[field] - base[(r["seed"], r["data_seed"])]) for r in key_rows if (r["seed"], r["data_seed"]) in base]
+    if not diffs:
+        return "–"
+    return f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1) if len(diffs) > 1 else 0:.2f}"
+
+
+ORDER = ["fedavg", "feddisco", "fedlaw", "ldawa", "fedce", "qffl(q=0.1)", "qffl(q=1.0)"]
+
+
+def tables(rows: list[dict]) -> str:
+    out = []
+    main = [r for r in rows if r["part"] == "main" and r["status"] == "completed"]
+    if main:
+        out.append("## Main comparison (test accuracy, %, mean ± std over 3 replicates)\n")
+        for ds in ("digits", "mnist5k", "mnist1d"):
+            if not any(r["dataset"] == ds for r in main):
+                continue
+            out.append(f"### {ds}\n")
+            out.append("| method | α | accuracy | Δ vs FedAvg | client mean | client worst | Jain | extra |")
+            out.append("|---|---|---|---|---|---|---|---|")
+            for alpha in (0.1, 0.5):
+                sel = [r for r in main if r["dataset"] == ds and r["alpha"] == alpha]
+                base = [r for r in sel if r["method"] == "fedavg"]
+                for method in ORDER:
+                    mr = [r for r in sel if r["method"] == method]
+                    if not mr:
+                        continue
+                    extra = ""
+                    if method == "fedlaw":
+                        extra = f"γ = {_ms([r['fedlaw_gamma'] for r in mr], 3)}"
+                    elif method.startswith("qffl"):
+                        extra = f"step scale {_ms([r['qffl_step_scale'] for r in mr], 3)}"
+                    elif method == "fedce":
+                        extra = f"c ∈ [{np.mean([r['fedce_min_c'] for r in mr]):.3f}, {np.mean([r['fedce_max_c'] for r in mr]):.3f}]"
+                    out.append(
+                        f"| {method} | {alpha} | {_ms([r['final'] for r in mr], 1, 100)} | "
+                        f"{'' if method == 'fedavg' else _paired(rows, mr, base)} | {_ms([r['client_mean'] for r in mr], 1, 100)} | "
+                        f"{_ms([r['client_worst10'] for r in mr], 1, 100)} | {_ms([r['jain'] for r in mr], 3)} | {extra} |")
+            out.append("")
+    niid = [r for r in rows if r["part"] == "niid2" and r["status"] == "completed"]
+    if niid:
+        out.append("## FedDisco's NIID-2 on mnist5k (test accuracy, %, 3 seeds)\n")
+        out.append("| method | accuracy | Δ vs size weights | client mean | client worst | Jain |")
+        out.append("|---|---|---|---|---|---|")
+        for method in ("fedavg+size", "fedavg+disco", "fedprox+size", "fedprox+disco"):
+            mr = [r for r in niid if r["method"] == method]
+            base = [r for r in niid if r["method"] == method.split("+")[0] + "+size"]
+            out.append(f"| {method} | {_ms([r['final'] for r in mr], 1, 100)} | "
+                       f"{'' if method.endswith('size') else _paired(rows, mr, base)} | {_ms([r['client_mean'] for r in mr], 1, 100)} | "
+                       f"{_ms([r['client_worst10'] for r in mr], 1, 100)} | {_ms([r['jain'] for r in mr], 3)} |")
+        out.append("")
+    rest = [r for r in rows if r["part"] == "restoration" and r["status"] == "completed"]
+    if rest:
+        out.append("## x2 super-resolution of mnist5k (test PSNR, dB, 3 replicates; bicubic input: 21.6 dB)\n")
+        out.append("| method | client loss | weighting | PSNR | Δ vs FedAvg | client mean | client worst |")
+        out.append("|---|---|---|---|---|---|---|")
+        names = {"fedavg+size": ("FedAvg", "Charbonnier", "size"), "fedavg+loss": ("loss-aware weights only", "Charbonnier", "loss"),
+                 "fedvsr+size": ("HF loss only", "Charbonnier + HF", "size"), "fedvsr+loss": ("FedVSR", "Charbonnier + HF", "loss")}
+        base = [r for r in rest if r["method"] == "fedavg+size"]
+        for method, (label, loss, weighting) in names.items():
+            mr = [r for r in rest if r["method"] == method]
+            out.append(f"| {label} | {loss} | {weighting} | {_ms([r['final'] for r in mr], 2)} | "
+                       f"{'' if method == 'fedavg+size' else _paired(rows, mr, base, scale=1.0)} | "
+                       f"{_ms([r['client_mean'] for r in mr], 2)} | {_ms([r['client_worst10'] for r in mr], 2)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="main,niid2,restoration,loo")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "weighting"))
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    out = Path(args.out)
+    parts = {"main": part_main, "niid2": part_niid2, "restoration": part_restoration, "loo": part_loo}
+    for name in filter(None, args.parts.split(",")):
+        parts[name](out, args.jobs)
+    rows = collect(out)
+    with open(HERE / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (HERE / "tables.md").write_text(tables(rows) + "\n")
+    print(f"{len(rows)} runs collected; tables in {HERE / 'tables.md'}")
+
+
+if __name__ == "__main__":
+    main()

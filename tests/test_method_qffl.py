@@ -1,0 +1,69 @@
+"""q-FFL / q-FedAvg: the server step against its formula with hand values, q = 0 as the
+uniform average, and F_k measured on the global model before local training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fedweave
+from fedweave.experiment import build_experiment
+from fedweave.methods.base import ClientJob
+from fedweave.messages import Broadcast
+from fedweave.methods.qffl import LOSS_KEY, qffl_step
+from fedweave.sim.worker import Worker
+
+WG = [1.0, -1.0]
+DELTAS = [[0.2, 0.0], [-0.1, 0.3]]
+LOSSES = [0.5, 2.0]
+LR = 0.1
+
+
+def hand_step(q: float) -> list[float]:
+    big_l = 1.0 / LR
+    dws = [[-big_l * d for d in row] for row in DELTAS]
+    f = [v + 1e-10 for v in LOSSES]
+    h = [q * fk ** (q - 1) * sum(x * x for x in dw) + big_l * fk**q for fk, dw in zip(f, dws)]
+    num = [sum(fk**q * dw[i] for fk, dw in zip(f, dws)) for i in range(2)]
+    return [WG[i] - num[i] / sum(h) for i in range(2)]
+
+
+@pytest.mark.parametrize("q", [0.5, 1.0, 2.0, 5.0])
+def test_step_matches_the_formula(q):
+    out = qffl_step(torch.tensor(WG, dtype=torch.float64), torch.tensor(DELTAS, dtype=torch.float64),
+                    torch.tensor(LOSSES), q, LR)
+    assert out.tolist() == pytest.approx(hand_step(q), rel=1e-12, abs=1e-12)
+
+
+def test_q1_by_hand():
+    # L = 10; Δw_1 = (-2, 0), Δw_2 = (1, -3); h_1 = 4 + 5, h_2 = 10 + 20 (F + 1e-10 ignored here)
+    # w_g - (0.5 (-2, 0) + 2 (1, -3)) / 39 = (1 - 1/39, -1 + 6/39)
+    out = qffl_step(torch.tensor(WG, dtype=torch.float64), torch.tensor(DELTAS, dtype=torch.float64),
+                    torch.tensor(LOSSES), 1.0, LR)
+    assert out.tolist() == pytest.approx([1 - 1 / 39, -1 + 6 / 39], rel=1e-8)
+
+
+def test_q0_is_the_uniform_average_of_client_models():
+    out = qffl_step(torch.tensor(WG, dtype=torch.float64), torch.tensor(DELTAS, dtype=torch.float64),
+                    torch.tensor(LOSSES), 0.0, LR)
+    assert out.tolist() == pytest.approx([WG[0] + 0.05, WG[1] + 0.15], abs=1e-12)
+
+
+def test_client_reports_the_global_model_loss_before_training(tiny):
+    exp = build_experiment(fedweave.load_config(tiny({"method": {"name": "qffl", "q": 2}})))
+    worker = Worker(exp.worker_setup())
+    job = ClientJob(1, 0, 0, Broadcast(0, exp.initial_params, exp.initial_buffers), None, exp.train_settings(0.1))
+    result = worker.run(job)
+    idx = exp.data.client_train[1]
+    worker.model.params.copy_(exp.initial_params)
+    expected = exp.task.evaluate(worker.model.module, exp.data.x[idx], exp.data.y[idx])["loss"]
+    assert result.update.payload[LOSS_KEY] == pytest.approx(expected, rel=1e-6)
+    assert result.update.metrics["loss"] != pytest.approx(expected)  # not the training loss
+
+
+def test_runs_end_to_end_and_refuses_negative_q(tiny, tmp_path):
+    res = fedweave.run(tiny({"method": {"name": "qffl", "q": 1.0}}), out=tmp_path / "q")
+    assert res.status == "completed"
+    assert all(0 < r["qffl_step_scale"] < 1 for r in res.history)  # shorter steps than averaging
+    with pytest.raises(fedweave.ConfigError, match="greater than or equal to 0"):
+        fedweave.run(tiny({"method": {"name": "qffl", "q": -1}}), out=tmp_path / "bad")
