@@ -195,6 +195,9 @@ class EvalConfig(_Section):
     every: int = Field(1, ge=1, description="evaluate every k rounds (async/buffered: every k model versions), and at the end")
     every_s: Optional[float] = Field(None, gt=0, description="evaluate on a virtual-time grid instead (every k virtual seconds)")
     per_client: bool = Field(False, description="evaluate the global model on each client's held-out split")
+    personalized: bool = Field(
+        False, description="evaluate each client's own model (the method's personalization) on its held-out split"
+    )
     target: Optional[float] = Field(None, description="primary-metric value for time_to_target_s")
     final_window: int = Field(1, ge=1, description="final value = mean of the last k evaluations")
     batch_size: int = Field(2048, ge=1)

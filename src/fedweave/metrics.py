@@ -53,7 +53,8 @@ def summarize(
                 out["time_to_target_s"] = r["virtual_time_s"]
                 break
     if history:
-        for key in ("client_acc_mean", "client_acc_std", "client_acc_worst10", "jain_index"):
+        for key in ("client_acc_mean", "client_acc_std", "client_acc_worst10", "jain_index",
+                    "personalized_acc_mean", "personalized_acc_std", "personalized_acc_worst10"):
             if key in history[-1]:
                 out[key] = history[-1][key]
     return out

@@ -97,6 +97,26 @@ def part_niid2(out: Path, jobs: int) -> None:
            seeds=REPS, overrides=["client.mu=0.1"])  # mu of the official NIID-2 script
 
 
+def part_ablation(out: Path, jobs: int) -> None:
+    """FedAvg with uniform weights (the baseline of L-DAWA's and q-FFL's 1/K) and L-DAWA with size weights."""
+    for ds in ("digits", "mnist5k", "mnist1d"):
+        for k in REPS:
+            print(f"ablation: {ds} replicate {k}", flush=True)
+            for method, weighting in (("fedavg", "uniform"), ("ldawa", "size")):
+                _sweep(HERE / f"{ds}.yaml", ["data.partition.alpha=0.1,0.5"], out / "ablation" / f"{ds}-{method}-{weighting}" / f"rep{k}",
+                       jobs, seeds=(k,), overrides=[f"data.seed={k}", f"method.name={method}", f"method.weighting={weighting}"])
+
+
+def part_niid2_e10(out: Path, jobs: int) -> None:
+    """NIID-2 with 10 local epochs, as FedDisco's own script (more client drift)."""
+    npz = ROOT / "runs" / "weighting" / "niid2_mnist5k.npz"
+    if not npz.exists():
+        make_niid2(npz)
+    print("niid2, 10 local epochs", flush=True)
+    _sweep(HERE / "niid2.yaml", ["method.weighting=size,disco"], out / "niid2-e10", jobs, seeds=REPS,
+           overrides=["method.name=fedavg", "client.epochs=10"])
+
+
 def part_restoration(out: Path, jobs: int) -> None:
     for k in REPS:
         print(f"restoration: replicate {k}", flush=True)
@@ -207,6 +227,8 @@ def collect(out: Path) -> list[dict]:
             "client_mean": s.get("client_acc_mean"), "client_worst10": s.get("client_acc_worst10"),
             "client_std": s.get("client_acc_std"), "jain": s.get("jain_index"),
             "fedlaw_gamma": last.get("fedlaw_gamma"), "qffl_step_scale": last.get("qffl_step_scale"),
+            "ldawa_delta": (float(np.mean([r["ldawa_delta_mean"] for r in records if "ldawa_delta_mean" in r]))
+                            if any("ldawa_delta_mean" in r for r in records) else None),
             "fedce_max_c": max(last["fedce_contribution"]) if "fedce_contribution" in last else None,
             "fedce_min_c": min(last["fedce_contribution"]) if "fedce_contribution" in last else None,
             "wall_s": s.get("wall_time_s"),
@@ -232,12 +254,12 @@ def _paired(rows, key_rows, base_rows, field="final", scale=100.0):
     return f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1) if len(diffs) > 1 else 0:.2f}"
 
 
-ORDER = ["fedavg", "feddisco", "fedlaw", "ldawa", "fedce", "qffl(q=0.1)", "qffl(q=1.0)"]
+ORDER = ["fedavg", "fedavg+uniform", "feddisco", "fedlaw", "ldawa", "ldawa+size", "fedce", "qffl(q=0.1)", "qffl(q=1.0)"]
 
 
 def tables(rows: list[dict]) -> str:
     out = []
-    main = [r for r in rows if r["part"] == "main" and r["status"] == "completed"]
+    main = [r for r in rows if r["part"] in ("main", "ablation") and r["status"] == "completed"]
     if main:
         out.append("## Main comparison (test accuracy, %, mean ± std over 3 replicates)\n")
         for ds in ("digits", "mnist5k", "mnist1d"):
@@ -258,6 +280,8 @@ def tables(rows: list[dict]) -> str:
                         extra = f"γ = {_ms([r['fedlaw_gamma'] for r in mr], 3)}"
                     elif method.startswith("qffl"):
                         extra = f"step scale {_ms([r['qffl_step_scale'] for r in mr], 3)}"
+                    elif method.startswith("ldawa") and any(r["ldawa_delta"] is not None for r in mr):
+                        extra = f"mean δ {_ms([r['ldawa_delta'] for r in mr], 3)}"
                     elif method == "fedce":
                         extra = f"c ∈ [{np.mean([r['fedce_min_c'] for r in mr]):.3f}, {np.mean([r['fedce_max_c'] for r in mr]):.3f}]"
                     out.append(
@@ -265,13 +289,17 @@ def tables(rows: list[dict]) -> str:
                         f"{'' if method == 'fedavg' else _paired(rows, mr, base)} | {_ms([r['client_mean'] for r in mr], 1, 100)} | "
                         f"{_ms([r['client_worst10'] for r in mr], 1, 100)} | {_ms([r['jain'] for r in mr], 3)} | {extra} |")
             out.append("")
-    niid = [r for r in rows if r["part"] == "niid2" and r["status"] == "completed"]
-    if niid:
-        out.append("## FedDisco's NIID-2 on mnist5k (test accuracy, %, 3 seeds)\n")
+    for part, title in (("niid2", "2 local epochs"), ("niid2-e10", "10 local epochs (as FedDisco's script)")):
+        niid = [r for r in rows if r["part"] == part and r["status"] == "completed"]
+        if not niid:
+            continue
+        out.append(f"## FedDisco's NIID-2 on mnist5k, {title} (test accuracy, %, 3 seeds)\n")
         out.append("| method | accuracy | Δ vs size weights | client mean | client worst | Jain |")
         out.append("|---|---|---|---|---|---|")
         for method in ("fedavg+size", "fedavg+disco", "fedprox+size", "fedprox+disco"):
             mr = [r for r in niid if r["method"] == method]
+            if not mr:
+                continue
             base = [r for r in niid if r["method"] == method.split("+")[0] + "+size"]
             out.append(f"| {method} | {_ms([r['final'] for r in mr], 1, 100)} | "
                        f"{'' if method.endswith('size') else _paired(rows, mr, base)} | {_ms([r['client_mean'] for r in mr], 1, 100)} | "
@@ -302,7 +330,8 @@ def main() -> None:
     args = ap.parse_args()
     os.chdir(ROOT)
     out = Path(args.out)
-    parts = {"main": part_main, "niid2": part_niid2, "restoration": part_restoration, "loo": part_loo}
+    parts = {"main": part_main, "ablation": part_ablation, "niid2": part_niid2, "niid2_e10": part_niid2_e10,
+             "restoration": part_restoration, "loo": part_loo}
     for name in filter(None, args.parts.split(",")):
         parts[name](out, args.jobs)
     rows = collect(out)

@@ -150,6 +150,20 @@ class ClientAlgorithm:
     def loss_fn(self, job: ClientJob, worker):
         return None
 
+    @torch.no_grad()
+    def personalize(self, model, broadcast: Broadcast, state: dict[str, Any] | None, initial: dict[str, torch.Tensor]) -> None:
+        """Load client's own model into ``model`` (a FlatModel) for personalized evaluation.
+
+        Default: the global model with the client's personal segments (its initial ones if
+        it never trained). Methods with a separate personal model (Ditto) override this.
+        """
+        model.params.copy_(broadcast.params)
+        if model.buffers.numel():
+            model.buffers.copy_(broadcast.buffers)
+        state = state or {}
+        model.personal.copy_(state.get("personal", initial["personal"]))
+        model.personal_buffers.copy_(state.get("personal_buffers", initial["personal_buffers"]))
+
     def fetch_fraction(self, job: ClientJob) -> float | None:
         """Fetch the newest global model after this share of the local steps (FedASMU's
         device-side merge); decided at dispatch so the simulator knows the segment

@@ -100,22 +100,30 @@ def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 30, lr: fl
         m0, p0 = init[0], (init[1] - lo) / max(hi - lo, 1e-12)
     a = _atanh_unit(m0).requires_grad_(True)
     b = _atanh_unit(p0).requires_grad_(True)
-    opt = torch.optim.Adam([a, b], lr=lr, betas=(0.5, 0.9))
+    # Adam(lr, betas (0.5, 0.9)) written out: two small tensors, no optimizer machinery
+    moments = [[torch.zeros_like(a), torch.zeros_like(a)], [torch.zeros_like(b), torch.zeros_like(b)]]
+    b1, b2 = 0.5, 0.9
     y = torch.full((len(x),), int(target), dtype=torch.long)
     cost, up, down = init_cost, 0, 0
     best, best_reg = None, math.inf
     was_training = module.training
     module.eval()
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(steps):
             mask = torch.tanh(a) / (2 - _EPS) + 0.5
             pattern = lo + (hi - lo) * (torch.tanh(b) / (2 - _EPS) + 0.5)
             out = module(stamp(x, mask, pattern))
             reg = mask.sum()
             loss = F.cross_entropy(out, y) + cost * reg
-            ga, gb = torch.autograd.grad(loss, [a, b])
-            a.grad, b.grad = ga, gb
-            opt.step()
+            grads = torch.autograd.grad(loss, [a, b])
+            with torch.no_grad():
+                for i, (param, g) in enumerate(zip((a, b), grads)):
+                    m1, m2 = moments[i]
+                    m1.mul_(b1).add_(g, alpha=1 - b1)
+                    m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    step_no = step + 1
+                    denom = (m2 / (1 - b2**step_no)).sqrt_().add_(1e-8)
+                    param.addcdiv_(m1, denom, value=-lr / (1 - b1**step_no))
             asr = float((out.argmax(dim=1) == y).float().mean())
             if asr >= asr_threshold and reg.item() < best_reg:
                 best, best_reg = (mask.detach().clone(), pattern.detach().clone()), reg.item()

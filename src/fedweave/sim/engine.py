@@ -156,6 +156,8 @@ class Simulator:
             model_factory=exp.model_factory,
         )
         self.eval_model = FlatModel(exp.model_factory(), exp.roles)
+        self._initial_personal = {"personal": self.eval_model.personal.clone(),
+                                  "personal_buffers": self.eval_model.personal_buffers.clone()}
         state = exp.strategy.init(exp.initial_params, exp.initial_buffers, self.ctx)
         n = exp.data.num_clients
         every_s = self.cfg.eval.every_s
@@ -589,10 +591,30 @@ class Simulator:
         if cfg.eval.per_client and self._val_owner is not None:
             client_scores = self._per_client_scores(module)
             record.update(fairness(client_scores), client_scores=[float(v) for v in client_scores])
+        if cfg.eval.personalized:
+            record.update(self._personalized_scores(state))
+            self._load_eval_model(state)  # observers below see the global model
         record.update(exp.strategy.metrics(state))
         for obs in exp.observers:
             record.update(obs.evaluate(module, state))
         return record
+
+    @torch.no_grad()
+    def _personalized_scores(self, state: ServerState) -> dict[str, float]:
+        """Each client's own model (the method's personalization) on its held-out split."""
+        data, task, exp = self.exp.data, self.exp.task, self.exp
+        broadcast = Broadcast(state.version, state.params, state.buffers)
+        module = self.eval_model.module
+        module.eval()
+        scores = []
+        for cid, val in enumerate(data.client_val):
+            if len(val) == 0:
+                continue
+            exp.algorithm.personalize(self.eval_model, broadcast, self.store.get(cid), self._initial_personal)
+            scores.append(float(task.per_example_score(module(data.x[val]), data.y[val]).mean()))
+        module.train()
+        figures = fairness(np.array(scores))
+        return {k.replace("client_acc", "personalized_acc"): v for k, v in figures.items() if k.startswith("client_acc")}
 
     def _per_client_scores(self, module: torch.nn.Module) -> np.ndarray:
         data, task = self.exp.data, self.exp.task
