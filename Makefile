@@ -15,12 +15,13 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf runs/quickstart
 	$(VENV)/bin/fedweave run --out runs/quickstart
 
 test: $(STAMP)
