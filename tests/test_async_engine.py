@@ -259,16 +259,10 @@ def test_interrupt_in_the_middle_of_training_resumes_exactly(tiny, tmp_path, mon
     assert torch.equal(resumed.params, full.params)
 
 
-ROUND_LR_RESUME_BUG = (
-    "engine: ServerContext.round_lr is set only when a job is dispatched (Simulator._settings), so after a resume "
-    "it is 0.0 until the first dispatch; arrivals merged before that see round_lr = 0 (FedASMU then skips its "
-    "meta-gradient step, which needs the local lr). Fix: call self._settings(live['round']) at the start of "
-    "_run_async (and keep it for sync rounds)"
-)
 
 
 @pytest.mark.parametrize("method,mode,extra", [
-    pytest.param("fedasmu", "async", {}, marks=pytest.mark.xfail(strict=True, reason=ROUND_LR_RESUME_BUG)),
+    ("fedasmu", "async", {}),
     ("fedasync", "async", {}),
     ("afl_staleness", "async", {}),
     ("fedbuff", "buffered", {"server_momentum": 0.5}),
@@ -397,3 +391,28 @@ def test_resume_from_the_last_evaluation_adds_nothing(tiny, tmp_path):
     resumed = fedweave.resume(tmp_path / "cut")
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     assert torch.equal(resumed.params, full.params)
+
+
+def test_intermediate_fetch_is_counted_in_the_downlink(tiny, tmp_path, monkeypatch):
+    submits = {"n": 0}
+    orig_submit = SerialExecutor.submit
+
+    def submit(self, job):
+        submits["n"] += 1  # FedASMU jobs are submitted at their fetch
+        return orig_submit(self, job)
+
+    monkeypatch.setattr(SerialExecutor, "submit", submit)
+    configured = {"n": 0}
+    orig_configure = Strategy.configure
+
+    def configure(self, ids, state, ctx):
+        configured["n"] += len(ids)
+        return orig_configure(self, ids, state, ctx)
+
+    monkeypatch.setattr(Strategy, "configure", configure)
+    cfg = tiny({"method": {"name": "fedasmu"}, "schedule": {"mode": "async", "concurrency": 3, "max_arrivals": 9}})
+    res = fedweave.run(cfg, out=tmp_path / "r")
+    exp = build_experiment(load_config(cfg))
+    model_bytes = Broadcast(0, exp.initial_params, exp.initial_buffers).num_bytes()
+    assert submits["n"] > 0
+    assert res.history[-1]["bytes_down"] == (configured["n"] + submits["n"]) * model_bytes

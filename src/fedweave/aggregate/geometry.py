@@ -35,9 +35,12 @@ def pairwise_sq_distances(updates: Tensor) -> Tensor:
     acc = torch.float64 if updates.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else updates.dtype
     gram = torch.zeros(k, k, dtype=acc, device=updates.device)
     ref = updates[0]
-    step = max(1, _BLOCK_ENTRIES // k)
+    step = min(p, max(1, _BLOCK_ENTRIES // k))
+    buf = torch.empty(k, step, dtype=updates.dtype, device=updates.device)  # reused: no page faults per block
     for start in range(0, p, step):
-        block = updates[:, start : start + step] - ref[start : start + step]
+        width = min(step, p - start)
+        block = buf[:, :width]
+        torch.sub(updates[:, start : start + width], ref[start : start + width], out=block)
         gram += (block @ block.T).to(acc)
     sq_norms = gram.diagonal()
     dist = sq_norms[:, None] + sq_norms[None, :] - 2.0 * gram

@@ -28,6 +28,7 @@ in the distance to it go to the update selected first.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -91,7 +92,12 @@ def krum(updates: Tensor, num_malicious: int, num_selected: int = 1) -> Tensor:
     ValueError when K <= 2f + 2 or ``num_selected`` is not in ``[1, K]``.
     """
     chosen = krum_select(updates, num_malicious, num_selected)
-    return updates[chosen].mean(dim=0)
+    if len(chosen) == 1:
+        return updates[int(chosen[0])].clone()
+    # the mean of the chosen rows as one pass over the input (no [m, P] copy)
+    indicator = torch.zeros(updates.shape[0], dtype=updates.dtype, device=updates.device)
+    indicator[chosen] = 1.0
+    return (indicator @ updates) / len(chosen)
 
 
 def bulyan_select(updates: Tensor, num_malicious: int) -> list[int]:
@@ -126,9 +132,17 @@ def bulyan(updates: Tensor, num_malicious: int) -> Tensor:
     """
     f = check_count(num_malicious, "num_malicious")
     rows = torch.tensor(bulyan_select(updates, f), device=updates.device)
-    selected = updates.index_select(0, rows)  # [theta, P], our own copy: sorted in place
+    selected = _take_rows(updates, rows)  # [theta, P], our own copy: sorted in place
     beta = selected.shape[0] - 2 * f
     return _mean_closest_to_median(sort_rows_(selected), beta, lambda cols: updates[:, cols].index_select(0, rows))
+
+
+def _take_rows(updates: Tensor, rows: Tensor) -> Tensor:
+    """``updates[rows]`` as a new contiguous tensor (numpy's copy on CPU: much faster for
+    large rows than ``index_select``)."""
+    if updates.device.type == "cpu" and not updates.requires_grad and updates.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.take(updates.detach().resolve_neg().resolve_conj().numpy(), rows.numpy(), axis=0))
+    return updates.index_select(0, rows)
 
 
 def _mean_closest_to_median_by_sorting(selected: Tensor, beta: int) -> Tensor:
@@ -177,15 +191,10 @@ def _window_mean(ordered: Tensor, beta: int) -> tuple[Tensor, Tensor]:
     theta, c = ordered.shape
     centre = ordered[theta // 2] if theta % 2 else 0.5 * (ordered[theta // 2 - 1] + ordered[theta // 2])
     drops = theta - beta
-    best_r = torch.maximum(centre - ordered[0], ordered[beta - 1] - centre)
-    best_a = torch.zeros(c, dtype=torch.long, device=ordered.device)
-    ambiguous = torch.zeros(c, dtype=torch.bool, device=ordered.device)
-    for a in range(1, drops + 1):
-        r = torch.maximum(centre - ordered[a], ordered[a + beta - 1] - centre)
-        better = r < best_r
-        ambiguous = (ambiguous | (r == best_r)) & ~better
-        best_r = torch.where(better, r, best_r)
-        best_a = torch.where(better, a, best_a)
+    # radius of the window starting at a: max(centre - x[a], x[a + beta - 1] - centre)
+    radius = torch.maximum(centre - ordered[: drops + 1], ordered[beta - 1 :] - centre)
+    best_r, best_a = radius.min(dim=0)  # the first minimum on ties
+    ambiguous = (radius == best_r).sum(dim=0) > 1
     if drops < beta:
         # rows drops..beta-1 are in every window; low[a] = rows a..drops-1, high[a] =
         # rows beta..beta+a-1 are the parts that depend on the window's start a

@@ -62,6 +62,13 @@ Decisions:
   and β (device).
 * Ablations: ``learn_server: false`` / ``learn_device: false`` keep the initial
   parameters fixed; ``device_merge: false`` turns the fetch off (server side only).
+
+Observed behaviour (docs/results/async.md): with t counting versions, λ/√t soon falls
+below ι and α settles near μι/(1+μι) ≈ 0.1 for any staleness, β near 0.01–0.02; the
+learned and fixed variants give the same accuracy, as does FedAsync with a constant
+α = 0.1. Under non-IID data the meta-gradient's proxy g (the device's own next update)
+points towards the device's optimum, so g · u_i < 0 and the rule tends to raise α for
+every device: it lowers the device's loss, not necessarily the global one.
 """
 
 from __future__ import annotations

@@ -116,6 +116,15 @@ class DeviceFleet:
     def available(self, client_id: int, t: float) -> bool:
         return self.profiles[client_id].online_until(t) is not None
 
+    @property
+    def always_online(self) -> bool:
+        if not hasattr(self, "_always"):
+            self._always = all(p.windows is None and p.period_s is None for p in self.profiles)
+        return self._always
+
+    def available_mask(self, t: float) -> np.ndarray:
+        return np.array([p.online_until(t) is not None for p in self.profiles], dtype=bool)
+
     def drops(self, client_id: int, counter: int) -> bool:
         """Whether this job fails (seeded per client and job)."""
         if self.dropout <= 0:

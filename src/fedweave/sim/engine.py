@@ -253,7 +253,9 @@ class Simulator:
             queue.push(t_down + compute, "failed", info)
             return
         if job.fetch_fraction is not None:
+            # the fresh model is requested part-way and downloaded while the device waits
             queue.push(t_down + job.fetch_fraction * compute, "fetch", info)
+            compute += profile.download_s(down)
         else:
             info["handle"] = exp.executor.submit(job)
         queue.push(t_down + compute, "compute_done", info)
@@ -326,6 +328,7 @@ class Simulator:
                 totals.dropped_updates += 1
             elif ev.kind == "fetch":
                 info["job"].fetched = Broadcast(state.version, state.params, state.buffers)
+                totals.bytes_down += info["job"].fetched.num_bytes()
                 info["handle"] = exp.executor.submit(info["job"])
             elif ev.kind == "compute_done":
                 self._finish_compute(queue, info, ev.time)
@@ -407,6 +410,7 @@ class Simulator:
                     pending_losses=list(c.pending_losses))
         if live["done"]:
             return
+        self._settings(live["round"])  # ctx.round_lr is right from the first event, also after a resume
         queue = EventQueue()
         queue._heap = [copy.copy(e) for e in c.queue]
         queue._seq = c.queue_seq
@@ -420,8 +424,12 @@ class Simulator:
         def dispatch(t: float) -> None:
             """Fill free slots with idle, online clients (uniformly at random)."""
             while len(busy) < concurrency:
-                idle = [i for i in range(self.ctx.num_clients) if i not in busy and exp.fleet.available(i, t)]
-                if not idle:
+                free = np.ones(self.ctx.num_clients, dtype=bool)
+                free[list(busy)] = False
+                if not exp.fleet.always_online:
+                    free &= exp.fleet.available_mask(t)
+                idle = np.flatnonzero(free)
+                if not len(idle):
                     offline = [i for i in range(self.ctx.num_clients) if i not in busy]
                     nxt = min((exp.fleet[i].next_online(t) for i in offline), default=math.inf)
                     if math.isfinite(nxt) and not any(e.kind == "wake" for e in queue._heap):
@@ -491,6 +499,7 @@ class Simulator:
                 elif ev.kind == "fetch":
                     st = live["state"]
                     info["job"].fetched = Broadcast(st.version, st.params, st.buffers)
+                    live["totals"].bytes_down += info["job"].fetched.num_bytes()
                     info["handle"] = exp.executor.submit(info["job"])
                 elif ev.kind == "compute_done":
                     self._finish_compute(queue, info, ev.time)
@@ -556,6 +565,11 @@ class Simulator:
         m.params.copy_(state.params)
         if m.buffers.numel():
             m.buffers.copy_(state.buffers)
+        if m.personal.numel() or m.personal_buffers.numel():
+            # the global model has no personal parts: the initial ones, not those of the
+            # client that personalized evaluation loaded last
+            m.personal.copy_(self._initial_personal["personal"])
+            m.personal_buffers.copy_(self._initial_personal["personal_buffers"])
         return m.module
 
     @torch.no_grad()
