@@ -20,6 +20,7 @@ from .config import Config, load_config, read_yaml
 from .data.federated import FederatedDataset, build_federated
 from .errors import ConfigError, DivergedError, FedweaveError, ModelError
 from .methods import build_method
+from .methods.registry import method_roles
 from .methods.base import ClientAlgorithm, Strategy
 from .metrics import summarize
 from .models import build_model
@@ -107,7 +108,8 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
         kwargs.setdefault("width", m.width)
     factory = ModelFactory(m.name, tuple(data.input_shape), data.num_classes, kwargs, config.seed)
     module = factory()
-    flat = FlatModel(module, dict(m.roles))
+    roles = method_roles(config, module)  # model.roles plus what the method declares (FedPer's head...)
+    flat = FlatModel(module, roles)
     module.eval()  # the probe must not touch BatchNorm statistics
     with torch.no_grad():
         try:
@@ -120,17 +122,18 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     if hasattr(task, "check_output"):  # e.g. restoration: output and target images must match
         task.check_output(out, data.y[: len(out)])
     if flat.spec.num_params == 0:
-        raise ModelError(f"Model {m.name!r} has no trainable shared parameters under model.roles.")
+        raise ModelError(f"Model {m.name!r} has no trainable shared parameters under model.roles "
+                         f"and the roles of method {config.method.name!r}: {roles}.")
     if config.executor.kind == "vectorized":
         from .sim.vectorized import unsupported_reason
 
-        reason = unsupported_reason(WorkerSetup(factory, dict(m.roles), task.name, data, algorithm, config.seed),
+        reason = unsupported_reason(WorkerSetup(factory, roles, task.name, data, algorithm, config.seed),
                                     flat, config.client.optimizer)
         if reason:
             raise ConfigError(f"executor.kind=vectorized cannot run this experiment: {reason}. "
                               "Use executor.kind=serial, or auto to vectorize where possible.")
     exp = Experiment(
-        config=config, task=task, data=data, model_factory=factory, roles=dict(m.roles), spec=flat.spec,
+        config=config, task=task, data=data, model_factory=factory, roles=roles, spec=flat.spec,
         initial_params=flat.params.clone(), initial_buffers=flat.buffers.clone(), strategy=strategy,
         algorithm=algorithm, fleet=make_fleet(config.system, data.num_clients, config.data.seed, flat.spec.num_params),
     )
@@ -142,16 +145,19 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
 def extensions() -> tuple[Callable[[Experiment], None], ...]:
     """Features that configure themselves from the config (each may wrap the client
     algorithm, add cohort hooks or observers, or refuse a combination)."""
+    from .methods.fedins import configure_ssf_pool
     from .methods.flip import configure_flip
     from .methods.fltrust import configure_fltrust
     from .methods.frl import configure_frl
+    from .methods.ferret import configure_ferret
+    from .methods.plora import configure_plora
     from .privacy import configure_privacy
     from .threats import configure_attack, configure_eavesdropper, configure_robust_accuracy
 
     # order matters: method set-up first, then privacy (wraps strategy and client), then
     # the attack (wraps the client outermost: attackers skip DP's client-side clipping)
-    return (configure_frl, configure_fltrust, configure_flip, configure_privacy, configure_attack,
-            configure_eavesdropper, configure_robust_accuracy)
+    return (configure_ssf_pool, configure_frl, configure_plora, configure_ferret, configure_fltrust, configure_flip,
+            configure_privacy, configure_attack, configure_eavesdropper, configure_robust_accuracy)
 
 
 @dataclass

@@ -21,7 +21,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_registry_lists_every_model_with_a_description():
-    assert set(MODELS) == {"logistic", "mlp", "cnn", "lenet5", "resnet"}
+    assert set(MODELS) == {"logistic", "mlp", "mlp_norm", "cnn", "lenet5", "resnet"}
     assert all(isinstance(d, str) and d for d in MODELS.values())
 
 

@@ -46,6 +46,10 @@ class MethodInfo:
     params: type[MethodParams] = MethodParams
     modes: tuple[str, ...] = ("sync",)
     stage_keys: tuple[str, ...] = field(default=())  # stage keys a full strategy accepts
+    # (config, params, module) -> {name pattern: role}: the roles the method gives the
+    # model's segments (FedPer's personal head, FedBN's normalisation layers); may raise
+    # ConfigError when the model does not suit the method. See `method_roles`.
+    roles: Optional[Callable[[Any, Any, Any], dict[str, str]]] = None
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -108,6 +112,24 @@ def build_method(config) -> tuple[Strategy, ClientAlgorithm]:
             )
         return info.build(config, params)
     return build_staged(info, config, params)
+
+
+def method_roles(config, module) -> dict[str, str]:
+    """The roles of the model's segments for this run: ``model.roles`` from the config,
+    then the patterns the method declares (``MethodInfo.roles``) for this ``module``.
+
+    The config's patterns come first, so they win where both match a name (the first
+    matching pattern decides, see :meth:`fedweave.params.ParamSpec.from_module`).
+    """
+    roles = dict(config.model.roles)
+    info = get_method(config.method.name)
+    if info.roles is None:
+        return roles
+    m = config.method
+    params = method_params(info, m, _stage_fields(info, m))
+    for pattern, role in info.roles(config, params, module).items():
+        roles.setdefault(pattern, role)
+    return roles
 
 
 def _stages(info: MethodInfo, m) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ Weights use PyTorch's default initialisation; seed torch before calling ``build_
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from fedweave.models.zoo import (
     build_lenet5,
     build_logistic,
     build_mlp,
+    build_mlp_norm,
     build_resnet,
     group_count,
 )
@@ -37,6 +39,7 @@ MODELS: dict[str, str] = {
     "logistic": "Multinomial logistic regression: flatten + one linear layer.",
     "mlp": "Fully connected ReLU network, hidden sizes from `hidden` "
     "(default [200, 200]: the 2NN of McMahan et al. 2017).",
+    "mlp_norm": "mlp with a normalisation layer after each hidden linear layer (norm batch|group|none).",
     "cnn": "CNN of McMahan et al. 2017: conv5x5(32)-pool, conv5x5(64)-pool, fc512, fc.",
     "lenet5": "LeNet-5 (LeCun et al. 1998): conv6-5x5, pool, conv16-5x5, pool, fc120, fc84, fc.",
     "resnet": "ResNet-8: stem conv, 3 BasicBlock stages (width, 2w, 4w), avg pool, fc; "
@@ -59,7 +62,7 @@ def register_model(name: str, factory: Any, description: str) -> None:
 #: Models that need ``(channels, height, width)`` input.
 IMAGE_MODELS = frozenset({"cnn", "lenet5", "resnet"})
 #: Models that flatten any input shape.
-FLAT_MODELS = ("logistic", "mlp")
+FLAT_MODELS = ("logistic", "mlp", "mlp_norm")
 NORMS = ("group", "batch", "none")
 DEFAULT_HIDDEN = (200, 200)
 
@@ -149,7 +152,8 @@ def build_model(
     """Build model ``name`` for inputs of shape ``input_shape`` (without the batch dim).
 
     ``hidden`` sets the MLP's hidden sizes (default ``[200, 200]``); ``norm`` (``group``,
-    ``batch`` or ``none``) and ``width`` (channels of the first stage) configure the ResNet.
+    ``batch`` or ``none``) configures the ResNet and ``mlp_norm``, ``width`` (channels of
+    the first stage) the ResNet.
     Options that a model does not use are ignored. ``kwargs`` are only for user factories
     (``"package.module:factory"``); built-in models reject them.
 
@@ -161,7 +165,10 @@ def build_model(
     if isinstance(name, str) and ":" in name:
         return _build_user_model(name, shape, num_classes, kwargs)
     if name in EXTRA_MODELS:
-        return EXTRA_MODELS[name][0](shape, num_classes, width=width, **kwargs)
+        factory = EXTRA_MODELS[name][0]
+        if hidden is not None and "hidden" in inspect.signature(factory).parameters:
+            kwargs["hidden"] = hidden_sizes  # e.g. the backbone of fedins' ssf_pool
+        return factory(shape, num_classes, width=width, **kwargs)
     if name not in MODELS:
         raise unknown_name("model", str(name), {**MODELS, **EXTRA_MODELS})
     if kwargs:
@@ -178,6 +185,8 @@ def build_model(
         return build_logistic(shape, num_classes)
     if name == "mlp":
         return build_mlp(shape, num_classes, hidden_sizes)
+    if name == "mlp_norm":
+        return build_mlp_norm(shape, num_classes, hidden_sizes, norm)
     if len(shape) != 3:
         raise ModelError(
             f"Model {name!r} needs image input shaped (channels, height, width), but the "

@@ -5,6 +5,10 @@
 * ``mlp`` -- the "2NN" of McMahan et al. 2017, *Communication-Efficient Learning of Deep
   Networks from Decentralized Data* (AISTATS): fully connected ReLU layers, by default
   784-200-200-10 (199,210 parameters on MNIST).
+* ``mlp_norm`` -- the same MLP with a normalisation layer after every hidden linear
+  layer (linear, norm, ReLU): ``norm="batch"`` (BatchNorm1d, the setting of FedBN, Li et
+  al. 2021), ``"group"`` (GroupNorm) or ``"none"``. For methods that treat normalisation
+  layers specially on data without an image shape (MNIST-1D).
 * ``cnn`` -- the "CNN" of the same paper: two 5x5 convolutions (32 and 64 channels), each
   followed by ReLU and 2x2 max pooling, a fully connected layer of 512 units with ReLU and
   a linear output layer.
@@ -49,6 +53,23 @@ def build_mlp(
     size = prod(input_shape)
     for h in hidden:
         layers += [nn.Linear(size, h), nn.ReLU()]
+        size = h
+    layers.append(nn.Linear(size, num_classes))
+    return nn.Sequential(*layers)
+
+
+def build_mlp_norm(
+    input_shape: tuple[int, ...], num_classes: int, hidden: Sequence[int], norm: str
+) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    size = prod(input_shape)
+    for h in hidden:
+        layers.append(nn.Linear(size, h))
+        if norm == "batch":
+            layers.append(nn.BatchNorm1d(h))
+        elif norm == "group":
+            layers.append(nn.GroupNorm(group_count(h), h))
+        layers.append(nn.ReLU())
         size = h
     layers.append(nn.Linear(size, num_classes))
     return nn.Sequential(*layers)
