@@ -42,7 +42,15 @@ def test_hardening_keeps_labels_and_skips_the_triggers_target():
     assert torch.equal(x, torch.zeros_like(x))  # input untouched
 
 
-def test_inversion_finds_a_small_trigger_for_a_planted_backdoor():
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add synchronisation
+    yield
+    torch.set_num_threads(before)
+
+
+def test_inversion_finds_a_small_trigger_for_a_planted_backdoor(one_thread):
     # a linear model that answers class 1 as soon as pixel (0, 0) is bright
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     with torch.no_grad():
@@ -53,7 +61,7 @@ def test_inversion_finds_a_small_trigger_for_a_planted_backdoor():
     mask, pattern = invert_trigger(model, x, target=1, steps=150, lr=0.1, generator=torch.Generator().manual_seed(0))
     hit = (model(stamp(x, mask, pattern)).argmax(1) == 1).float().mean()
     assert hit >= 0.9
-    assert mask[0, 0, 0] > 0.5 and mask.sum() < 4  # concentrated on the planted pixel
+    assert int(mask.flatten().argmax()) == 0 and mask.sum() < 1.0  # concentrated on the planted pixel
     assert all(p.grad is None for p in model.parameters())
 
 

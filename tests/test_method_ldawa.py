@@ -21,7 +21,7 @@ WG = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, -0.5, 2.0, 1.0, 0.0], dtype=torch.fl
 
 
 def _state(round_: int, params=WG):
-    return SimpleNamespace(round=round_, params=params.clone())
+    return SimpleNamespace(round=round_, params=params.clone(), extra={})
 
 
 def _combiner(tiny, **method):

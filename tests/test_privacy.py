@@ -33,8 +33,6 @@ def test_epsilon_grows_with_rounds_and_matches_the_accountant():
 
 
 def _ctx(n, p):
-    from fedweave.params import ParamSpec
-
     class Clock:
         def now(self):
             return 0.0

@@ -182,7 +182,7 @@ def _mean_closest_to_median(ordered: Tensor, beta: int, original_columns) -> Ten
     return out
 
 
-_BLOCK_ENTRIES = 1 << 20
+_BLOCK_ENTRIES = 1 << 22
 
 
 def _window_mean(ordered: Tensor, beta: int) -> tuple[Tensor, Tensor]:

@@ -4,7 +4,8 @@
   target that, with the whole trigger stamped, are classified as the target; targeted
   label flip (``attack.source``): the share of the source class classified as the target.
   Under a method that rejects predictions (FLIP's confidence threshold), a rejected
-  prediction counts as a failed attack.
+  prediction counts as a failed attack (``attack_success_rate_no_rejection`` is the same
+  figure without the rejection rule).
 * ``robust_accuracy`` (``eval.robust_accuracy``) — accuracy under L∞ PGD-k on the first
   ``eval.robust_max_examples`` test examples (:mod:`fedweave.threats.pgd`).
 
@@ -63,7 +64,10 @@ class AttackObserver(Observer):
         if self.x_asr is None:
             return {}
         self.last = success_rate(module, self.x_asr, self.plan.target, self.threshold, self.batch_size)
-        return {"attack_success_rate": self.last}
+        out = {"attack_success_rate": self.last}
+        if self.threshold is not None:  # the same without the rejection rule, for comparison
+            out["attack_success_rate_no_rejection"] = success_rate(module, self.x_asr, self.plan.target, None, self.batch_size)
+        return out
 
     def summary(self) -> dict:
         out = {"attack": self.plan.kind, "malicious_clients": list(self.plan.malicious)}
