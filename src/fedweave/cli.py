@@ -248,6 +248,116 @@ def report(
     out.print(f"report: {result.html} ({len(result.runset.runs)} runs, {len(result.images)} plots)")
 
 
+# -- deployment (fedweave.deploy): serve, join, tokens -----------------------------------------
+
+
+def _deploy_logging(quiet: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (default: the built-in quickstart)"),
+    address: str = typer.Option("127.0.0.1:50051", "--address", help="HOST:PORT to listen on"),
+    tokens: Optional[Path] = typer.Option(None, "--tokens", help="token file of `fedweave tokens new` (default: make "
+                                          "one per client, print them once, keep the hashes in the state dir)"),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate (with --tls-key): serve over TLS"),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert"),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="where checkpoints go (default: the run directory)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run directory"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    min_clients: Optional[int] = typer.Option(None, "--min-clients", help="connected clients needed before a round "
+                                              "starts (default: schedule.clients_per_round)"),
+    join_timeout: Optional[float] = typer.Option(None, "--join-timeout", help="give up when too few clients are "
+                                                 "connected for this many seconds (default: wait)"),
+    frame_bytes: int = typer.Option(1 << 20, "--frame-bytes", help="tensor bytes per gRPC message (models stream in frames)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings only"),
+):
+    """Run the configured method's server over gRPC until its rounds are done (writes a run directory)."""
+    _deploy_logging(quiet)
+    try:
+        from .deploy import require_grpc
+
+        require_grpc()
+        from .deploy.server import serve as deploy_serve
+
+        result = deploy_serve(config, address=address, overrides=set_, out=out_dir, tokens=tokens, tls_cert=tls_cert,
+                              tls_key=tls_key, state_dir=state_dir, resume=resume, min_clients=min_clients,
+                              join_timeout_s=join_timeout, frame_bytes=frame_bytes, print_tokens=typer.echo)
+    except FedweaveError as exc:
+        _fail(exc)
+    _print_summary(result.summary, result.run_dir)
+    if result.status == "diverged":
+        console.print(f"[bold red]diverged:[/] {result.summary.get('message')}")
+        raise typer.Exit(code=1)
+    if result.status == "interrupted":
+        console.print(f"[yellow]interrupted[/]: continue with `fedweave serve --resume --out {result.run_dir}`")
+
+
+@app.command()
+def join(
+    server: str = typer.Option(..., "--server", help="HOST:PORT of the server"),
+    token: str = typer.Option(..., "--token", envvar="FEDWEAVE_TOKEN", help="this client's token (or $FEDWEAVE_TOKEN)"),
+    root_ca: Optional[Path] = typer.Option(None, "--root-ca", help="PEM certificate(s) to trust: connect over TLS"),
+    tls: bool = typer.Option(False, "--tls", help="connect over TLS trusting the system's roots"),
+    data: Optional[Path] = typer.Option(None, "--data", help="this client's own data: an .npz file with x and y"),
+    partition: Optional[int] = typer.Option(None, "--partition", help="demo data: partition N of --config's dataset"),
+    config: Optional[Path] = typer.Option(None, "--config", help="config whose dataset --partition splits"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    give_up_s: float = typer.Option(600.0, "--give-up-s", help="stop after the server is unreachable this long"),
+    crash_at_round: Optional[int] = typer.Option(None, "--crash-at-round", hidden=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings only"),
+):
+    """Run one client: join the server with a token and train its tasks on local data until the run is done."""
+    _deploy_logging(quiet)
+    try:
+        from .deploy import require_grpc
+
+        require_grpc()
+        from .deploy.client import join as deploy_join
+
+        done = deploy_join(server, token, root_ca=root_ca, tls=tls, data=data, partition=partition, config=config,
+                           overrides=set_, give_up_s=give_up_s, crash_at_round=crash_at_round)
+    except FedweaveError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130)
+    out.print(f"run complete: {done} tasks trained")
+
+
+tokens_app = typer.Typer(add_completion=False, help="Client tokens for `fedweave serve` / `fedweave join`.")
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("new")
+def tokens_new(
+    clients: int = typer.Option(..., "--clients", help="number of clients (ids FIRST..FIRST+N-1)"),
+    out_file: Path = typer.Option(..., "--out", help="token file for the server (hashes only)"),
+    first_id: int = typer.Option(0, "--first-id", help="client id of the first token"),
+    max_examples: Optional[int] = typer.Option(None, "--max-examples", help="bound on the examples a client may "
+                                               "claim (default: its partition's size in the server's config)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing FILE"),
+):
+    """Make one token per client: FILE keeps only their hashes; the tokens are printed once, `<client-id> <token>`."""
+    from .deploy.tokens import TokenStore
+
+    try:
+        if max_examples is not None and max_examples < 0:
+            raise FedweaveError(f"--max-examples must be >= 0, got {max_examples}.")
+        store, plain = TokenStore.generate(clients, first_id, max_examples)
+        store.save(out_file, overwrite=force)
+    except FedweaveError as exc:
+        _fail(exc)
+    for cid, tok in plain.items():
+        typer.echo(f"{cid} {tok}")
+    console.print(f"{len(plain)} tokens; hashes written to {out_file}. The tokens are shown only now: hand each "
+                  "client its line.", highlight=False)
+
+
 def main() -> None:
     try:
         app()

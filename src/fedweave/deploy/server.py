@@ -1,0 +1,931 @@
+"""The deployment server: a method's Strategy on the wall clock, for clients over gRPC.
+
+A synchronous round is the simulator's round with real clients: wait until enough
+clients are connected, select the cohort with :func:`fedweave.sim.sampling.select_clients`
+(same seed, same round, the connected clients as candidates), configure it with the
+strategy, hand every selected client its task (the broadcast, the round, the client's job
+counter and the round's learning rate), collect the updates until every selected client
+has answered, the first K have (over-selection), or ``schedule.deadline_s`` wall-clock
+seconds have passed, then aggregate the accepted updates **in client-id order**, evaluate
+and write the same run directory as a simulation. The bookkeeping (totals, evaluation
+records, snapshots, checkpoints) is the simulator's own: the server drives a
+:class:`~fedweave.sim.engine.Simulator` whose clock is the wall clock. So with the same
+config and seed, and every client connected, a deployment ends with the same global model
+as the simulation.
+
+Every update is validated before it can touch the model (see :meth:`DeployServer._validate`),
+and the server checkpoints atomically after every aggregation, so a server killed at any
+moment continues with ``--resume`` from the last completed round.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import Config, load_config, read_yaml
+from ..errors import ConfigError, DivergedError, FedweaveError
+from ..messages import Broadcast, Update
+from ..rundir import CONFIG, METRICS, RunDirectory, atomic_write_text, dumps
+from ..sim.engine import Observer, Simulator, _copy_state
+from ..sim.events import WallClock
+from ..sim.sampling import select_clients
+from .tokens import TokenStore
+from .wire import (
+    DEFAULT_FRAME_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_TENSORS, PROTOCOL, Assembler, Encoded, WireError,
+    _is_int, decode_update, dump_header, encode_broadcast,
+)
+
+log = logging.getLogger("fedweave.deploy.server")
+
+DEPLOY_FORMAT = 1
+TOKENS_FILE = "tokens.json"
+SERVER_FILE = "server.json"
+
+
+class DeployError(FedweaveError):
+    """The deployment cannot go on (no clients, a port in use, a protocol mismatch...)."""
+
+
+class _Stopped(Exception):
+    """SIGTERM / SIGINT / stop(): shut down cleanly."""
+
+
+class _ResumableWallClock(WallClock):
+    """Wall-clock seconds of the run, continuing from ``start`` after a resume."""
+
+    def __init__(self, start: float = 0.0):
+        super().__init__()
+        self._start -= start
+
+    def advance_to(self, t: float) -> None:  # the simulator's bookkeeping may call it
+        pass
+
+
+class WireStats(Observer):
+    """Bytes that really crossed the network (serialized frames), beside the analytic ones."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.up = 0
+        self.down = 0
+        self.rejected = 0
+
+    def add(self, up: int = 0, down: int = 0, rejected: int = 0) -> None:
+        with self._lock:
+            self.up += up
+            self.down += down
+            self.rejected += rejected
+
+    def figures(self) -> dict[str, int]:
+        with self._lock:
+            return {"wire_bytes_up": self.up, "wire_bytes_down": self.down, "rejected_updates": self.rejected}
+
+    def evaluate(self, module, state) -> dict:
+        return self.figures()
+
+    def summary(self) -> dict:
+        return self.figures()
+
+    def state_dict(self) -> dict:
+        return self.figures()
+
+    def load_state_dict(self, state: dict) -> None:
+        with self._lock:
+            self.up = int(state.get("wire_bytes_up", 0))
+            self.down = int(state.get("wire_bytes_down", 0))
+            self.rejected = int(state.get("rejected_updates", 0))
+
+
+@dataclass
+class _Task:
+    client_id: int
+    counter: int
+    round: int
+    broadcast: Broadcast
+    encoded: Encoded
+    lr: float
+
+
+@dataclass
+class _Round:
+    round: int
+    tasks: dict[int, _Task]
+    keep: int
+    deadline: float | None  # time.monotonic() value
+    started: float
+    received: set[int] = field(default_factory=set)  # one update per client per round, valid or not
+    finished: set[int] = field(default_factory=set)  # received and judged (accepted, invalid or broken off)
+    accepted: dict[int, Update] = field(default_factory=dict)
+    arrivals: list[Update] = field(default_factory=list)  # decoded updates, in arrival order
+    events: list[tuple[int, Update | None, bool]] = field(default_factory=list)  # (client, update, valid) as they came
+    invalid: int = 0
+    closed: bool = False
+
+
+@dataclass
+class _Client:
+    client_id: int
+    num_examples: int
+    peer: str
+    last_seen: float
+    joins: int = 1
+    polling: int = 0
+    away: bool = False  # missed a deadline: not a candidate until it calls again
+
+
+class DeployServer:
+    """The server side of one run. ``start()`` binds the port, ``run()`` runs the rounds."""
+
+    def __init__(
+        self,
+        exp,
+        run_dir: RunDirectory,
+        tokens: TokenStore,
+        *,
+        address: str = "127.0.0.1:0",
+        state_dir: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        min_clients: int | None = None,
+        frame_bytes: int = DEFAULT_FRAME_BYTES,
+        checkpoint: dict | None = None,
+        progress: Callable[[int, int, dict | None], None] | None = None,
+        join_timeout_s: float | None = None,
+        poll_s: float = 5.0,
+        liveness_s: float = 15.0,
+        done_grace_s: float = 3.0,
+        max_workers: int | None = None,
+    ):
+        cfg: Config = exp.config
+        sched = cfg.schedule
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("Give both --tls-cert and --tls-key, or neither.")
+        if not 1 <= frame_bytes <= MAX_FRAME_BYTES:
+            raise ConfigError(f"--frame-bytes must be in [1, {MAX_FRAME_BYTES}], got {frame_bytes}.")
+        self.exp, self.cfg, self.run_dir = exp, cfg, run_dir
+        self.tokens = tokens
+        self.address = address
+        self.state_dir = RunDirectory(state_dir if state_dir is not None else run_dir.path)
+        self.state_dir.path.mkdir(parents=True, exist_ok=True)
+        self.tls = (tls_cert, tls_key) if tls_cert is not None else None
+        self.frame_bytes = frame_bytes
+        self.progress = progress
+        self.join_timeout_s = join_timeout_s
+        self.poll_s, self.liveness_s, self.done_grace_s = poll_s, liveness_s, done_grace_s
+        n = exp.data.num_clients
+        unknown = sorted(c for c in tokens.entries if c >= n)
+        if unknown:
+            log.warning("the token file names client ids %s beyond the run's %d clients; those tokens cannot join",
+                        unknown[:5], n)
+        k = sched.clients_per_round if sched.sampling != "poisson" else 1
+        self.min_clients = min(min_clients if min_clients is not None else k, n)
+        if self.min_clients < 1:
+            raise ConfigError(f"--min-clients must be at least 1, got {min_clients}.")
+        usable = len(tokens.entries) - len(unknown)
+        if usable < self.min_clients:
+            raise ConfigError(f"The token file has {usable} tokens for this run's clients; {self.min_clients} clients "
+                              "must connect before a round starts (--min-clients). Make more tokens.")
+        self.max_workers = max_workers or min(512, 2 * n + 16)
+
+        self.wire = WireStats()
+        exp.observers.append(self.wire)
+        self.sim = Simulator(exp, run_dir)
+        self.registry: dict[int, dict[str, Any]] = {}
+        if checkpoint is not None:
+            self.sim.restore(checkpoint)
+            self.registry = dict(checkpoint.get("deploy", {}).get("clients", {}))
+            # the records covered by the checkpoint, whatever the file held when the server died
+            atomic_write_text(run_dir.path / METRICS, "".join(dumps(r) + "\n" for r in self.sim.committed.history))
+        self.clock = _ResumableWallClock(self.sim.committed.clock)
+        self.sim.clock = self.clock
+        self.sim.ctx.clock = self.clock
+        state = self.sim.committed.state
+        self._expected = (tuple(state.params.shape), state.params.dtype, tuple(state.buffers.shape), state.buffers.dtype)
+        model_bytes = state.params.numel() * state.params.element_size() + state.buffers.numel() * state.buffers.element_size()
+        # the update itself, payloads up to a few model sizes (control variates, gradients...), alignment
+        self.max_update_bytes = 6 * model_bytes + (1 << 20) + 8 * MAX_TENSORS
+
+        self._cv = threading.Condition()
+        self._stop = threading.Event()
+        self._phase = "waiting"
+        self._round: _Round | None = None
+        self._clients: dict[int, _Client] = {}
+        self._told_done: set[int] = set()
+        self._grpc = None
+        self.port: int | None = None
+        self.run_id = f"{run_dir.path.name}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> int:
+        """Bind and start serving; returns the port (useful with port 0)."""
+        import grpc
+
+        from . import fedweave_pb2_grpc as pb2_grpc
+
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),  # a second server on the same port is an error, not a silent split
+        ]
+        server = grpc.server(ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="fedweave-rpc"),
+                             options=options, maximum_concurrent_rpcs=4 * self.max_workers)
+        pb2_grpc.add_FederationServicer_to_server(_Servicer(self), server)
+        host = self.address.rsplit(":", 1)[0].strip("[]")
+        try:
+            if self.tls is not None:
+                from .tls import server_credentials
+
+                port = server.add_secure_port(self.address, server_credentials(*self.tls))
+            else:
+                port = server.add_insecure_port(self.address)
+        except RuntimeError as exc:
+            raise DeployError(f"Cannot listen on {self.address}: {exc}. Is the port in use?") from None
+        if not port:
+            raise DeployError(f"Cannot listen on {self.address}; is the port in use?")
+        server.start()
+        self._grpc, self.port = server, port
+        bound = f"{self.address.rsplit(':', 1)[0]}:{port}"
+        if self.tls is None:
+            log.warning("!" * 78)
+            log.warning("TLS IS OFF: traffic to %s is UNENCRYPTED; tokens and models cross in plain text.", bound)
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning("This address is reachable from other machines: give --tls-cert and --tls-key.")
+            log.warning("!" * 78)
+        log.info("listening on %s (%s), protocol %s, %d client tokens", bound, "TLS" if self.tls else "plain",
+                 PROTOCOL, len(self.tokens))
+        if self.cfg.schedule.deadline_s is None:
+            log.warning("schedule.deadline_s is not set: a selected client that dies mid-round stalls the round until "
+                        "it comes back; set it (wall-clock seconds) for unattended deployments")
+        atomic_write_text(self.state_dir.path / SERVER_FILE,
+                          dumps({"address": bound, "port": port, "tls": self.tls is not None, "run_dir": str(self.run_dir.path)}) + "\n")
+        return port
+
+    def stop(self) -> None:
+        """Ask the run to stop (safe from a signal handler): the open round is abandoned,
+        the last completed round stays checkpointed."""
+        self._stop.set()
+
+    def run(self):
+        """Run the remaining rounds; returns the :class:`~fedweave.experiment.RunResult`."""
+        from ..experiment import RunResult, _write_summary
+        from ..tracking import close_trackers, make_trackers, track_progress
+
+        if self._grpc is None:
+            self.start()
+        cfg, sim = self.cfg, self.sim
+        torch.set_num_threads(cfg.executor.threads)
+        trackers = make_trackers(cfg, self.run_dir.path)
+        progress = track_progress(self.progress, trackers)
+        sim._t_start = time.perf_counter()
+        status, message = "completed", None
+        try:
+            if cfg.schedule.mode == "sync":
+                for r in range(sim.committed.round, cfg.schedule.rounds):
+                    if cfg.schedule.max_time_s is not None and self.clock.now() >= cfg.schedule.max_time_s:
+                        break
+                    record = self._sync_round(r)
+                    if progress:
+                        progress(r + 1, cfg.schedule.rounds, record)
+            else:
+                self._run_async(progress)
+        except _Stopped:
+            status, message = "interrupted", "stopped by a signal; continue with `fedweave serve --resume --out DIR`"
+        except DivergedError as exc:
+            status, message = "diverged", str(exc)
+        except BaseException:
+            self._shutdown("stopping")
+            raise
+        if status == "interrupted":
+            self._checkpoint()  # the last completed round (already saved; this adds the latest wire figures)
+        self._shutdown("done" if status != "interrupted" else "stopping")
+        summary = _write_summary(self.exp, self.run_dir, sim, status, message)
+        close_trackers(trackers, summary)
+        c = sim.committed
+        log.info("run %s after %d rounds: %s", status, c.round, self.run_dir.path)
+        return RunResult(self.run_dir.path, summary, c.history, c.state.params, c.state.buffers)
+
+    def _shutdown(self, phase: str) -> None:
+        with self._cv:
+            self._phase = phase
+            self._cv.notify_all()
+        if phase == "done":  # let connected clients hear that the run is over
+            end = time.monotonic() + self.done_grace_s
+            with self._cv:
+                while time.monotonic() < end and not self._stop.is_set():
+                    waiting = {c for c, info in self._clients.items() if self._is_online(info)} - self._told_done
+                    if not waiting:
+                        break
+                    self._cv.wait(0.1)
+        if self._grpc is not None:
+            self._grpc.stop(grace=1.0).wait(5.0)
+
+    # -- rounds ------------------------------------------------------------------------------
+    def _is_online(self, info: _Client) -> bool:
+        return not info.away and (info.polling > 0 or time.monotonic() - info.last_seen <= self.liveness_s)
+
+    def _online(self) -> list[int]:
+        return sorted(c for c, info in self._clients.items() if self._is_online(info))
+
+    def _wait_for_clients(self) -> list[int]:
+        t0 = time.monotonic()
+        said = -1
+        with self._cv:
+            while True:
+                if self._stop.is_set():
+                    raise _Stopped
+                online = self._online()
+                if len(online) >= self.min_clients:
+                    return online
+                if len(online) != said:
+                    log.info("waiting for clients: %d of %d connected", len(online), self.min_clients)
+                    said = len(online)
+                if self.join_timeout_s is not None and time.monotonic() - t0 > self.join_timeout_s:
+                    raise DeployError(f"Only {len(online)} of the {self.min_clients} clients needed joined within "
+                                      f"{self.join_timeout_s:g} s.")
+                self._cv.wait(0.25)
+
+    def _sync_round(self, r: int) -> dict | None:
+        exp, cfg, sim = self.exp, self.cfg, self.sim
+        sched, ctx, c = cfg.schedule, sim.ctx, sim.committed
+        state = c.state
+        sim._settings(r)  # sets ctx.round_lr, as the simulator does before configure
+        online = self._wait_for_clients()
+        k = sched.clients_per_round
+        dispatch_k = math.ceil((1 + sched.over_select) * k) if sched.over_select else k
+        selected = select_clients(sched.sampling, r, ctx.num_clients, dispatch_k, cfg.seed, ctx.client_sizes,
+                                  sched.sampling_rate, np.asarray(online, dtype=np.int64))
+        keep = k if sched.over_select else len(selected)
+        broadcasts = exp.strategy.configure(selected, state, ctx)
+        counters = c.counters.copy()
+        encoded: dict[int, Encoded] = {}
+        tasks: dict[int, _Task] = {}
+        for cid in selected:
+            b = broadcasts[cid]
+            if id(b) not in encoded:  # a broadcast shared by the cohort is serialized once
+                encoded[id(b)] = encode_broadcast(b)
+            tasks[cid] = _Task(cid, int(counters[cid]), r, b, encoded[id(b)], float(ctx.round_lr))
+            counters[cid] += 1
+        totals = copy.copy(c.totals)
+        participation = c.participation.copy()
+        for cid in selected:
+            totals.bytes_down += broadcasts[cid].num_bytes()
+        now = time.monotonic()
+        rnd = _Round(r, tasks, keep, now + sched.deadline_s if sched.deadline_s is not None else None, now)
+        with self._cv:
+            self._round = rnd
+            self._phase = "running"
+            self._cv.notify_all()
+        log.info("round %d/%d: %d of %d connected clients selected: %s", r + 1, sched.rounds, len(selected),
+                 len(online), _ids(selected))
+        with self._cv:
+            while True:
+                if self._stop.is_set():
+                    rnd.closed = True
+                    raise _Stopped
+                if (keep and len(rnd.accepted) >= keep) or len(rnd.finished) >= len(selected):
+                    break
+                if rnd.deadline is not None and time.monotonic() >= rnd.deadline:
+                    break
+                left = None if rnd.deadline is None else rnd.deadline - time.monotonic()
+                self._cv.wait(0.25 if left is None else max(0.0, min(0.25, left)))
+            rnd.closed = True
+            accepted = sorted(rnd.accepted.values(), key=lambda u: u.client_id)
+            arrivals = list(rnd.arrivals)
+            missing = [cid for cid in selected if cid not in rnd.received]
+            for cid in missing:
+                if cid in self._clients:
+                    self._clients[cid].away = True
+            invalid = rnd.invalid
+        # the simulator's bookkeeping of the round, on what really arrived
+        totals.arrivals += len(arrivals)
+        totals.bytes_up += sum(u.num_bytes() for u in arrivals)
+        totals.dropped_updates += invalid
+        totals.late_updates += len(missing)
+        totals.client_updates += len(accepted)
+        for u in accepted:
+            participation[u.client_id] += 1
+        for u in arrivals:
+            for obs in exp.observers:
+                obs.on_upload(u, r)
+        losses = [u.metrics.get("loss", float("nan")) for u in accepted]
+        for hook in exp.cohort_hooks:
+            accepted = hook(accepted, state, r, ctx)
+        new_state = exp.strategy.aggregate(accepted, _copy_state(state), ctx)
+        sim._check_finite(new_state, f"round {r + 1}")
+        new_state.round = r + 1
+        for obs in exp.observers:
+            obs.on_round_end(new_state, r)
+        history, record = c.history, None
+        if (r + 1) % cfg.eval.every == 0 or r + 1 == sched.rounds:
+            record = sim._evaluate(new_state, r + 1, totals, losses)
+            record["round_wall_s"] = time.monotonic() - rnd.started
+            history = history + [record]
+        sim._snapshot(round=r + 1, state=new_state, counters=counters, totals=totals, history=history,
+                      participation=participation)
+        if record is not None:
+            self.run_dir.append_metrics(record)
+        self._checkpoint()
+        metric = exp.task.metric_name
+        log.info("round %d/%d done in %.2f s: %d accepted, %d rejected, %d missing%s", r + 1, sched.rounds,
+                 time.monotonic() - rnd.started, len(accepted), invalid, len(missing),
+                 f", {metric} {record[metric]:.4f}" if record is not None else "")
+        return record
+
+    def _run_async(self, progress) -> None:
+        """Asynchronous and buffered modes on the wall clock, as the simulator runs them:
+        ``concurrency`` clients busy (an idle connected client picked with the simulator's
+        dispatch rule fills each free slot), every valid arrival merged at once
+        (``on_update``) or buffered and merged ``buffer_size`` at a time in client-id
+        order; staleness = versions elapsed since the client's base version. Jobs in flight
+        when the server stops are not in the checkpoint: after ``--resume`` they are
+        dispatched anew (arrival order is wall-clock order, so these modes are not
+        bit-reproducible anyway)."""
+        from ..sim.sampling import pick_idle
+
+        exp, cfg, sim = self.exp, self.cfg, self.sim
+        sched, ctx, c = cfg.schedule, sim.ctx, sim.committed
+        if c.done:
+            return
+        buffered = sched.mode == "buffered"
+        concurrency = min(sched.concurrency or sched.clients_per_round, ctx.num_clients)
+        buffer_size = sched.buffer_size or sched.clients_per_round
+        max_arrivals = sched.max_arrivals or (None if sched.max_time_s else sched.rounds * sched.clients_per_round)
+        every_s = cfg.eval.every_s  # wall-clock seconds here
+        live = dict(round=c.round, state=c.state, counters=c.counters.copy(), totals=copy.copy(c.totals),
+                    history=list(c.history), participation=c.participation.copy(), busy=[], buffer=list(c.buffer),
+                    dispatches=c.dispatches, next_eval_s=c.next_eval_s, done=False, pending_losses=list(c.pending_losses))
+        totals = live["totals"]
+        rnd = _Round(-1, {}, 0, None, time.monotonic())
+        with self._cv:
+            self._round = rnd
+
+        def commit() -> None:
+            with self._cv:
+                live["busy"] = sorted(rnd.tasks)
+            sim._snapshot(**live)
+
+        def evaluate() -> None:
+            record = sim._evaluate(live["state"], live["round"], totals, live["pending_losses"])
+            live["pending_losses"].clear()
+            live["history"].append(record)
+            commit()
+            self.run_dir.append_metrics(record)
+            if progress:
+                progress(totals.arrivals, max_arrivals or 0, record)
+
+        def merged(new_state) -> None:
+            sim._check_finite(new_state, f"version {new_state.version}")
+            live["round"] += 1
+            new_state.round = live["round"]
+            live["state"] = new_state
+            for obs in exp.observers:
+                obs.on_round_end(new_state, live["round"])
+            if every_s is None and live["round"] % cfg.eval.every == 0:
+                evaluate()
+            else:
+                commit()
+            self._checkpoint()
+
+        def dispatch() -> None:
+            with self._cv:
+                online = self._online()
+                busy = set(rnd.tasks)
+                while len(busy) < concurrency:
+                    idle = [i for i in online if i not in busy]
+                    if not idle:
+                        return
+                    cid = pick_idle(cfg.seed, live["dispatches"], idle)
+                    live["dispatches"] += 1
+                    state = live["state"]
+                    sim._settings(live["round"])
+                    b = exp.strategy.configure([cid], state, ctx)[cid]
+                    rnd.tasks[cid] = _Task(cid, int(live["counters"][cid]), live["round"], b, encode_broadcast(b),
+                                           float(ctx.round_lr))
+                    live["counters"][cid] += 1
+                    totals.bytes_down += b.num_bytes()
+                    busy.add(cid)
+                self._cv.notify_all()
+
+        self._wait_for_clients()
+        with self._cv:
+            self._phase = "running"
+        log.info("%s mode: %d clients busy at a time%s", sched.mode, concurrency,
+                 f", merging every {buffer_size} arrivals" if buffered else "")
+        while max_arrivals is None or totals.arrivals < max_arrivals:
+            if sched.max_time_s is not None and self.clock.now() >= sched.max_time_s:
+                break
+            if every_s is not None and self.clock.now() >= live["next_eval_s"]:
+                live["next_eval_s"] += every_s
+                evaluate()
+            dispatch()
+            with self._cv:
+                if self._stop.is_set():
+                    raise _Stopped
+                if not rnd.events:
+                    self._cv.wait(0.25)
+                events, rnd.events = rnd.events, []
+                for cid, _, _ in events:  # the slot is free; the client may take a new task
+                    rnd.tasks.pop(cid, None)
+                    rnd.received.discard(cid)
+                    rnd.finished.discard(cid)
+                    rnd.accepted.pop(cid, None)
+            for cid, update, valid in events:
+                if update is not None:
+                    totals.arrivals += 1
+                    totals.bytes_up += update.num_bytes()
+                    for obs in exp.observers:
+                        obs.on_upload(update, live["round"])
+                if not valid:
+                    totals.dropped_updates += 1
+                    continue
+                state = live["state"]
+                staleness = state.version - update.base_version
+                if sched.max_staleness is not None and staleness > sched.max_staleness:
+                    totals.dropped_updates += 1
+                    continue
+                totals.client_updates += 1
+                totals.staleness_sum += staleness
+                totals.staleness_count += 1
+                totals.staleness_max = max(totals.staleness_max, staleness)
+                live["participation"][cid] += 1
+                live["pending_losses"].append(update.metrics.get("loss", float("nan")))
+                if buffered:
+                    live["buffer"].append(update)
+                    if len(live["buffer"]) >= buffer_size:
+                        batch = sorted(live["buffer"], key=lambda u: u.client_id)
+                        live["buffer"] = []
+                        for hook in exp.cohort_hooks:
+                            batch = hook(batch, state, live["round"], ctx)
+                        merged(exp.strategy.aggregate(batch, _copy_state(state), ctx))
+                else:
+                    merged(exp.strategy.on_update(update, _copy_state(state), ctx))
+                if max_arrivals is not None and totals.arrivals >= max_arrivals:
+                    break
+        with self._cv:
+            rnd.closed = True  # jobs still in flight arrive late
+        live["done"] = True
+        last = live["history"][-1] if live["history"] else None
+        if last is None or last.get("version") != live["state"].version:
+            evaluate()
+        else:
+            commit()
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        d = self.sim.checkpoint_dict()
+        with self._cv:
+            for cid, info in self._clients.items():
+                self.registry[cid] = {"num_examples": info.num_examples, "joins": info.joins}
+        d["deploy"] = {"format": DEPLOY_FORMAT, "clients": dict(self.registry), "run_id": self.run_id}
+        self.state_dir.save_checkpoint(d)
+
+    # -- RPC handlers ----------------------------------------------------------------------------
+    def authenticate(self, context, method: str) -> int:
+        import grpc
+
+        md = dict(context.invocation_metadata() or ())
+        auth = md.get("authorization")
+        token = auth[7:].strip() if isinstance(auth, str) and auth.startswith("Bearer ") else None
+        cid = self.tokens.client_id(token)
+        if cid is None:
+            # never log the token's text
+            log.warning("UNAUTHENTICATED %s from %s: %s token", method, context.peer(), "missing" if token is None else "unknown")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid token")
+        return cid
+
+    def _bound(self, cid: int) -> int:
+        explicit = self.tokens.max_examples(cid)
+        return explicit if explicit is not None else int(self.sim.ctx.client_sizes[cid])
+
+    def health(self):
+        from . import fedweave_pb2 as pb2
+
+        with self._cv:
+            return pb2.HealthReply(status=self._phase, round=self.sim.committed.round, rounds=self.cfg.schedule.rounds,
+                                   clients_connected=len(self._online()), protocol=PROTOCOL)
+
+    def join(self, cid: int, request, context):
+        import grpc
+
+        from . import fedweave_pb2 as pb2
+
+        if request.protocol != PROTOCOL:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"client protocol {request.protocol!r}, server protocol {PROTOCOL!r}; update fedweave on one side")
+        n = self.exp.data.num_clients
+        if cid >= n:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this token is bound to client {cid}, but the run has "
+                                                               f"clients 0..{n - 1}")
+        bound = self._bound(cid)
+        if not 0 < request.num_examples <= bound:
+            log.warning("client %d from %s claims %d examples; its bound is %d", cid, context.peer(),
+                        request.num_examples, bound)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"client {cid} claims {request.num_examples} training examples; the bound registered for it "
+                          f"is 1..{bound} (set max_examples in the token file for clients with their own data)")
+        with self._cv:
+            info = self._clients.get(cid)
+            if info is None:
+                self._clients[cid] = _Client(cid, request.num_examples, context.peer(), time.monotonic())
+            else:
+                info.joins += 1
+                info.num_examples, info.peer, info.last_seen, info.away = request.num_examples, context.peer(), time.monotonic(), False
+            self._cv.notify_all()
+        log.info("client %d joined from %s (%d examples)", cid, context.peer(), request.num_examples)
+        data = self.exp.data
+        return pb2.JoinReply(client_id=cid, config_yaml=self.cfg.to_yaml(), num_clients=n, num_classes=data.num_classes,
+                             input_shape=list(data.input_shape), run_id=self.run_id, frame_bytes=self.frame_bytes,
+                             protocol=PROTOCOL)
+
+    def _touch(self, cid: int) -> _Client | None:
+        info = self._clients.get(cid)
+        if info is not None:
+            info.last_seen = time.monotonic()
+            info.away = False
+        return info
+
+    def get_task(self, cid: int, request, context):
+        import grpc
+
+        from . import fedweave_pb2 as pb2
+
+        wait = min(max(request.wait_ms, 0) / 1000.0, self.poll_s)
+        end = time.monotonic() + wait
+        task, status = None, "wait"
+        with self._cv:
+            info = self._touch(cid)
+            if info is None:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "join first")
+            if info.polling >= 2:  # one client holds at most two waiting calls (threads are shared)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many concurrent GetTask calls for this client")
+            info.polling += 1
+            self._cv.notify_all()
+            try:
+                while True:
+                    if self._phase == "done":
+                        status = "done"
+                        self._told_done.add(cid)
+                        self._cv.notify_all()
+                        break
+                    if self._phase == "stopping" or self._stop.is_set():
+                        status = "shutdown"
+                        break
+                    rnd = self._round
+                    if rnd is not None and not rnd.closed and cid in rnd.tasks and cid not in rnd.received:
+                        task, status = rnd.tasks[cid], "task"
+                        break
+                    if not context.is_active():  # the client hung up (or died) while waiting
+                        info.away = True
+                        break
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(min(left, 0.5))
+            finally:
+                info.polling -= 1
+                if not info.away:
+                    info.last_seen = time.monotonic()
+        if task is None:
+            frame = pb2.Frame(header=dump_header({"protocol": PROTOCOL, "kind": "control", "status": status, "data_bytes": 0}))
+            self.wire.add(down=frame.ByteSize())
+            yield frame
+            return
+        extra = {"status": "task", "round": task.round, "counter": task.counter, "client_id": cid, "lr": task.lr}
+        sent = 0
+        for header, data in task.encoded.frames(self.frame_bytes, extra):
+            frame = pb2.Frame(header=header, data=data)
+            sent += frame.ByteSize()
+            yield frame
+        self.wire.add(down=sent)
+
+    def receive_update(self, cid: int, frames, context):
+        import grpc
+
+        from . import fedweave_pb2 as pb2
+
+        a = Assembler(self.max_update_bytes)
+        it = iter(frames)
+        task: _Task | None = None
+        rnd: _Round | None = None
+        reason: str | None = None
+        update: Update | None = None
+        try:
+            first = next(it, None)
+            if first is None:
+                raise WireError("empty upload (no frames)")
+            a.feed(first.header, first.data, first.ByteSize())
+            with self._cv:
+                self._touch(cid)
+                rnd = self._round
+                reason = self._claim(cid, a.header, rnd)
+                if reason is None:
+                    rnd.received.add(cid)  # from here on, this is the client's one update of the round
+                    task = rnd.tasks[cid]
+            if task is not None:
+                for f in it:
+                    a.feed(f.header, f.data, f.ByteSize())
+                header, data = a.done()
+                update = decode_update(header, data, sent_params=task.broadcast.params)
+                reason = self._validate(cid, update, task)
+        except WireError as exc:
+            reason = f"malformed update: {exc}"
+        finally:
+            self.wire.add(up=a.wire_bytes)
+            if task is not None:
+                with self._cv:
+                    if update is not None:
+                        rnd.arrivals.append(update)
+                    rnd.events.append((cid, update, reason is None and update is not None))
+                    if reason is not None or update is None:  # invalid, or the stream broke off
+                        rnd.invalid += 1
+                    elif rnd.closed:
+                        reason = f"late: round index {task.round} closed (deadline, enough updates or the run's end) before this update arrived"
+                    else:
+                        rnd.accepted[cid] = update
+                    rnd.finished.add(cid)
+                    self._cv.notify_all()
+        if reason is not None:
+            if reason.startswith("late:"):  # an honest straggler: counted in late_updates, not as rejected
+                log.info("late update from client %d: %s", cid, reason)
+            else:
+                self.wire.add(rejected=1)
+                log.warning("rejected an update from client %d (%s): %s", cid, context.peer(), reason)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        return pb2.UpdateReply(accepted=True, detail="accepted", round=task.round)
+
+    def _claim(self, cid: int, header: dict[str, Any], rnd: _Round | None) -> str | None:
+        """Why this client may not send an update for the round its header claims, or None."""
+        claimed = header.get("round")
+        if header.get("client_id") != cid:
+            return f"this token is bound to client {cid}; the update claims client {header.get('client_id')!r}"
+        task = rnd.tasks.get(cid) if rnd is not None else None
+        if task is None or not _is_int(claimed) or claimed != task.round:
+            open_ = task.round if task is not None and not rnd.closed else None
+            return f"stale round: the update claims round index {claimed!r}; this client's open task is for {open_}"
+        if cid in rnd.received:
+            return f"duplicate: client {cid} already sent its update for round index {task.round}"
+        if rnd.closed:
+            return f"late: round index {task.round} closed (deadline, enough updates or the run's end) before this update arrived"
+        if header.get("counter") != task.counter:
+            return (f"the update claims job counter {header.get('counter')!r}; the task of round index {task.round} "
+                    f"was job {task.counter}")
+        return None
+
+    def _validate(self, cid: int, u: Update, task: _Task) -> str | None:
+        """Why an update must not touch the model, or None when it may."""
+        p_shape, p_dtype, b_shape, b_dtype = self._expected
+        if u.base_version != task.broadcast.version:
+            return f"the update claims base version {u.base_version}; the task sent version {task.broadcast.version}"
+        if tuple(u.delta.shape) != p_shape or u.delta.dtype != p_dtype:
+            return (f"the model update has shape {tuple(u.delta.shape)} and dtype {u.delta.dtype}; expected {p_shape} "
+                    f"and {p_dtype}")
+        if u.buffers is None:
+            if b_shape != (0,):
+                return f"the update lacks the model's buffers (expected shape {b_shape})"
+        elif tuple(u.buffers.shape) != b_shape or u.buffers.dtype != b_dtype:
+            return (f"the buffers have shape {tuple(u.buffers.shape)} and dtype {u.buffers.dtype}; expected {b_shape} "
+                    f"and {b_dtype}")
+        if not u.is_finite():
+            return "the update holds non-finite values (NaN or infinity)"
+        bound = self._bound(cid)
+        if not 1 <= u.num_examples <= bound:
+            return f"the update claims {u.num_examples} training examples; the bound registered for client {cid} is 1..{bound}"
+        return None
+
+
+def _ids(ids: list[int], show: int = 12) -> str:
+    return ", ".join(map(str, ids[:show])) + (f" (+{len(ids) - show})" if len(ids) > show else "")
+
+
+def _make_servicer_base():
+    from . import fedweave_pb2_grpc as pb2_grpc
+
+    return pb2_grpc.FederationServicer
+
+
+class _Servicer(_make_servicer_base()):
+    """gRPC glue: authenticate, then hand the call to the server."""
+
+    def __init__(self, server: DeployServer):
+        self.s = server
+
+    def Health(self, request, context):
+        return self.s.health()
+
+    def Join(self, request, context):
+        cid = self.s.authenticate(context, "Join")
+        return self.s.join(cid, request, context)
+
+    def GetTask(self, request, context):
+        cid = self.s.authenticate(context, "GetTask")
+        yield from self.s.get_task(cid, request, context)
+
+    def SendUpdate(self, request_iterator, context):
+        cid = self.s.authenticate(context, "SendUpdate")
+        return self.s.receive_update(cid, request_iterator, context)
+
+
+# -- the `fedweave serve` entry point ---------------------------------------------------------
+
+
+def serve(
+    config=None,
+    *,
+    address: str,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    tokens: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
+    min_clients: int | None = None,
+    join_timeout_s: float | None = None,
+    frame_bytes: int = DEFAULT_FRAME_BYTES,
+    progress: Callable[[int, int, dict | None], None] | None = None,
+    print_tokens: Callable[[str], None] = print,
+    handle_signals: bool = True,
+):
+    """Build the run (or reopen it with ``resume``), serve it until its rounds are done."""
+    from ..experiment import build_experiment, default_run_dir
+
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("Give both --tls-cert and --tls-key, or neither.")
+    for path, what in ((tls_cert, "--tls-cert"), (tls_key, "--tls-key")):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"The {what} file {str(path)!r} does not exist.")
+    given = TokenStore.load(tokens) if tokens is not None else None  # before any directory is made
+    ckpt = None
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out DIR: the run directory of the server to continue.")
+        if config is not None or overrides:
+            raise ConfigError("--resume takes the config from the run directory; do not combine it with CONFIG or --set.")
+        run_dir = RunDirectory(out)
+        if not (run_dir.path / CONFIG).is_file():
+            raise ConfigError(f"{str(run_dir.path)!r} is not a run directory (no {CONFIG}).")
+        summary = run_dir.read_summary()
+        if summary is not None and summary.get("status") == "completed":
+            raise ConfigError(f"The run in {str(run_dir.path)!r} is already completed; nothing to resume.")
+        cfg = load_config(read_yaml(run_dir.path / CONFIG))
+        exp = build_experiment(cfg)
+        sdir = RunDirectory(state_dir if state_dir is not None else run_dir.path)
+        ckpt = sdir.load_checkpoint()
+        if ckpt is None:
+            run_dir.create(cfg.to_yaml())
+        else:
+            log.info("resuming after round %d from %s", int(ckpt["round"]), sdir.path)
+        run_dir.clear_summary()
+    else:
+        cfg = load_config(config, overrides)
+        if out is not None:
+            cfg.output.dir = str(out)
+        exp = build_experiment(cfg)
+        run_dir = RunDirectory(cfg.output.dir or default_run_dir(cfg))
+        cfg.output.dir = str(run_dir.path)
+        run_dir.create(cfg.to_yaml())
+        sdir = RunDirectory(state_dir if state_dir is not None else run_dir.path)
+        sdir.path.mkdir(parents=True, exist_ok=True)
+        (sdir.path / "checkpoint.pt").unlink(missing_ok=True)  # never resume into another run's state
+    store = given or _load_or_make_tokens(sdir.path, exp.data.num_clients, resume, print_tokens)
+    server = DeployServer(exp, run_dir, store, address=address, state_dir=sdir.path, tls_cert=tls_cert, tls_key=tls_key,
+                          min_clients=min_clients, frame_bytes=frame_bytes, checkpoint=ckpt, progress=progress,
+                          join_timeout_s=join_timeout_s)
+    previous = {}
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        def on_signal(signum, frame):
+            log.warning("%s: shutting down after checkpointing the last completed round", signal.Signals(signum).name)
+            server.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        server.start()
+        return server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _load_or_make_tokens(state_dir: Path, num_clients: int, resume: bool, print_tokens) -> TokenStore:
+    own = state_dir / TOKENS_FILE
+    if resume and own.is_file():
+        return TokenStore.load(own)
+    store, plain = TokenStore.generate(num_clients)
+    store.save(own, overwrite=True)
+    log.warning("no --tokens file: made one token per client (hashes in %s); the tokens are printed once:", own)
+    for cid, token in plain.items():
+        print_tokens(f"{cid} {token}")
+    return store
