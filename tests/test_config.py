@@ -209,7 +209,7 @@ def test_poisson_ignores_clients_per_round_bound():
     [
         ("method", "fedavgg", "method", ["fedavg", "fedprox", "scaffold", "fednova", "fedadam"]),
         ("data", "mnistt", "dataset", ["digits", "mnist", "synthetic"]),
-        ("model", "transformer", "model", ["mlp", "logistic", "cnn", "resnet"]),
+        ("model", "vit", "model", ["mlp", "logistic", "cnn", "resnet"]),
     ],
 )
 def test_unknown_names_list_allowed(section, name, kind, allowed):

@@ -44,6 +44,9 @@ DATASETS: dict[str, str] = {
     "one client per LEAF user",
     "hf": "a Hugging Face dataset: a save_to_disk folder in data.root, or data.name from the local "
     "cache (never downloads); data.split, data.columns",
+    "pydocs": "character-level text (97 tokens) from the docstrings of Python stdlib modules, one document "
+    "(natural client) per module; pydocs:<L> for sequences of L (default 64); data.name federated | public "
+    "(task.kind language_model)",
 }
 
 
@@ -585,6 +588,11 @@ def load_source(
                            synthetic_beta=synthetic_beta, synthetic_num_clients=synthetic_num_clients,
                            synthetic_dim=synthetic_dim, synthetic_classes=synthetic_classes)
         return super_resolution_source(base, int(name[2 : name.index(":")]))
+    if name == "pydocs" or name.startswith("pydocs:"):
+        # character-level next-token data from stdlib docstrings (fedweave.lm)
+        from fedweave.lm import pydocs_source
+
+        return pydocs_source(name, data_name)
     if name not in DATASETS:
         raise unknown_name("dataset", name, DATASETS)
     if name == "digits":

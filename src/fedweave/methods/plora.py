@@ -1,0 +1,232 @@
+"""pLoRA — personalized LoRA, the federated fine-tuning scheme of FedVLM (2025): LoRA
+adapters ΔW = B·A_i on a frozen base, the server averages the B matrices only and each
+client keeps its own A_i. No official code exists; the "dynamic adaptation" details of
+the paper are unverified and not implemented. Compared against FedAvg-LoRA (average A and
+B) and local-only LoRA through ``method.share``.
+
+**Adapters (via ``peft``).** Every targeted ``nn.Linear`` of the configured model becomes
+a ``peft`` LoRA layer, ``y = W x + b + (α/r)·B A x``: A is ``r × in``, B is ``out × r``.
+Targets (``method.target``, fnmatch patterns over module names) default to every
+``nn.Linear`` except the last one in module order — the output layer (``lm_head`` of the
+``transformer``): for the transformer that is the attention projections q, k, v, o and the
+MLP's fc1, fc2 of every block. All base weights (embeddings, LayerNorms, the targeted
+layers' own weights and biases, the output layer) take role ``frozen``: neither trained
+nor sent, and not counted in bytes. A model without a ``nn.Linear`` (or a ``target`` that
+matches none) is rejected when the experiment is built, before any run directory exists.
+Base weights come from the model's factory, e.g. a pretrained base through
+``model.kwargs.init_from`` of the ``transformer``: LoRA on a random base learns little.
+
+**Initialisation — the shared basis.** A is initialised as ``peft`` does (Kaiming-uniform,
+a = √5, i.e. U(−1/√in, 1/√in)) and B = 0, from the generator seeded with
+``derive_seed(seed, "lora-init")`` right after the base is built: every client starts from
+the *same* A. This is what makes averaging B meaningful: B is averaged across clients
+whose ΔW_i = B A_i live in the same (initial) row space, and the A_i drift apart only by
+their local training. ``method.a_init: per_client`` draws each client's A from its own
+seed (``derive_seed(seed, "lora-a", client)``) on its first job instead — an ablation
+that shows what averaging B across unrelated bases does. ``method.freeze_a: true`` keeps
+the shared A fixed (role ``frozen``, never trained or sent): then pLoRA and FedAvg-LoRA
+coincide, and B is averaged in an exactly shared basis.
+
+**Roles by ``method.share``.**
+
+* ``B`` (pLoRA, default): B ``trainable`` (averaged), A ``personal`` (trained, kept on
+  the client, restored for it every round). The server state and both directions carry
+  the B matrices only.
+* ``both`` (FedAvg-LoRA): A and B ``trainable``, both averaged and sent.
+* ``local`` (no federation): A and B ``personal``; the server aggregates nothing, and
+  messages carry no adapter.
+
+Server: w ← w + Σ_k n_k Δ_k / Σ_k n_k over the shared adapter vector (FedAvg on the
+adapters); ``local`` only advances the version. With ``eval.personalized: true`` each
+client is scored with the global shared part and its own personal part: (B̄, A_i) for
+pLoRA, its own (B_i, A_i) for ``local``, the global model for ``both``. The global-model
+figures of pLoRA use (B̄, A_0), A_0 the shared initialisation; of ``local``, the base model.
+
+User ``model.roles`` still apply (after the LoRA patterns): e.g. ``{'lm_head.*':
+trainable}`` also trains and averages the output layer. Names after wrapping follow
+``peft``: ``blocks.0.attn.q.base_layer.weight``, ``...q.lora_A.default.weight``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..errors import ConfigError
+from ..params import FlatModel
+from ..rng import derive_seed, torch_generator
+from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from .registry import MethodInfo, MethodParams, register
+
+A_PATTERN = "*.lora_A.*"
+B_PATTERN = "*.lora_B.*"
+
+
+class PLoRAParams(MethodParams):
+    share: Literal["B", "both", "local"] = Field(
+        "B", description="what the server averages: B (pLoRA: A stays on the client), both (FedAvg-LoRA), local (nothing)"
+    )
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha: the adapter is scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout on the adapter's input")
+    target: Optional[list[str]] = Field(
+        None, description="fnmatch patterns of the nn.Linear modules to adapt (default: all but the output layer)"
+    )
+    a_init: Literal["shared", "per_client"] = Field(
+        "shared", description="A's initialisation: one seeded A for all clients (shared basis) or one per client"
+    )
+    freeze_a: bool = Field(False, description="keep the shared initial A fixed (not trained, not sent)")
+
+
+def _params(config) -> PLoRAParams:
+    extras = config.method.extras()
+    return PLoRAParams.model_validate({k: v for k, v in extras.items() if k in PLoRAParams.model_fields})
+
+
+# -- the adapted model ---------------------------------------------------------------------
+
+
+def linear_names(module: nn.Module) -> list[str]:
+    return [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and n]
+
+
+def select_targets(module: nn.Module, patterns: list[str] | None, model_name: str = "the model") -> list[str]:
+    """The ``nn.Linear`` module names LoRA adapts, or a ConfigError that says why none."""
+    names = linear_names(module)
+    if not names:
+        raise ConfigError(
+            f"pLoRA adapts nn.Linear layers, and {model_name} has none. Use a model with linear layers "
+            "(e.g. model.name: transformer, mlp)."
+        )
+    if patterns is None:
+        return names[:-1] or names  # all but the output layer (the only one if it is alone)
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not chosen:
+        raise ConfigError(f"method.target {patterns} matches no nn.Linear of {model_name}; its linear layers: {names}.")
+    return chosen
+
+
+def add_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float) -> nn.Module:
+    """Inject ``peft`` LoRA adapters into ``module`` in place (A Kaiming-uniform, B = 0)."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ConfigError('Method plora needs the peft package: pip install "fedweave[lora]"') from None
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    return inject_adapter_in_model(config, module)
+
+
+@dataclass
+class LoRAModelFactory:
+    """The configured model with LoRA adapters (picklable, seeded: the same A everywhere)."""
+
+    inner: Any  # fedweave.experiment.ModelFactory
+    targets: tuple[str, ...]
+    rank: int
+    alpha: float
+    dropout: float
+    seed: int
+
+    def __call__(self) -> nn.Module:
+        module = self.inner()
+        torch.manual_seed(derive_seed(self.seed, "lora-init"))
+        return add_lora(module, list(self.targets), self.rank, self.alpha, self.dropout)
+
+
+def lora_roles(share: str, freeze_a: bool, user_roles: dict[str, str]) -> dict[str, str]:
+    a_role = "frozen" if freeze_a else {"B": "personal", "both": "trainable", "local": "personal"}[share]
+    b_role = "personal" if share == "local" else "trainable"
+    return {A_PATTERN: a_role, B_PATTERN: b_role, **user_roles, "*": "frozen"}
+
+
+def per_client_a(model: FlatModel, seed: int, client_id: int) -> None:
+    """Draw client ``client_id``'s own A matrices (Kaiming-uniform like peft) in place."""
+    gen = torch_generator(seed, "lora-a", client_id)
+    for seg in model.spec.group("personal"):
+        if fnmatch.fnmatchcase(seg.name, A_PATTERN):
+            bound = 1.0 / math.sqrt(seg.shape[1])
+            values = torch.rand(seg.shape, generator=gen, dtype=model.spec.dtype) * (2 * bound) - bound
+            model.personal[seg.slice].copy_(values.flatten())
+
+
+# -- strategy and client -------------------------------------------------------------------
+
+
+class PLoRAStrategy(Strategy):
+    name = "plora"
+
+    def __init__(self, share: str = "B"):
+        self.share = share
+
+    def aggregate(self, updates, state, ctx) -> ServerState:
+        if not updates:
+            return state
+        if self.share != "local" and state.params.numel():
+            w = size_weights(updates).to(state.params.dtype)
+            state.params = state.params + (w / w.sum()) @ stack_deltas(updates)
+        state.buffers = average_buffers(updates, state)
+        state.version += 1
+        return state
+
+
+class PLoRAClient(ClientAlgorithm):
+    """The standard trainer on the adapters; with ``a_init: per_client`` a client's first
+    job starts from its own A (a client that never trained is scored with the shared A)."""
+
+    stateful = True
+
+    def __init__(self, objective: str = "plain", mu: float = 0.0, a_init: str = "shared", seed: int = 0):
+        super().__init__(objective, mu)
+        self.a_init = a_init
+        self.seed = seed
+
+    def train(self, job, worker, generator):
+        if self.a_init == "per_client" and "personal" not in (job.state or {}):
+            with torch.no_grad():
+                per_client_a(worker.model, self.seed, job.client_id)
+        return super().train(job, worker, generator)
+
+
+def _build(config, params: PLoRAParams):
+    if params.freeze_a and params.a_init == "per_client":
+        raise ConfigError("method.freeze_a keeps the shared initial A; it cannot be combined with a_init: per_client.")
+    return PLoRAStrategy(params.share), PLoRAClient(config.client.objective, config.client.mu, params.a_init, config.seed)
+
+
+def configure_plora(exp) -> None:
+    """Extension: pLoRA trains LoRA adapters on the configured (frozen) model."""
+    cfg = exp.config
+    if cfg.method.name != "plora":
+        return
+    p = _params(cfg)
+    probe = exp.model_factory()
+    targets = select_targets(probe, p.target, f"model {cfg.model.name!r}")
+    factory = LoRAModelFactory(exp.model_factory, tuple(targets), p.rank, p.alpha, p.dropout, cfg.seed)
+    roles = lora_roles(p.share, p.freeze_a, dict(exp.roles))
+    flat = FlatModel(factory(), roles)
+    if p.share != "local" and flat.spec.num_params == 0:
+        raise ConfigError(f"pLoRA with share {p.share!r} leaves nothing to average under model.roles {exp.roles}.")
+    if cfg.client.objective == "prox" and p.share == "local":
+        raise ConfigError("client.objective prox pulls towards a global model; share: local has none to pull towards.")
+    exp.model_factory = factory
+    exp.roles = roles
+    exp.spec = flat.spec
+    exp.initial_params = flat.params.clone()
+    exp.initial_buffers = flat.buffers.clone()
+
+
+METHOD = register(
+    MethodInfo(
+        name="plora",
+        summary="personalized LoRA (peft): server averages B, clients keep A; share both = FedAvg-LoRA, local = no FL",
+        citation="FedVLM / pLoRA, 2025",
+        build=_build,
+        params=PLoRAParams,
+    )
+)
