@@ -85,7 +85,7 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    kind: str = Field("classification", description="classification (later: restoration, language_model)")
+    kind: str = Field("classification", description="classification, restoration or language_model")
 
 
 class MethodConfig(BaseModel):

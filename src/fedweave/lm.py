@@ -245,6 +245,10 @@ class LanguageModelTask(Task):
         """Perplexity of each sequence (float64 ``[B]``)."""
         return torch.exp(self.per_example_loss(output, target).detach().to(torch.float64))
 
+    def client_score(self, per_example: torch.Tensor) -> float:
+        """exp of the mean per-sequence loss: the client's perplexity (sequences have equal length)."""
+        return float(torch.exp(torch.log(per_example).mean()))
+
     def metric_sums(self, output, target):
         nll = self._token_nll(output, target).detach().to(torch.float64)
         mask = target != IGNORE_INDEX

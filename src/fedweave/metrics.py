@@ -8,17 +8,19 @@ from typing import Any
 import numpy as np
 
 
-def fairness(scores: np.ndarray) -> dict[str, float]:
-    """Per-client figures of the primary metric.
+def fairness(scores: np.ndarray, higher_is_better: bool = True) -> dict[str, float]:
+    """Per-client figures of the primary metric (named ``client_acc_*`` whatever the metric).
 
-    ``client_acc_worst10`` is the mean of the worst 10% of clients (at least one client);
+    ``client_acc_worst10`` is the mean of the worst 10% of clients (at least one client;
+    the highest values when lower is better, e.g. perplexity);
     ``jain_index`` is Jain's fairness index (Σx)² / (N Σx²), 1 when all clients are equal.
     """
     x = np.asarray(scores, dtype=np.float64)
     if x.size == 0:
         return {}
     k = max(1, math.ceil(0.1 * x.size))
-    worst = np.sort(x)[:k]
+    ordered = np.sort(x)
+    worst = ordered[:k] if higher_is_better else ordered[-k:]
     sq = float((x**2).sum())
     return {
         "client_acc_mean": float(x.mean()),

@@ -32,6 +32,11 @@ class Task:
         """The primary metric per example (averaged per client for fairness figures)."""
         raise NotImplementedError
 
+    def client_score(self, per_example: torch.Tensor) -> float:
+        """A client's figure from its examples' ``per_example_score`` values (default: the
+        mean; perplexity overrides it, since the mean of perplexities is not a perplexity)."""
+        return float(per_example.mean())
+
     def metric_sums(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """Sums over a batch (divided by the example count in :meth:`evaluate`)."""
         raise NotImplementedError

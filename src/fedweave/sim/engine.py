@@ -604,7 +604,7 @@ class Simulator:
             record.setdefault(k, v)
         if cfg.eval.per_client and self._val_owner is not None:
             client_scores = self._per_client_scores(module)
-            record.update(fairness(client_scores), client_scores=[float(v) for v in client_scores])
+            record.update(fairness(client_scores, exp.task.higher_is_better), client_scores=[float(v) for v in client_scores])
         if cfg.eval.personalized:
             record.update(self._personalized_scores(state))
             self._load_eval_model(state)  # observers below see the global model
@@ -625,9 +625,9 @@ class Simulator:
             if len(val) == 0:
                 continue
             exp.algorithm.personalize(self.eval_model, broadcast, self.store.get(cid), self._initial_personal)
-            scores.append(float(task.per_example_score(module(data.x[val]), data.y[val]).mean()))
+            scores.append(task.client_score(task.per_example_score(module(data.x[val]), data.y[val])))
         module.train()
-        figures = fairness(np.array(scores))
+        figures = fairness(np.array(scores), task.higher_is_better)
         return {k.replace("client_acc", "personalized_acc"): v for k, v in figures.items() if k.startswith("client_acc")}
 
     def _per_client_scores(self, module: torch.nn.Module) -> np.ndarray:
@@ -641,11 +641,9 @@ class Simulator:
             parts.append(task.per_example_score(module(data.x[idx]), data.y[idx]))
         module.train(was_training)
         per_example = torch.cat(parts)
-        n = data.num_clients
-        sums = torch.zeros(n, dtype=torch.float64).index_add_(0, self._val_owner, per_example)
-        counts = torch.bincount(self._val_owner, minlength=n).to(torch.float64)
-        has_val = counts > 0
-        return (sums[has_val] / counts[has_val]).numpy()
+        # the validation set is concatenated client by client: split it back
+        counts = [c for c in torch.bincount(self._val_owner).tolist() if c > 0]
+        return np.array([task.client_score(chunk) for chunk in torch.split(per_example, counts)])
 
 
 def _drain(queue: EventQueue) -> list:
