@@ -8,7 +8,6 @@ half-written directory that looks like a finished run.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -201,15 +200,20 @@ def run(
     return _execute(exp, run_dir, None, progress)
 
 
-def resume(run_path: str | Path, progress: Callable[[int, int, dict | None], None] | None = None) -> RunResult:
-    """Continue a stopped run from its last checkpoint; ends as an uninterrupted run would."""
+def open_for_resume(run_path: str | Path) -> tuple[RunDirectory, Config]:
+    """The run directory of a stopped run and its config; refuses what cannot be resumed."""
     run_dir = RunDirectory(run_path)
     if not (run_dir.path / CONFIG).is_file():
         raise ConfigError(f"{str(run_dir.path)!r} is not a run directory (no {CONFIG}).")
     summary = run_dir.read_summary()
     if summary is not None and summary.get("status") == "completed":
         raise ConfigError(f"The run in {str(run_dir.path)!r} is already completed; nothing to resume.")
-    cfg = load_config(read_yaml(run_dir.path / CONFIG))
+    return run_dir, load_config(read_yaml(run_dir.path / CONFIG))
+
+
+def resume(run_path: str | Path, progress: Callable[[int, int, dict | None], None] | None = None) -> RunResult:
+    """Continue a stopped run from its last checkpoint; ends as an uninterrupted run would."""
+    run_dir, cfg = open_for_resume(run_path)
     exp = build_experiment(cfg)
     ckpt = run_dir.load_checkpoint()
     if ckpt is None:

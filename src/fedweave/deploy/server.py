@@ -34,10 +34,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..config import Config, load_config, read_yaml
+from ..config import Config, load_config
 from ..errors import ConfigError, DivergedError, FedweaveError
 from ..messages import Broadcast, Update
-from ..rundir import CONFIG, METRICS, RunDirectory, atomic_write_text, dumps
+from ..rundir import METRICS, RunDirectory, atomic_write_text, dumps
 from ..sim.engine import Observer, Simulator, _copy_state
 from ..sim.events import WallClock
 from ..sim.sampling import select_clients
@@ -859,7 +859,7 @@ def serve(
     handle_signals: bool = True,
 ):
     """Build the run (or reopen it with ``resume``), serve it until its rounds are done."""
-    from ..experiment import build_experiment, default_run_dir
+    from ..experiment import build_experiment, default_run_dir, open_for_resume
 
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("Give both --tls-cert and --tls-key, or neither.")
@@ -873,13 +873,7 @@ def serve(
             raise ConfigError("--resume needs --out DIR: the run directory of the server to continue.")
         if config is not None or overrides:
             raise ConfigError("--resume takes the config from the run directory; do not combine it with CONFIG or --set.")
-        run_dir = RunDirectory(out)
-        if not (run_dir.path / CONFIG).is_file():
-            raise ConfigError(f"{str(run_dir.path)!r} is not a run directory (no {CONFIG}).")
-        summary = run_dir.read_summary()
-        if summary is not None and summary.get("status") == "completed":
-            raise ConfigError(f"The run in {str(run_dir.path)!r} is already completed; nothing to resume.")
-        cfg = load_config(read_yaml(run_dir.path / CONFIG))
+        run_dir, cfg = open_for_resume(out)
         exp = build_experiment(cfg)
         sdir = RunDirectory(state_dir if state_dir is not None else run_dir.path)
         ckpt = sdir.load_checkpoint()

@@ -46,8 +46,8 @@ from typing import Literal, Union
 import torch
 from pydantic import Field, field_validator
 
-from .base import ServerState, Strategy
-from .fedasync import FullModelClient, mix
+from .base import MergeStrategy, ServerState
+from .fedasync import FullModelClient
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -67,9 +67,8 @@ class AFLParams(MethodParams):
         return v
 
 
-class AFLStalenessStrategy(Strategy):
+class AFLStalenessStrategy(MergeStrategy):
     name = "afl_staleness"
-    modes = ("async",)
 
     def __init__(self, beta_mode: str = "staleness", time_scale_s: float | str = "auto"):
         self.beta_mode, self.time_scale_s = beta_mode, time_scale_s
@@ -94,20 +93,12 @@ class AFLStalenessStrategy(Strategy):
         gap_sum, gap_count = state.extra["gap_sum"] + gap, state.extra["gap_count"] + 1
         scale = gap_sum / gap_count if self.time_scale_s == "auto" else float(self.time_scale_s)
         beta = self.beta(gap, scale, ctx.num_clients)
-        x_new = update.params if update.params is not None else state.params + update.delta
-        state.params = mix(state.params, x_new.to(state.params.dtype), beta)
-        if update.buffers is not None and state.buffers.numel():
-            state.buffers = mix(state.buffers, update.buffers, beta)
+        self.merge(state, update, beta)
         new_last = last.clone()  # the engine's snapshots share tensors: never write in place
         new_last[cid] = now
         state.extra = {**state.extra, "last_upload_s": new_last, "gap_sum": gap_sum, "gap_count": gap_count,
                        "beta": beta, "time_scale_s": scale}
         state.version += 1
-        return state
-
-    def aggregate(self, updates, state, ctx) -> ServerState:
-        for u in updates:
-            state = self.on_update(u, state, ctx)
         return state
 
     def metrics(self, state: ServerState) -> dict[str, float]:

@@ -86,6 +86,33 @@ class Strategy:
         return {}
 
 
+class MergeStrategy(Strategy):
+    """An asynchronous strategy that merges every arrival into the global model
+    (FedAsync, staleness-aware AFL, FedASMU). ``aggregate`` merges a batch one update
+    after another, in the given (client-id) order."""
+
+    modes = ("async",)
+
+    def aggregate(self, updates: list[Update], state: ServerState, ctx: ServerContext) -> ServerState:
+        for u in updates:
+            state = self.on_update(u, state, ctx)
+        return state
+
+    @staticmethod
+    def merge(state: ServerState, update: Update, weight: float) -> None:
+        """w_g ← (1 − w) w_g + w w_k for the trainable vector and float buffers, as new
+        tensors (the engine's snapshots share tensors, so never in place)."""
+        x_new = update.params if update.params is not None else state.params + update.delta
+        state.params = mix(state.params, x_new.to(state.params.dtype), weight)
+        if update.buffers is not None and state.buffers.numel():
+            state.buffers = mix(state.buffers, update.buffers, weight)
+
+
+def mix(x: torch.Tensor, x_new: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 − w) x + w x_new as a new tensor (never in place)."""
+    return x + weight * (x_new - x) if x.numel() else x
+
+
 def stack_deltas(updates: list[Update]) -> torch.Tensor:
     """The ``[K, P]`` matrix of client deltas, in the given (client-id) order."""
     return torch.stack([u.delta for u in updates])
@@ -182,18 +209,26 @@ class ClientAlgorithm:
             model, worker.task, worker.data.x, worker.data.y, idx, job.settings, generator,
             self.grad_hooks(job, worker), self.loss_fn(job, worker),
         )
-        update = Update(
+        update = self.build_update(job, worker, result.steps, {"loss": result.mean_loss},
+                                   self.upload_payload(job, worker, result))
+        return JobResult(update, self.next_state(job, worker, result), result.examples_processed)
+
+    def build_update(self, job: ClientJob, worker, num_steps: int, metrics: dict[str, float],
+                     payload: dict[str, Any] | None = None) -> Update:
+        """The standard upload from the worker's trained model: delta, buffers, sizes and
+        metrics (plus the full trainable vector when ``upload_full_model``)."""
+        model = worker.model
+        return Update(
             client_id=job.client_id,
             base_version=job.broadcast.version,
             delta=model.params - job.broadcast.params,
             buffers=model.buffers.clone(),
-            num_examples=len(idx),
-            num_steps=result.steps,
-            metrics={"loss": result.mean_loss},
-            payload=self.upload_payload(job, worker, result),
+            num_examples=len(worker.data.client_train[job.client_id]),
+            num_steps=num_steps,
+            metrics=metrics,
+            payload=payload or {},
             params=model.params.clone() if self.upload_full_model else None,
         )
-        return JobResult(update, self.next_state(job, worker, result), result.examples_processed)
 
     def next_state(self, job: ClientJob, worker, result) -> dict[str, Any] | None:
         return None

@@ -79,10 +79,8 @@ import math
 import torch
 from pydantic import Field
 
-from ..messages import Update
 from ..train import local_train
-from .base import ClientAlgorithm, JobResult, ServerState, Strategy
-from .fedasync import mix
+from .base import ClientAlgorithm, JobResult, MergeStrategy, ServerState, mix
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -146,9 +144,8 @@ def _clip(step: torch.Tensor, limit: float) -> torch.Tensor:
     return step.clamp(-limit, limit)
 
 
-class FedASMUStrategy(Strategy):
+class FedASMUStrategy(MergeStrategy):
     name = "fedasmu"
-    modes = ("async",)
 
     def __init__(self, p: FedASMUParams):
         self.p = p
@@ -203,11 +200,6 @@ class FedASMUStrategy(Strategy):
             extra["beta_last"] = float(update.metrics["merge_beta"])
         state.extra = extra
         state.version += 1
-        return state
-
-    def aggregate(self, updates, state, ctx) -> ServerState:
-        for u in updates:
-            state = self.on_update(u, state, ctx)
         return state
 
     def metrics(self, state: ServerState) -> dict[str, float]:
@@ -284,17 +276,7 @@ class FedASMUClient(ClientAlgorithm):
         steps = sum(r.steps for r in parts)
         processed = sum(r.examples_processed for r in parts)
         loss = sum(r.mean_loss * r.steps for r in parts) / steps if steps else float("nan")
-        update = Update(
-            client_id=job.client_id,
-            base_version=job.broadcast.version,
-            delta=model.params - job.broadcast.params,
-            buffers=model.buffers.clone(),
-            num_examples=len(idx),
-            num_steps=steps,
-            metrics={"loss": loss, "merge_beta": beta},
-            payload={},
-            params=model.params.clone(),
-        )
+        update = self.build_update(job, worker, steps, {"loss": loss, "merge_beta": beta})
         state = {**(job.state or {}), "fedasmu_raw": new_raw} if self.stateful else None
         return JobResult(update, state, processed)
 

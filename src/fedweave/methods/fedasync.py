@@ -33,7 +33,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..aggregate.staleness import staleness_weight
-from .base import ClientAlgorithm, ServerState, Strategy
+from .base import ClientAlgorithm, MergeStrategy, ServerState
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -44,14 +44,8 @@ class FedAsyncParams(MethodParams):
     b: float = Field(4.0, ge=0, description="hinge threshold (versions)")
 
 
-def mix(x, x_new, weight: float):
-    """(1 − w) x + w x_new as a new tensor (never in place)."""
-    return x + weight * (x_new - x) if x.numel() else x
-
-
-class FedAsyncStrategy(Strategy):
+class FedAsyncStrategy(MergeStrategy):
     name = "fedasync"
-    modes = ("async",)
 
     def __init__(self, alpha: float = 0.6, staleness: str = "polynomial", a: float = 0.5, b: float = 4.0):
         self.alpha, self.staleness, self.a, self.b = alpha, staleness, a, b
@@ -62,18 +56,9 @@ class FedAsyncStrategy(Strategy):
     def on_update(self, update, state: ServerState, ctx) -> ServerState:
         tau = state.version - update.base_version
         alpha_t = self.mixing_weight(tau)
-        x_new = update.params if update.params is not None else state.params + update.delta
-        state.params = mix(state.params, x_new.to(state.params.dtype), alpha_t)
-        if update.buffers is not None and state.buffers.numel():
-            state.buffers = mix(state.buffers, update.buffers, alpha_t)
+        self.merge(state, update, alpha_t)
         state.version += 1
         state.extra = {**state.extra, "alpha_t": alpha_t}
-        return state
-
-    def aggregate(self, updates, state, ctx) -> ServerState:
-        """Merge updates one after another, in the given order (not used by the engine)."""
-        for u in updates:
-            state = self.on_update(u, state, ctx)
         return state
 
     def metrics(self, state: ServerState) -> dict[str, float]:

@@ -25,7 +25,6 @@ from dataclasses import replace
 import torch
 from pydantic import Field
 
-from ..messages import Update
 from .base import ClientAlgorithm, JobResult
 from .fedper import HeadParams, head_roles
 from .registry import MethodInfo, Preset, register
@@ -65,15 +64,7 @@ class FedRepClient(ClientAlgorithm):
             processed += result.examples_processed
             phases.append(result)
         body = phases[-1]
-        update = Update(
-            client_id=job.client_id,
-            base_version=job.broadcast.version,
-            delta=model.params - job.broadcast.params,
-            buffers=model.buffers.clone(),
-            num_examples=len(idx),
-            num_steps=body.steps,
-            metrics={"loss": body.mean_loss},
-        )
+        update = self.build_update(job, worker, body.steps, {"loss": body.mean_loss})
         return JobResult(update, None, processed)
 
 

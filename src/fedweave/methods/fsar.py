@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..errors import ConfigError
-from ..messages import Update
 from ..params import FlatModel
 from .base import ClientAlgorithm, JobResult
 from .fedper import HeadParams, head_roles
@@ -143,15 +142,7 @@ class FSARClient(ClientAlgorithm):
             for h in handles:
                 h.remove()
             feats.clear()
-        update = Update(
-            client_id=job.client_id,
-            base_version=job.broadcast.version,
-            delta=model.params - job.broadcast.params,
-            buffers=model.buffers.clone(),
-            num_examples=len(idx),
-            num_steps=result.steps,
-            metrics={"loss": result.mean_loss},
-        )
+        update = self.build_update(job, worker, result.steps, {"loss": result.mean_loss})
         return JobResult(update, None, result.examples_processed)
 
 

@@ -52,7 +52,7 @@ import torch
 from pydantic import Field
 
 from ..errors import ConfigError
-from ..messages import Broadcast, Update
+from ..messages import Broadcast
 from .base import ClientAlgorithm, JobResult, ServerState, Strategy, average_buffers, size_weights, stack_deltas
 from .registry import MethodInfo, MethodParams, register
 
@@ -178,16 +178,7 @@ class PGFedClient(ClientAlgorithm):
         payload = {"grad": grad, "loss_minus": mean_loss - float(torch.dot(grad, model.params))}
         if a is not None:
             payload["a"] = a
-        update = Update(
-            client_id=job.client_id,
-            base_version=job.broadcast.version,
-            delta=model.params - job.broadcast.params,
-            buffers=model.buffers.clone(),
-            num_examples=len(idx),
-            num_steps=result.steps,
-            metrics={"loss": result.mean_loss},
-            payload=payload,
-        )
+        update = self.build_update(job, worker, result.steps, {"loss": result.mean_loss}, payload)
         state = {**(job.state or {}), "theta": model.params.clone(), "theta_buffers": model.buffers.clone()}
         if c is not None and self.beta > 0:
             state["c_prev"] = c
