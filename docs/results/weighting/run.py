@@ -1,24 +1,30 @@
 """Reproduce the numbers of docs/results/weighting.md.
 
-    .venv/bin/python docs/results/weighting/run.py            # everything (about 15 min on 2 cores)
-    .venv/bin/python docs/results/weighting/run.py --parts main,niid2 --jobs 2
+    .venv/bin/python docs/results/weighting/run.py                 # everything
+    .venv/bin/python docs/results/weighting/run.py --parts niid2,loo --jobs 2
 
-Runs go to ``runs/weighting/`` (resumable: ``fedweave sweep`` skips finished runs); the
-aggregated figures are written to ``docs/results/weighting/results.csv`` (one row per
-run), ``loo.json`` (leave-one-out contributions) and ``tables.md`` (the tables of the page).
+Runs go to ``runs/weighting/`` (``fedweave sweep`` skips finished runs, so an interrupted
+script resumes; it refuses to mix runs made with a different config — after a config
+change, delete ``runs/weighting/``). The aggregated figures are written to
+``docs/results/weighting/results.csv`` (one row per run), ``loo.json`` (leave-one-out
+contributions) and ``tables.md`` (the tables of the page).
 
-Parts
-  main         FedAvg, FedDisco, FedLAW, L-DAWA, FedCE and q-FFL (q = 0.1 and 1) on digits,
+Parts (in this order by default)
+  main         FedAvg, FedDisco, FedLAW, FedCE, L-DAWA and q-FFL (q = 0.1 and 1) on digits,
                mnist5k and mnist1d at Dirichlet 0.1 and 0.5, 10 clients, all in every
                round, 30 rounds; 3 replicates, replicate k using seed k and data.seed k
-               (a different partition and initialisation each time).
+               (a different partition and initialisation each time). (``main_ldawa``
+               runs the L-DAWA part alone.)
+  ablation     FedAvg with uniform weights and L-DAWA with size weights, same grid.
   niid2        FedDisco's NIID-2 on mnist5k (5 two-class clients + 1 IID client), FedAvg and
                FedProx, each with size and disco weights; 3 training seeds.
+  niid2_e10    NIID-2 with 10 local epochs (FedDisco's script), FedAvg with size / disco weights.
+  qffl_long    digits, Dirichlet 0.1, 120 rounds: FedAvg (size, uniform) and q-FFL (q = 0.1, 1).
   restoration  x2 super-resolution of mnist5k: FedAvg, FedVSR and its two halves (the
                loss-aware weighting alone, the high-frequency loss alone); 3 replicates.
   loo          FedCE's contribution estimates vs leave-one-out contributions: mnist5k
-               Dirichlet 0.5 (replicate 0), and digits with 4 IID clients one of which has
-               shuffled labels.
+               Dirichlet 0.5 (replicate 0; needs ``main``), and digits with 4 IID clients
+               one of which has shuffled labels.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import fedweave  # noqa: E402
 from fedweave.sweep import run_sweep  # noqa: E402
 
-METHODS = "fedavg,feddisco,fedlaw,ldawa,fedce"
+METHODS = "fedavg,feddisco,fedlaw,fedce"  # L-DAWA and q-FFL have their own sweeps (below)
 REPS = (0, 1, 2)
 
 
@@ -63,6 +69,15 @@ def part_main(out: Path, jobs: int) -> None:
                    out / "main" / ds / f"rep{k}", jobs, seeds=(k,), overrides=base)
             _sweep(HERE / f"{ds}.yaml", ["method.q=0.1,1", "data.partition.alpha=0.1,0.5"],
                    out / "main" / f"{ds}-qffl" / f"rep{k}", jobs, seeds=(k,), overrides=base + ["method.name=qffl"])
+    part_main_ldawa(out, jobs)
+
+
+def part_main_ldawa(out: Path, jobs: int) -> None:
+    for ds in ("digits", "mnist5k", "mnist1d"):
+        for k in REPS:
+            print(f"main (L-DAWA): {ds} replicate {k}", flush=True)
+            _sweep(HERE / f"{ds}.yaml", ["data.partition.alpha=0.1,0.5"], out / "main" / f"{ds}-ldawa" / f"rep{k}", jobs,
+                   seeds=(k,), overrides=[f"data.seed={k}", "method.name=ldawa"])
 
 
 def make_niid2(path: Path, seed: int = 0) -> None:
@@ -115,6 +130,17 @@ def part_niid2_e10(out: Path, jobs: int) -> None:
     print("niid2, 10 local epochs", flush=True)
     _sweep(HERE / "niid2.yaml", ["method.weighting=size,disco"], out / "niid2-e10", jobs, seeds=REPS,
            overrides=["method.name=fedavg", "client.epochs=10"])
+
+
+def part_qffl_long(out: Path, jobs: int) -> None:
+    """q-FFL given time to converge: digits, Dirichlet 0.1, 120 rounds instead of 30."""
+    for k in REPS:
+        print(f"q-FFL, 120 rounds: replicate {k}", flush=True)
+        base = [f"data.seed={k}", "data.partition.alpha=0.1", "schedule.rounds=120"]
+        _sweep(HERE / "digits.yaml", ["method.weighting=size,uniform"], out / "qffl-long" / "fedavg" / f"rep{k}", jobs,
+               seeds=(k,), overrides=base + ["method.name=fedavg"])
+        _sweep(HERE / "digits.yaml", ["method.q=0.1,1"], out / "qffl-long" / "qffl" / f"rep{k}", jobs,
+               seeds=(k,), overrides=base + ["method.name=qffl"])
 
 
 def part_restoration(out: Path, jobs: int) -> None:
@@ -203,6 +229,9 @@ def _get(tree, dotted, default=None):
 
 
 def collect(out: Path) -> list[dict]:
+    failed = sorted(str(e.parent.relative_to(out)) for e in out.glob("*/**/error.txt"))
+    if failed:
+        print(f"WARNING: {len(failed)} runs failed (see their error.txt) and are left out:\n  " + "\n  ".join(failed))
     rows = []
     for summary_path in sorted(out.glob("*/**/summary.json")):
         run = summary_path.parent
@@ -245,7 +274,7 @@ def _ms(values, digits=3, scale=1.0):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _paired(rows, key_rows, base_rows, field="final", scale=100.0):
+def _paired(rows, key_rows, base_rows, field="final", scale=100.0):  # noqa: ARG001 (rows: kept for symmetry)
     """mean ± std over replicates of (method − FedAvg), paired by (seed, data_seed)."""
     base = {(r["seed"], r["data_seed"]): r[field] for r in base_rows}
     diffs = [scale * (r[field] - base[(r["seed"], r["data_seed"])]) for r in key_rows if (r["seed"], r["data_seed"]) in base]
@@ -305,6 +334,21 @@ def tables(rows: list[dict]) -> str:
                        f"{'' if method.endswith('size') else _paired(rows, mr, base)} | {_ms([r['client_mean'] for r in mr], 1, 100)} | "
                        f"{_ms([r['client_worst10'] for r in mr], 1, 100)} | {_ms([r['jain'] for r in mr], 3)} |")
         out.append("")
+    long = [r for r in rows if r["part"] == "qffl-long" and r["status"] == "completed"]
+    if long:
+        out.append("## q-FFL given 120 rounds: digits, Dirichlet 0.1 (test accuracy and per-client validation accuracy, %, 3 replicates)\n")
+        out.append("| method | accuracy | Δ vs FedAvg | client mean | client std | client worst | Jain | step scale |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        base = [r for r in long if r["method"] == "fedavg+size"]
+        for method in ("fedavg+size", "fedavg+uniform", "qffl(q=0.1)", "qffl(q=1.0)"):
+            mr = [r for r in long if r["method"] == method]
+            if not mr:
+                continue
+            out.append(f"| {method} | {_ms([r['final'] for r in mr], 1, 100)} | {'' if method == 'fedavg+size' else _paired(rows, mr, base)} | "
+                       f"{_ms([r['client_mean'] for r in mr], 1, 100)} | {_ms([r['client_std'] for r in mr], 1, 100)} | "
+                       f"{_ms([r['client_worst10'] for r in mr], 1, 100)} | {_ms([r['jain'] for r in mr], 3)} | "
+                       f"{_ms([r['qffl_step_scale'] for r in mr], 3) if method.startswith('qffl') else ''} |")
+        out.append("")
     rest = [r for r in rows if r["part"] == "restoration" and r["status"] == "completed"]
     if rest:
         out.append("## x2 super-resolution of mnist5k (test PSNR, dB, 3 replicates; bicubic input: 21.6 dB)\n")
@@ -324,14 +368,14 @@ def tables(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="main,niid2,restoration,loo")
+    ap.add_argument("--parts", default="main,ablation,niid2,niid2_e10,qffl_long,restoration,loo")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "weighting"))
     args = ap.parse_args()
     os.chdir(ROOT)
     out = Path(args.out)
-    parts = {"main": part_main, "ablation": part_ablation, "niid2": part_niid2, "niid2_e10": part_niid2_e10,
-             "restoration": part_restoration, "loo": part_loo}
+    parts = {"main": part_main, "main_ldawa": part_main_ldawa, "ablation": part_ablation, "niid2": part_niid2, "niid2_e10": part_niid2_e10,
+             "qffl_long": part_qffl_long, "restoration": part_restoration, "loo": part_loo}
     for name in filter(None, args.parts.split(",")):
         parts[name](out, args.jobs)
     rows = collect(out)

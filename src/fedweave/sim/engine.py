@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import DivergedError
-from ..messages import Broadcast
+from ..messages import Broadcast, tensor_is_finite
 from ..methods.base import ClientJob, ServerContext, ServerState
 from ..metrics import fairness
 from ..params import FlatModel
@@ -295,7 +295,7 @@ class Simulator:
         settings = self._settings(r)
         t0 = self._wait_until_online(self.clock.now())
         self.clock.advance_to(t0)
-        online = np.array([i for i in range(self.ctx.num_clients) if fleet.available(i, t0)], dtype=np.int64)
+        online = None if fleet.always_online else np.flatnonzero(fleet.available_mask(t0))
         k = sched.clients_per_round
         dispatch_k = math.ceil((1 + sched.over_select) * k) if sched.over_select else k
         selected = select_clients(sched.sampling, r, self.ctx.num_clients, dispatch_k, cfg.seed,
@@ -387,7 +387,7 @@ class Simulator:
 
     def _wait_until_online(self, t: float) -> float:
         fleet = self.exp.fleet
-        if any(fleet.available(i, t) for i in range(len(fleet))):
+        if fleet.always_online or fleet.available_mask(t).any():
             return t
         nxt = min(fleet[i].next_online(t) for i in range(len(fleet)))
         if not math.isfinite(nxt):
@@ -555,7 +555,7 @@ class Simulator:
             merged(exp.strategy.on_update(res.update, _copy_state(state), self.ctx))
 
     def _check_finite(self, state: ServerState, where: str) -> None:
-        if not bool(torch.isfinite(state.params).all()) or not bool(torch.isfinite(state.buffers).all()):
+        if not tensor_is_finite(state.params) or not tensor_is_finite(state.buffers):
             raise DivergedError(f"The global model became non-finite at {where}; lower client.lr or check the method's settings.")
 
     # -- evaluation ---------------------------------------------------------------------------
