@@ -403,3 +403,12 @@ def test_examples_processed_known_before_training_matches_training(n, settings):
     result = local_train(model, make_task("classification"), x, y, torch.arange(n), s, torch.Generator().manual_seed(0))
     assert result.steps == s.num_steps(n)
     assert s.examples_processed(n) == result.examples_processed
+
+
+def test_summary_counts_participation_per_client(tmp_path):
+    import fedweave as fw
+
+    r = fw.run(None, out=tmp_path / "p", overrides=["schedule.rounds=4", "eval.every=4", "model.hidden=[8]"])
+    part = r.summary["participation"]
+    assert len(part) == 20 and sum(part) == r.summary["client_updates"] == 40
+    assert max(part) <= 4

@@ -287,6 +287,9 @@ def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, mes
         "client_updates": c.totals.client_updates,
         "dropped_updates": c.totals.dropped_updates,
         "num_params": exp.spec.num_params,
+        "late_updates": c.totals.late_updates,
+        # accepted updates per client, indexed by client id
+        "participation": [int(v) for v in c.participation] if c.participation is not None else None,
     })
     for obs in exp.observers:
         summary.update(obs.summary())
