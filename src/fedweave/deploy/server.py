@@ -486,13 +486,7 @@ class DeployServer:
                 progress(totals.arrivals, max_arrivals or 0, record)
 
         def merged(new_state) -> None:
-            sim._check_finite(new_state, f"version {new_state.version}")
-            live["round"] += 1
-            new_state.round = live["round"]
-            live["state"] = new_state
-            for obs in exp.observers:
-                obs.on_round_end(new_state, live["round"])
-            if every_s is None and live["round"] % cfg.eval.every == 0:
+            if sim._advance_version(live, new_state):
                 evaluate()
             else:
                 commit()

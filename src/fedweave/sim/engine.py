@@ -455,13 +455,7 @@ class Simulator:
                 self.progress(live["totals"].arrivals, total, record)
 
         def merged(new_state: ServerState) -> None:
-            self._check_finite(new_state, f"version {new_state.version}")
-            live["round"] += 1
-            new_state.round = live["round"]
-            live["state"] = new_state
-            for obs in exp.observers:
-                obs.on_round_end(new_state, live["round"])
-            if every_s is None and live["round"] % cfg.eval.every == 0:
+            if self._advance_version(live, new_state):
                 evaluate(self.clock.now())
             every = cfg.output.checkpoint_every
             if every and live["round"] % every == 0:
@@ -518,6 +512,17 @@ class Simulator:
             evaluate(self.clock.now())
         else:
             commit()
+
+    def _advance_version(self, live: dict, new_state: ServerState) -> bool:
+        """Install a merged state as the next version (async/buffered); returns whether
+        that version is due an evaluation under ``eval.every``."""
+        self._check_finite(new_state, f"version {new_state.version}")
+        live["round"] += 1
+        new_state.round = live["round"]
+        live["state"] = new_state
+        for obs in self.exp.observers:
+            obs.on_round_end(new_state, live["round"])
+        return self.cfg.eval.every_s is None and live["round"] % self.cfg.eval.every == 0
 
     def _async_arrival(self, info, t, live, busy, pending_losses, buffered, buffer_size, merged) -> None:
         exp, sched = self.exp, self.cfg.schedule
