@@ -47,6 +47,13 @@ Usage::
     .venv/bin/python bench/overhead.py --threads 2 --repeats 5 --json out.json
     .venv/bin/python bench/overhead.py --rounds 5 --repeats 2 --threads 1   # quick look
     .venv/bin/python bench/overhead.py --repeats 0 --threads 1 --profile fw.prof   # profile only
+    .venv/bin/python bench/overhead.py --repeats 0 --no-parity --threads 1 --executors serial,vectorized,ray
+
+``--executors`` adds a side-by-side lockstep comparison of fedweave's executors (serial,
+vectorized, ray with ``--ray-workers`` workers of 1 thread, auto) against the plain loop:
+seconds per round, ratios to the plain loop and to serial, Ray's start-up apart, the
+vectorized executor's padding efficiency; ``--profile-vectorized`` adds its cProfile.
+Targets: vectorized <= 0.5x the plain loop, Ray <= 1.5x serial (reported, not asserted).
 """
 
 from __future__ import annotations
@@ -420,6 +427,201 @@ def profile_fedweave(npz: Path, w: dict, rounds: int, threads: int, tmp: Path, p
     return out
 
 
+# -- executors side by side (--executors) ------------------------------------------------------
+RAY_WORKERS = 2  # executor.num_workers for executor.kind=ray (each with executor.threads=1)
+
+
+def executor_lockstep(npz: Path, w: dict, rounds: int, threads: int, kind: str, out_root: Path, tag: str,
+                      ray_workers: int = RAY_WORKERS) -> dict:
+    """One fedweave run with ``executor.kind=kind``, built with ``build_experiment`` and run
+    with ``_execute`` (so the executor object stays reachable), with the plain loop's round
+    r run in its progress callback right after fedweave's round r (same cohort). Returns the
+    per-round wall times of both (rounds 2..R-1), the executor's start-up time, round 1,
+    the final parameters and, for the vectorized executor, its padding statistics."""
+    from fedweave.experiment import _execute
+    from fedweave.rundir import RunDirectory
+
+    raw = make_config(npz, rounds, threads)
+    raw["executor"] = ({"kind": "ray", "threads": 1, "num_workers": ray_workers} if kind == "ray"
+                       else {"kind": kind, "threads": threads})
+    cfg = load_config(raw)
+    cfg.output.dir = str(out_root / tag)
+    exp = build_experiment(cfg)
+    run_dir = RunDirectory(cfg.output.dir)
+    run_dir.create(cfg.to_yaml())
+    loop = PlainLoop(w, threads)
+    out: dict = {"fedweave": [], "plain": []}
+    marks: list[float] = []
+    t_start: list[float] = []
+
+    # time the executor's start (ray.init + putting the setup into the object store, or
+    # building the reusable model); wrapped on the class, undone afterwards
+    starts: dict = {}
+    undo = []
+    if kind == "ray":
+        from fedweave.sim.ray_executor import RayExecutor
+        undo.append(_timed(RayExecutor, "start", starts, "start"))
+    elif kind == "vectorized":
+        from fedweave.sim.vectorized import VectorizedExecutor
+        undo.append(_timed(VectorizedExecutor, "start", starts, "start"))
+    else:
+        from fedweave.sim.executors import SerialExecutor
+        undo.append(_timed(SerialExecutor, "start", starts, "start"))
+
+    def progress(done: int, total: int, record) -> None:
+        t = time.perf_counter()
+        if marks:
+            out["fedweave"].append(t - marks[-1])
+        else:
+            out["round1"] = t - t_start[0]  # includes the executor's start-up
+        torch.set_num_threads(threads)  # executor.kind=ray sets the driver to 1 thread
+        loop.round(done - 1)
+        t2 = time.perf_counter()
+        if marks:
+            out["plain"].append(t2 - t)
+        marks.append(time.perf_counter())
+
+    try:
+        t_start.append(time.perf_counter())
+        res = _execute(exp, run_dir, None, progress)
+    finally:
+        for u in undo:
+            u()
+        shutil.rmtree(out_root / tag, ignore_errors=True)
+    s = res.summary
+    if s["status"] != "completed" or s["client_updates"] != rounds * PER_ROUND:
+        raise RuntimeError(f"{kind}: fedweave run ended {s['status']!r} with {s['client_updates']} updates: {s.get('message')}")
+    out["fedweave"], out["plain"] = out["fedweave"][: rounds - 2], out["plain"][: rounds - 2]
+    out["start_s"] = starts.get("start", [0.0])[0]
+    out["engine_s"] = float(s["wall_time_s"])
+    out["accuracy"] = float(s["final_accuracy"])
+    out["params"] = res.params
+    ex = exp.executor
+    if hasattr(ex, "padding_efficiency"):
+        out["padding_efficiency"] = ex.padding_efficiency
+        out["vec_stats"] = dict(ex.stats)
+    if getattr(ex, "fallback_reason", None):
+        out["fallback_reason"] = ex.fallback_reason
+    return out
+
+
+def compare_executors(npz: Path, w: dict, rounds: int, threads: int, kinds: list[str], repeats: int, tmp: Path,
+                      ray_workers: int) -> dict:
+    """Lockstep runs of each executor against the plain loop, rotated over repeats."""
+    samples = {k: {"fedweave": [], "plain": [], "ratio": [], "start_s": [], "round1": [], "engine_s": [],
+                   "accuracy": []} for k in kinds}
+    extra: dict = {k: {} for k in kinds}
+    # warm-up (first-call costs; for ray the first ray.init also unpacks its runtime files)
+    for k in kinds:
+        if k != "ray":
+            executor_lockstep(npz, w, 3, threads, k, tmp, f"xwarm-{k}-{threads}", ray_workers)
+    for rep in range(repeats):
+        order = kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]
+        for k in order:
+            gc.collect()
+            r = executor_lockstep(npz, w, rounds, threads, k, tmp, f"x-{k}-{threads}-{rep}", ray_workers)
+            sm = samples[k]
+            sm["fedweave"] += r["fedweave"]
+            sm["plain"] += r["plain"]
+            sm["ratio"] += [a / b for a, b in zip(r["fedweave"], r["plain"]) if b > 0]
+            for key in ("start_s", "round1", "engine_s", "accuracy"):
+                sm[key].append(r[key])
+            for key in ("padding_efficiency", "vec_stats", "fallback_reason"):
+                if key in r:
+                    extra[k][key] = r[key]
+            extra[k].setdefault("params", []).append(r["params"])
+            print(f"  threads={threads} repeat {rep + 1}/{repeats} {k:<10}: fedweave {statistics.median(r['fedweave']):.4f} "
+                  f"s/round, plain {statistics.median(r['plain']):.4f} s/round, start {r['start_s']:.2f}s, "
+                  f"round 1 {r['round1']:.2f}s, acc {r['accuracy']:.4f}  (load {os.getloadavg()[0]:.2f})")
+    res: dict = {"threads": threads, "ray_workers": ray_workers, "rounds": rounds, "executors": {}}
+    ref = extra.get("serial", {}).get("params")
+    for k in kinds:
+        sm = samples[k]
+        q = statistics.quantiles(sm["ratio"], n=4) if len(sm["ratio"]) > 1 else None
+        med_f = statistics.median(sm["fedweave"])
+        e = {"fedweave_s_per_round": med_f, "plain_s_per_round": statistics.median(sm["plain"]),
+             "ratio_to_plain": statistics.median(sm["ratio"]), "ratio_quartiles": q,
+             "start_s": statistics.median(sm["start_s"]),
+             # start-up beyond a normal round: executor.start + (round 1 - median round)
+             "startup_s": statistics.median([a + b - med_f for a, b in zip(sm["start_s"], sm["round1"])]),
+             "round1_s": statistics.median(sm["round1"]), "engine_s": statistics.median(sm["engine_s"]),
+             "accuracy": statistics.median(sm["accuracy"]), "samples": {kk: v for kk, v in sm.items()}}
+        for key in ("padding_efficiency", "vec_stats", "fallback_reason"):
+            if key in extra[k]:
+                e[key] = extra[k][key]
+        if ref is not None:
+            e["max_abs_diff_vs_serial"] = max(float((a - b).abs().max()) for a, b in zip(extra[k]["params"], ref))
+        res["executors"][k] = e
+    if "serial" in res["executors"]:
+        ser = res["executors"]["serial"]["ratio_to_plain"]
+        for k, e in res["executors"].items():
+            e["ratio_to_serial"] = e["ratio_to_plain"] / ser
+    return res
+
+
+def print_executors(res: dict) -> None:
+    t = res["threads"]
+    print(f"\nexecutors side by side (threads={t}; ray: executor.threads=1, num_workers={res['ray_workers']}); lockstep "
+          f"rounds 2..R-1, median of per-round ratios to the plain loop's same round:")
+    hdr = (f"  {'executor':<11} {'s/round':>8} {'plain s/round':>13} {'ratio':>6} {'(IQR)':>13} {'÷ serial':>8} "
+           f"{'start-up s':>10} {'acc':>7} {'max|Δw| vs serial':>17}")
+    print(hdr)
+    for k, e in res["executors"].items():
+        q = e["ratio_quartiles"]
+        iqr = f"({q[0]:.2f}–{q[2]:.2f})" if q else ""
+        d = e.get("max_abs_diff_vs_serial")
+        print(f"  {k:<11} {e['fedweave_s_per_round']:>8.4f} {e['plain_s_per_round']:>13.4f} {e['ratio_to_plain']:>5.2f}x "
+              f"{iqr:>13} {e.get('ratio_to_serial', float('nan')):>7.2f}x {e['startup_s']:>10.2f} {e['accuracy']:>7.4f} "
+              f"{'' if d is None else f'{d:.1e}':>17}")
+    for k, e in res["executors"].items():
+        if "padding_efficiency" in e:
+            st = e["vec_stats"]
+            print(f"  {k}: padding efficiency {e['padding_efficiency']:.3f} (useful {st['useful']:,} / computed "
+                  f"{st['computed']:,} example-steps; {st['cohorts']} cohorts in the last run of {res['rounds']} rounds, "
+                  f"{st['cohorts'] / res['rounds']:.1f} per round of {PER_ROUND} clients)")
+        if "fallback_reason" in e:
+            print(f"  {k}: fell back to serial: {e['fallback_reason']}")
+        if k == "ray":
+            print(f"  ray start-up (not in s/round): executor.start (ray.init, setup into the object store) "
+                  f"{e['start_s']:.2f}s; round 1 {e['round1_s']:.2f}s (actors unpickle the setup, build workers); "
+                  f"start-up beyond a normal round {e['startup_s']:.2f}s")
+    ex = res["executors"]
+    if "vectorized" in ex:
+        print(f"  target vectorized <= 0.5x plain: {'met' if ex['vectorized']['ratio_to_plain'] <= 0.5 else 'NOT met'} "
+              f"({ex['vectorized']['ratio_to_plain']:.2f}x)")
+    if "ray" in ex and "serial" in ex:
+        print(f"  target ray <= 1.5x serial: {'met' if ex['ray']['ratio_to_serial'] <= 1.5 else 'NOT met'} "
+              f"({ex['ray']['ratio_to_serial']:.2f}x)")
+
+
+def profile_vectorized(npz: Path, w: dict, rounds: int, threads: int, tmp: Path) -> dict:
+    """cProfile of one vectorized run (top by own and cumulative time)."""
+    import cProfile
+    import io
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    r = executor_lockstep(npz, w, rounds, threads, "vectorized", tmp, "xprof-vec")
+    pr.disable()
+    out = {}
+    for key in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(pr, stream=buf).sort_stats(key).print_stats(25)
+        text = "\n".join(line for line in buf.getvalue().splitlines()[5:] if line.strip())
+        print(f"\ncProfile of a vectorized run (with the lockstep plain loop), top 25 by {key}:\n{text}")
+        out[key] = text
+    out["engine_s"] = r["engine_s"]
+    return out
+
+
+def _jsonable(o):
+    """JSON for what the report holds besides plain values (final parameter tensors are dropped)."""
+    if isinstance(o, torch.Tensor):
+        return None
+    return str(o)
+
+
 def machine() -> dict:
     cpu = platform.processor() or ""
     try:
@@ -443,6 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", nargs="?", const="", metavar="PROF",
                     help="afterwards, show where fedweave's time goes (breakdown, cProfile top 20, micro-benchmarks) "
                          "at the first --threads value; save the cProfile stats to PROF if given")
+    ap.add_argument("--executors", metavar="LIST",
+                    help="also time these executors side by side with the plain loop in lockstep, e.g. "
+                         "serial,vectorized,ray (ray: executor.threads=1, --ray-workers workers)")
+    ap.add_argument("--exec-repeats", type=int, default=3, help="repeats of the --executors comparison (default 3)")
+    ap.add_argument("--ray-workers", type=int, default=RAY_WORKERS, help=f"executor.num_workers for ray (default {RAY_WORKERS})")
+    ap.add_argument("--profile-vectorized", action="store_true",
+                    help="with --executors: afterwards, cProfile one vectorized run (top 25 by own and cumulative time)")
     args = ap.parse_args(argv)
     try:
         threads_list = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -548,13 +757,24 @@ def main(argv: list[str] | None = None) -> int:
                   f"(CPU {ls['paired_cpu_ratio_to_plain']['fedweave']['median']:.2f}x); "
                   f"fedweave / lean plain: lockstep {ls['fedweave_to_lean']['median']:.2f}x")
             if args.json:  # keep what is done if a later thread count is cut short
-                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+                Path(args.json).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+        if args.executors:
+            kinds = [k.strip() for k in args.executors.split(",") if k.strip()]
+            report["executors"] = {}
+            for threads in threads_list:
+                res = compare_executors(npz, w, R, threads, kinds, max(1, args.exec_repeats), tmp, args.ray_workers)
+                print_executors(res)
+                report["executors"][str(threads)] = res
+                if args.json:
+                    Path(args.json).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+            if args.profile_vectorized:
+                report["profile_vectorized"] = profile_vectorized(npz, w, R, threads_list[0], tmp)
         if args.profile is not None:
             report["profile"] = profile_fedweave(npz, w, R, threads_list[0], tmp, args.profile)
     report["load_after"] = os.getloadavg()[0]
     if not rows:
         if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            Path(args.json).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
         return 0 if report.get("parity", {}).get("ok", True) else 1
 
     print()
@@ -597,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
              if busy else ""))
     report["target_met"] = {"lockstep_paired_ratio": lock_ok, "whole_run_engine": whole_ok}
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
         print(f"wrote {args.json}")
     ok = all(res["accuracy_close"] is not False for res in rows) and report.get("parity", {}).get("ok", True)
     return 0 if ok else 1
