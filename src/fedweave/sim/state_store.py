@@ -51,6 +51,7 @@ class ClientStateStore:
         self._memory: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._spilled: dict[int, SpilledState] = {}
         self._bytes = 0
+        self._orphans: set[str] = set()  # spill files the live store no longer refers to
         self._seq = itertools.count()
         self.spills = 0
         self.loads = 0
@@ -72,7 +73,9 @@ class ClientStateStore:
         old = self._memory.pop(client_id, None)
         if old is not None:
             self._bytes -= state_bytes(old)
-        self._spilled.pop(client_id, None)
+        replaced = self._spilled.pop(client_id, None)
+        if replaced is not None:
+            self._orphans.add(replaced.path)
         self._memory[client_id] = state
         self._bytes += state_bytes(state)
         self._enforce_budget()
@@ -103,6 +106,7 @@ class ClientStateStore:
         return snap
 
     def load_state_dict(self, states: dict[int, Any]) -> None:
+        self._orphans |= {ref.path for ref in self._spilled.values()}
         self._memory.clear()
         self._spilled.clear()
         self._bytes = 0
@@ -115,15 +119,21 @@ class ClientStateStore:
         self._enforce_budget()
 
     def collect_garbage(self, *snapshots: dict[int, Any]) -> int:
-        """Delete spill files that neither the live store nor ``snapshots`` refer to."""
-        if self.spill_dir is None or not self.spill_dir.exists():
+        """Delete spill files that neither the live store nor ``snapshots`` refer to.
+
+        Only files the store has let go of are candidates (no directory scan: with 10,000
+        clients a scan costs more than a round); one still held by a snapshot stays a
+        candidate until no snapshot holds it."""
+        if not self._orphans:
             return 0
         keep = {ref.path for ref in self._spilled.values()}
         for snap in snapshots:
             keep |= {v.path for v in snap.values() if isinstance(v, SpilledState)}
         removed = 0
-        for path in self.spill_dir.glob("client*.pt"):
-            if str(path) not in keep:
-                path.unlink()
-                removed += 1
+        for path in list(self._orphans):
+            if path in keep:
+                continue
+            Path(path).unlink(missing_ok=True)
+            self._orphans.discard(path)
+            removed += 1
         return removed
