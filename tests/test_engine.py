@@ -412,3 +412,27 @@ def test_summary_counts_participation_per_client(tmp_path):
     part = r.summary["participation"]
     assert len(part) == 20 and sum(part) == r.summary["client_updates"] == 40
     assert max(part) <= 4
+
+
+def test_sync_eval_on_a_virtual_time_grid_sees_the_model_of_the_last_completed_round(tmp_path):
+    import fedweave as fw
+
+    common = ["schedule.rounds=6", "model.hidden=[8]", "system.profile=tiers"]
+    per_round = fw.run(None, out=tmp_path / "r", overrides=common)
+    grid = fw.run(None, out=tmp_path / "g", overrides=common + ["eval.every_s=1.5"])
+    by_round = {0: None, **{h["round"]: h["accuracy"] for h in per_round.history}}
+    times = [h["virtual_time_s"] for h in grid.history[:-1]]
+    assert times == pytest.approx([1.5 * (i + 1) for i in range(len(times))])
+    for h in grid.history[:-1]:
+        if h["round"] > 0:
+            assert h["accuracy"] == by_round[h["round"]]
+    assert grid.history[-1]["round"] == 6 and grid.history[-1]["accuracy"] == per_round.history[-1]["accuracy"]
+
+
+def test_sync_time_budget_ends_with_an_evaluation_of_the_last_round(tmp_path):
+    import fedweave as fw
+
+    r = fw.run(None, out=tmp_path / "b", overrides=["schedule.rounds=40", "eval.every=100", "schedule.max_time_s=3",
+                                                      "model.hidden=[8]"])
+    assert r.summary["rounds_completed"] < 40
+    assert r.history[-1]["round"] == r.summary["rounds_completed"]

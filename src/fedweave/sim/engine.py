@@ -374,16 +374,28 @@ class Simulator:
         if not accepted and sched.deadline_s is not None:
             end = deadline
         self.clock.advance_to(max(end, t0))
-        history = c.history
-        record = None
-        if (r + 1) % cfg.eval.every == 0 or r + 1 == sched.rounds:
-            record = self._evaluate(new_state, r + 1, totals, losses)
-            history = history + [record]
-        self._snapshot(round=r + 1, state=new_state, counters=counters, totals=totals, history=history,
-                       participation=participation)
-        if record is not None:
+        records = []
+        next_eval_s = c.next_eval_s
+        if cfg.eval.every_s is not None:
+            # grid points passed during this round see the model as it was before it
+            # (with the figures of the last completed round)
+            while next_eval_s <= self.clock.now():
+                records.append(self._evaluate(state, r, c.totals, [], at_time=next_eval_s))
+                next_eval_s += cfg.eval.every_s
+            due = r + 1 == sched.rounds or self._budget_spent()
+        else:
+            due = (r + 1) % cfg.eval.every == 0 or r + 1 == sched.rounds or self._budget_spent()
+        if due:
+            records.append(self._evaluate(new_state, r + 1, totals, losses))
+        self._snapshot(round=r + 1, state=new_state, counters=counters, totals=totals,
+                       history=c.history + records, participation=participation, next_eval_s=next_eval_s)
+        for record in records:
             self.run_dir.append_metrics(record)
-        return record
+        return records[-1] if records else None
+
+    def _budget_spent(self) -> bool:
+        limit = self.cfg.schedule.max_time_s
+        return limit is not None and self.clock.now() >= limit
 
     def _wait_until_online(self, t: float) -> float:
         fleet = self.exp.fleet
