@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 if importlib.util.find_spec("fedweave") is None:  # src layout, not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -41,3 +42,13 @@ def tiny():
         return _merge(TINY, extra or {})
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Test problems are tiny: one torch thread is faster and immune to a busy machine.
+    (Runs set their own thread count from ``executor.threads`` anyway.)"""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

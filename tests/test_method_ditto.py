@@ -22,16 +22,6 @@ from fedweave.train import TrainSettings
 SETTINGS = TrainSettings(epochs=2, batch_size=16, lr=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one torch thread is faster, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 @pytest.fixture(scope="module")
 def worker():
     data = build_federated(load_config({"data": {"partition": {"num_clients": 5}}}).data)

@@ -15,14 +15,6 @@ from fedweave.sim.engine import Simulator
 from fedweave.sim.executors import make_executor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_batchnorm_layers_are_personal(tiny, tmp_path):
     cfg = load_config(tiny({"method": {"name": "fedbn"}, "model": {"name": "mlp_norm", "norm": "batch", "hidden": [16]},
                             "schedule": {"rounds": 2, "clients_per_round": 5}, "eval": {"personalized": True}}))

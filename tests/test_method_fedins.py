@@ -14,14 +14,6 @@ from fedweave.experiment import build_experiment
 from fedweave.methods.fedins import SSFPoolNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net(pool=5, k=2):
     torch.manual_seed(0)
     return SSFPoolNet((6,), 3, hidden=(4,), pool_size=pool, top_k=k)

@@ -13,14 +13,6 @@ from fedweave.sim.engine import Simulator
 from fedweave.sim.executors import make_executor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def simulate(cfg: dict, path):
     """Run like fedweave.run, and return the experiment and the simulator (its client-state store)."""
     config = load_config(cfg)

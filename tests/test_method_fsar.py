@@ -20,14 +20,6 @@ from fedweave.tasks import make_task
 from fedweave.train import TrainSettings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_feature_distances():
     a, b = torch.randn(4, 6), torch.randn(4, 6)
     for kind in ("mse", "kl"):

@@ -21,16 +21,6 @@ D = 3
 MU, LAM = 0.1, 0.01
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one torch thread is faster, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 class Point(nn.Module):
     """f(θ) = ½‖θ − b‖² through a model that outputs θ for every input (y rows hold b)."""
 

@@ -16,14 +16,6 @@ from fedweave.models import build_model
 PERSONAL = ["ditto", "fedper", "fedrep", "fedbn", "pgfed", "pgfedmo", "fsar"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _norm_model(method):
     return {"name": "mlp_norm", "norm": "batch", "hidden": [16]} if method == "fedbn" else {"hidden": [16]}
 
