@@ -240,23 +240,7 @@ def test_interrupt_in_the_middle_of_training_resumes_exactly(tiny, tmp_path, mon
     cfg = tiny({"method": {"name": method}, "system": {"profile": "tiers"},
                 "schedule": {"mode": mode, "concurrency": 4, "buffer_size": 3, "max_arrivals": 30},
                 "eval": {"every": 3}})
-    full = fedweave.run(cfg, out=tmp_path / "full")
-    orig = SerialExecutor.collect
-    calls = {"n": 0}
-
-    def collect(self, handle):
-        calls["n"] += 1
-        if calls["n"] == 17:
-            raise KeyboardInterrupt
-        return orig(self, handle)
-
-    monkeypatch.setattr(SerialExecutor, "collect", collect)
-    with pytest.raises(KeyboardInterrupt):
-        fedweave.run(cfg, out=tmp_path / "cut")
-    monkeypatch.setattr(SerialExecutor, "collect", orig)
-    resumed = fedweave.resume(tmp_path / "cut")
-    assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
-    assert torch.equal(resumed.params, full.params)
+    _interrupt_at_collect_then_resume(cfg, tmp_path, monkeypatch, 17)
 
 
 
@@ -362,23 +346,8 @@ def test_resume_from_a_checkpoint_between_evaluations_keeps_train_loss(tiny, tmp
     cfg = tiny({"method": {"name": "fedasync"}, "system": {"profile": "tiers"},
                 "schedule": {"mode": "async", "concurrency": 4, "max_arrivals": 24},
                 "output": {"checkpoint_every": 2}, "eval": {"every": 5}})
-    full = fedweave.run(cfg, out=tmp_path / "full")
-    orig = SerialExecutor.collect
-    calls = {"n": 0}
-
-    def collect(self, handle):
-        calls["n"] += 1
-        if calls["n"] == 9:  # after the checkpoint at version 8, before the evaluation at 10
-            raise KeyboardInterrupt
-        return orig(self, handle)
-
-    monkeypatch.setattr(SerialExecutor, "collect", collect)
-    with pytest.raises(KeyboardInterrupt):
-        fedweave.run(cfg, out=tmp_path / "cut")
-    monkeypatch.setattr(SerialExecutor, "collect", orig)
-    resumed = fedweave.resume(tmp_path / "cut")
-    assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
-    assert torch.equal(resumed.params, full.params)
+    # the 9th collect comes after the checkpoint at version 8, before the evaluation at 10
+    _interrupt_at_collect_then_resume(cfg, tmp_path, monkeypatch, 9)
 
 
 def test_resume_from_the_last_evaluation_adds_nothing(tiny, tmp_path):
@@ -416,3 +385,25 @@ def test_intermediate_fetch_is_counted_in_the_downlink(tiny, tmp_path, monkeypat
     model_bytes = Broadcast(0, exp.initial_params, exp.initial_buffers).num_bytes()
     assert submits["n"] > 0
     assert res.history[-1]["bytes_down"] == (configured["n"] + submits["n"]) * model_bytes
+
+
+def _interrupt_at_collect_then_resume(cfg, tmp_path, monkeypatch, at_call: int) -> None:
+    """Ctrl-C while the ``at_call``-th client job is collected (between commits); the resumed
+    run must end exactly as an uninterrupted one."""
+    full = fedweave.run(cfg, out=tmp_path / "full")
+    orig = SerialExecutor.collect
+    calls = {"n": 0}
+
+    def collect(self, handle):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt
+        return orig(self, handle)
+
+    monkeypatch.setattr(SerialExecutor, "collect", collect)
+    with pytest.raises(KeyboardInterrupt):
+        fedweave.run(cfg, out=tmp_path / "cut")
+    monkeypatch.setattr(SerialExecutor, "collect", orig)
+    resumed = fedweave.resume(tmp_path / "cut")
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
+    assert torch.equal(resumed.params, full.params)
