@@ -8,6 +8,7 @@ half-written directory that looks like a finished run.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from .metrics import summarize
 from .models import build_model
 from .params import FlatModel, ParamSpec
 from .rng import derive_seed
-from .rundir import CONFIG, RunDirectory
+from .rundir import CHECKPOINT, CONFIG, RunDirectory
 from .sim.devices import DeviceFleet, make_fleet
 from .sim.executors import Executor, make_executor
 from .sim.worker import WorkerSetup
@@ -257,7 +258,9 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
     summary = _write_summary(exp, run_dir, sim, status, message)
     close_trackers(trackers, summary)
     if status == "completed":
-        (run_dir.path / "checkpoint.pt").unlink(missing_ok=True) if not cfg.output.checkpoint_every else None
+        # a completed run cannot be resumed: its checkpoint and spilled client states go
+        (run_dir.path / CHECKPOINT).unlink(missing_ok=True)
+        shutil.rmtree(run_dir.path / "client_state", ignore_errors=True)
     c = sim.committed
     return RunResult(run_dir.path, summary, c.history, c.state.params, c.state.buffers)
 
