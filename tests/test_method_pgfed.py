@@ -97,29 +97,31 @@ def test_pgfedmo_blends_the_correction_with_the_clients_last_one():
 def test_server_bookkeeping_and_per_client_correction():
     n, k = 4, 2
     strategy = PGFedStrategy(MU, k)
-    state = strategy.init(torch.zeros(D, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), ctx(n))
-    assert torch.allclose(state.extra["alpha"], torch.full((n, n), 1 / k, dtype=torch.float64))
-    assert strategy.configure([0, 1], state, ctx(n))[0].payload == {}  # round 1: no correction yet
+    c = ctx(n)  # the server's per-client store (the a-matrix rows) lives in the context
+    state = strategy.init(torch.zeros(D, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), c)
+    assert all(torch.allclose(strategy.a_row(i, c, torch.float64), torch.full((n,), 1 / k, dtype=torch.float64))
+               for i in range(n))
+    assert strategy.configure([0, 1], state, c)[0].payload == {}  # round 1: no correction yet
     g = {1: torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64), 3: torch.tensor([-1.0, 3.0, 0.0], dtype=torch.float64)}
     ups = [Update(cid, 0, torch.full((D,), float(cid), dtype=torch.float64), torch.zeros(0, dtype=torch.float64),
                   num_examples=ne, payload={"grad": g[cid], "loss_minus": lm})
            for cid, ne, lm in ((1, 1, 0.3), (3, 3, -0.2))]
-    state = strategy.aggregate(ups, state, ctx(n))
+    state = strategy.aggregate(ups, state, c)
     assert torch.allclose(state.params, torch.full((D,), (1 * 1 + 3 * 3) / 4, dtype=torch.float64))  # size-weighted
     assert state.extra["prev_ids"].tolist() == [1, 3]
     assert torch.allclose(state.extra["mean_grad"], MU * (g[1] + g[3]) / 2)  # ḡ includes μ
     assert torch.allclose(state.extra["prev_loss_minus"], MU * torch.tensor([0.3, -0.2], dtype=torch.float64))
-    b = strategy.configure([2], state, ctx(n))[2]
+    b = strategy.configure([2], state, c)[2]
     assert torch.allclose(b.payload["c"], MU * (0.5 * g[1] + 0.5 * g[3]))  # c_i = μ Σ_j a_ij g_j
     assert torch.allclose(b.payload["a"], torch.full((2,), 0.5, dtype=torch.float64))
-    # client 0's a-row is updated from its upload (a new matrix: the committed state is untouched)
-    alpha_before = state.extra["alpha"]
+    # client 0's a-row is updated from its upload (a new row: a snapshot of the store keeps the old)
+    snapshot = c.client_store.state_dict()
     a0 = torch.tensor([0.2, 0.7], dtype=torch.float64)
     up = Update(0, 1, torch.zeros(D, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), num_examples=1,
                 payload={"grad": g[1], "loss_minus": 0.0, "a": a0})
-    state = strategy.aggregate([up], state, ctx(n))
-    assert torch.allclose(state.extra["alpha"][0, [1, 3]], a0)
-    assert torch.allclose(alpha_before, torch.full((n, n), 1 / k, dtype=torch.float64))
+    state = strategy.aggregate([up], state, c)
+    assert torch.allclose(strategy.a_row(0, c, torch.float64)[[1, 3]], a0)
+    assert 0 not in snapshot and torch.allclose(strategy.a_row(2, c, torch.float64), torch.full((n,), 1 / k, dtype=torch.float64))
 
 
 def test_full_gradient_is_the_mean_of_minibatch_gradients():

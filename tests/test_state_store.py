@@ -73,3 +73,35 @@ def test_run_with_tiny_budget_equals_unbounded_and_resumes(tmp_path):
     assert torch.equal(a.params, c.params)
     strip = lambda h: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in h]  # noqa: E731
     assert strip(a.history) == strip(c.history)
+
+
+def test_strategy_per_client_state_is_bounded_too(tmp_path):
+    """FedASMU keeps one model-sized vector per device on the server: under a budget it
+    spills, and the run's numbers do not change."""
+    ov = ["method.name=fedasmu", "schedule.mode=async", "schedule.concurrency=4", "schedule.max_arrivals=40",
+          "system.profile=tiers", "eval.every=10", "data.partition.num_clients=12", "model.hidden=[32]"]
+    from fedweave.config import load_config
+    from fedweave.experiment import _execute, build_experiment
+    from fedweave.rundir import RunDirectory
+    from fedweave.sim import engine
+
+    a = fedweave.run(None, out=tmp_path / "a", overrides=ov)
+    seen = {}
+    real_snapshot = engine.Simulator._snapshot
+
+    def spy(self, **live):
+        real_snapshot(self, **live)
+        seen["spills"] = self.server_store.spills
+        seen["bytes"] = self.server_store.memory_bytes
+
+    cfg = load_config(None, ov + ["executor.state_memory_mb=0.05"])
+    exp = build_experiment(cfg)
+    run_dir = RunDirectory(tmp_path / "b")
+    run_dir.create(cfg.to_yaml())
+    engine.Simulator._snapshot = spy
+    try:
+        b = _execute(exp, run_dir, None, None)
+    finally:
+        engine.Simulator._snapshot = real_snapshot
+    assert seen["spills"] > 0 and seen["bytes"] <= 0.05 * 2**20
+    assert torch.equal(a.params, b.params)

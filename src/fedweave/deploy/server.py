@@ -205,6 +205,7 @@ class DeployServer:
         self.registry: dict[int, dict[str, Any]] = {}
         if checkpoint is not None:
             self.sim.restore(checkpoint)
+            self.sim.server_store.load_state_dict(self.sim.committed.server_client_states)
             self.registry = dict(checkpoint.get("deploy", {}).get("clients", {}))
             # the records covered by the checkpoint, whatever the file held when the server died
             atomic_write_text(run_dir.path / METRICS, "".join(dumps(r) + "\n" for r in self.sim.committed.history))

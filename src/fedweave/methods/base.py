@@ -56,6 +56,16 @@ class ServerContext:
     round_lr: float = 0.0  # the client learning rate of the current round
     # builds a fresh, seeded model (FedLAW evaluates candidate aggregates on the server's split)
     model_factory: Any = None
+    # per-client tensors a strategy keeps on the server (FedASMU's last merge direction per
+    # device): bounded by executor.state_memory_mb like the clients' store, snapshotted with
+    # every commit. Use get/put with whole new dicts; never modify a stored tensor in place.
+    client_store: Any = field(default_factory=lambda: _unbounded_store())
+
+
+def _unbounded_store():
+    from ..sim.state_store import ClientStateStore
+
+    return ClientStateStore()
 
 
 class Strategy:

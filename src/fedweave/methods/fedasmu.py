@@ -26,7 +26,8 @@ w_i, trained from global version v, arrives when the server is at version V:
 
   each coordinate of the step clipped to ±``meta_clip``. The meta step needs two
   consecutive uploads of the same device, so the server stores one model-sized vector
-  per device that has uploaded: memory O(devices · P) (kept in the checkpoint).
+  per device that has uploaded, kept in the server's per-client store (`ctx.client_store`),
+  which `executor.state_memory_mb` bounds (spilling to disk) and checkpoints snapshot.
 * Uploads staler than ``schedule.max_staleness`` are dropped by the engine before the
   strategy sees them (the paper's staleness bound).
 
@@ -157,13 +158,12 @@ class FedASMUStrategy(MergeStrategy):
                             dtype=torch.float64)
         state.extra["raw"] = raw0.repeat(ctx.num_clients, 1)  # [N, 3]: r_λ, r_σ, r_ι per device
         state.extra["dalpha"] = torch.zeros(ctx.num_clients, 3, dtype=torch.float64)  # ∂α/∂r at the last merge
-        state.extra["u"] = {}  # client id -> w_i − w_g at its last merge
         return state
 
     def meta_step(self, update, state: ServerState, ctx) -> torch.Tensor | None:
         """The new raw row of the device after the feedback of its previous merge (None: none)."""
         cid = update.client_id
-        u = state.extra["u"].get(cid)
+        u = (ctx.client_store.get(cid) or {}).get("fedasmu_u")  # w_i − w_g at its last merge
         lr = ctx.round_lr
         if u is None or update.num_steps <= 0 or not lr > 0:
             return None
@@ -191,7 +191,8 @@ class FedASMUStrategy(MergeStrategy):
         if update.buffers is not None and state.buffers.numel():
             state.buffers = mix(state.buffers, update.buffers, alpha)
         if self.p.learn_server:
-            extra["u"] = {**state.extra["u"], cid: u}
+            # one model-sized vector per device: kept in the server's bounded per-client store
+            ctx.client_store.put(cid, {**(ctx.client_store.get(cid) or {}), "fedasmu_u": u})
             d = state.extra["dalpha"].clone()
             d[cid] = dalpha
             extra["dalpha"] = d

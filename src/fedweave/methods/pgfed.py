@@ -13,7 +13,8 @@ weights follow projected gradient steps a_ij ← max(0, a_ij − λ ∂F_i/∂a_
 differs from the paper's notation in three places:
 
 1. the sums over j run over the *previous round's uploaders* only (server state is
-   O(K·P) gradients plus the N×N matrix a, not O(N·P));
+   O(K·P) gradients plus the N×N matrix a, not O(N·P); the rows of a live in the server's
+   per-client store, which ``executor.state_memory_mb`` bounds);
 2. the server's mean gradient already includes μ: ḡ = (μ/K) Σ_{j∈prev} g_j;
 3. the a-update uses ḡ for every j instead of g_j (so a client needs one extra vector,
    not K):  a_ij ← max(0, a_ij − λ (μ ℓ⁻_j + ⟨θ, ḡ⟩)),  ℓ⁻_j = f_j(θ_j) − ⟨g_j, θ_j⟩,
@@ -78,8 +79,9 @@ class PGFedStrategy(Strategy):
     def init(self, params, buffers, ctx) -> ServerState:
         state = super().init(params, buffers, ctx)
         n = ctx.num_clients
+        # the a-matrix lives row by row in the server's bounded per-client store (rows
+        # nobody has updated are the initial 1/K): N² scalars would not scale to many clients
         state.extra.update(
-            alpha=torch.full((n, n), 1.0 / self.k, dtype=params.dtype),
             prev_ids=torch.zeros(0, dtype=torch.long),
             prev_grads=torch.zeros(0, params.numel(), dtype=params.dtype),
             prev_loss_minus=torch.zeros(0, dtype=params.dtype),  # μ ℓ⁻_j
@@ -87,11 +89,16 @@ class PGFedStrategy(Strategy):
         )
         return state
 
-    def client_payload(self, cid: int, state: ServerState) -> dict:
+    def a_row(self, cid: int, ctx, dtype) -> torch.Tensor:
+        """Client ``cid``'s row of the a-matrix (a_ij over every client j)."""
+        row = (ctx.client_store.get(cid) or {}).get("pgfed_a")
+        return row if row is not None else torch.full((ctx.num_clients,), 1.0 / self.k, dtype=dtype)
+
+    def client_payload(self, cid: int, state: ServerState, ctx) -> dict:
         ids = state.extra["prev_ids"]
         if len(ids) == 0:
             return {}
-        a = state.extra["alpha"][cid, ids].clone()
+        a = self.a_row(cid, ctx, state.params.dtype)[ids].clone()
         return {
             "c": self.mu * (a @ state.extra["prev_grads"]),
             "mean_grad": state.extra["mean_grad"],
@@ -101,7 +108,7 @@ class PGFedStrategy(Strategy):
 
     def configure(self, client_ids, state, ctx):
         base = Broadcast(state.version, state.params, state.buffers)
-        return {cid: base.with_payload(**self.client_payload(cid, state)) for cid in client_ids}
+        return {cid: base.with_payload(**self.client_payload(cid, state, ctx)) for cid in client_ids}
 
     def aggregate(self, updates, state, ctx) -> ServerState:
         if not updates:
@@ -109,15 +116,18 @@ class PGFedStrategy(Strategy):
         w = size_weights(updates).to(state.params.dtype)
         state.params = state.params + (w / w.sum()) @ stack_deltas(updates)
         state.buffers = average_buffers(updates, state)
-        alpha = state.extra["alpha"].clone()
         prev = state.extra["prev_ids"]
+        dtype = state.params.dtype
         for u in updates:
             if "a" in u.payload and len(prev):
-                alpha[u.client_id, prev] = u.payload["a"].to(alpha.dtype)
+                row = self.a_row(u.client_id, ctx, dtype).clone()  # new tensors: snapshots share the old
+                row[prev] = u.payload["a"].to(dtype)
+                ctx.client_store.put(u.client_id, {**(ctx.client_store.get(u.client_id) or {}), "pgfed_a": row})
         grads = torch.stack([u.payload["grad"] for u in updates])
+        ids = torch.tensor([u.client_id for u in updates], dtype=torch.long)
         state.extra.update(
-            alpha=alpha,
-            prev_ids=torch.tensor([u.client_id for u in updates], dtype=torch.long),
+            a_mean=float(torch.stack([self.a_row(i, ctx, dtype)[ids] for i in ids.tolist()]).mean()),
+            prev_ids=ids,
             prev_grads=grads,
             prev_loss_minus=self.mu * torch.tensor([float(u.payload["loss_minus"]) for u in updates], dtype=grads.dtype),
             mean_grad=self.mu * grads.mean(dim=0),
@@ -126,10 +136,7 @@ class PGFedStrategy(Strategy):
         return state
 
     def metrics(self, state) -> dict:
-        ids = state.extra["prev_ids"]
-        if len(ids) == 0:
-            return {}
-        return {"pgfed_a_mean": float(state.extra["alpha"][ids][:, ids].mean())}
+        return {"pgfed_a_mean": state.extra["a_mean"]} if "a_mean" in state.extra else {}
 
 
 class PGFedClient(ClientAlgorithm):

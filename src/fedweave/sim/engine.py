@@ -133,6 +133,7 @@ class Committed:
     next_eval_s: float | None = None
     done: bool = False
     pending_losses: list = field(default_factory=list)
+    server_client_states: dict = field(default_factory=dict)  # the strategy's per-client store
 
 
 class _Stop(Exception):
@@ -147,13 +148,14 @@ class Simulator:
         self.progress = progress
         self.clock = VirtualClock()
         budget = self.cfg.executor.state_memory_mb
-        self.store = ClientStateStore(
-            None if budget is None else int(budget * 2**20), run_dir.path / "client_state" if budget is not None else None
-        )
+        limit = None if budget is None else int(budget * 2**20)
+        self.store = ClientStateStore(limit, run_dir.path / "client_state" if limit is not None else None)
+        # what strategies keep per client on the server, under the same budget
+        self.server_store = ClientStateStore(limit, run_dir.path / "server_state" if limit is not None else None)
         self.ctx = ServerContext(
             spec=exp.spec, num_clients=exp.data.num_clients, client_sizes=exp.data.client_sizes(),
             clock=self.clock, seed=self.cfg.seed, server_data=exp.data.server_data(),
-            model_factory=exp.model_factory,
+            model_factory=exp.model_factory, client_store=self.server_store,
         )
         self.eval_model = FlatModel(exp.model_factory(), exp.roles)
         self._initial_personal = {"personal": self.eval_model.personal.clone(),
@@ -165,6 +167,7 @@ class Simulator:
                                    participation=np.zeros(n, dtype=np.int64), next_eval_s=every_s)
         self._wall_offset = 0.0
         self._checkpointed: dict = {}
+        self._checkpointed_server: dict = {}
         # one concatenated validation set, so per-client figures cost one forward pass
         val = exp.data.client_val
         self._val_idx = torch.cat(val) if val and sum(len(v) for v in val) else torch.zeros(0, dtype=torch.long)
@@ -176,6 +179,7 @@ class Simulator:
     def checkpoint_dict(self) -> dict[str, Any]:
         c = self.committed
         self._checkpointed = c.client_states
+        self._checkpointed_server = c.server_client_states
         d = {k: getattr(c, k) for k in c.__dataclass_fields__}
         d["state"] = c.state.to_dict()
         d["totals"] = vars(c.totals).copy()
@@ -194,6 +198,7 @@ class Simulator:
         self.committed = Committed(**fields)
         self._wall_offset = self.committed.wall_time_s
         self._checkpointed = self.committed.client_states  # its spill files must survive
+        self._checkpointed_server = self.committed.server_client_states
         for obs, st in zip(self.exp.observers, self.committed.observers):
             obs.load_state_dict(st)
         torch.set_rng_state(ckpt["torch_rng"])
@@ -201,7 +206,7 @@ class Simulator:
     def _snapshot(self, **live) -> None:
         """Commit the live bookkeeping (copies where the live objects keep changing)."""
         c = self.committed
-        previous = c.client_states
+        previous, previous_server = c.client_states, c.server_client_states
         self.committed = Committed(
             round=live["round"], state=_copy_state(live["state"]), client_states=self.store.state_dict(),
             counters=live["counters"].copy(), clock=self.clock.now(), totals=copy.copy(live["totals"]),
@@ -212,15 +217,19 @@ class Simulator:
             busy=list(live.get("busy", [])), buffer=list(live.get("buffer", [])),
             dispatches=live.get("dispatches", 0), next_eval_s=live.get("next_eval_s", c.next_eval_s),
             done=live.get("done", False), pending_losses=list(live.get("pending_losses", [])),
+            server_client_states=self.server_store.state_dict(),
         )
         if self.store.spill_dir is not None:
             # files that only the previous snapshot used may still be in the last checkpoint
             self.store.collect_garbage(self.committed.client_states, previous, self._checkpointed)
+            self.server_store.collect_garbage(self.committed.server_client_states, previous_server,
+                                              self._checkpointed_server)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Committed:
         self._t_start = time.perf_counter()
         self.store.load_state_dict(self.committed.client_states)
+        self.server_store.load_state_dict(self.committed.server_client_states)
         self.clock.t = self.committed.clock
         if self.cfg.schedule.mode == "sync":
             self._run_sync()
