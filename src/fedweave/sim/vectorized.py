@@ -167,18 +167,19 @@ class VectorizedExecutor(Executor):
         bs = s.batch_size
         loss_sum = torch.zeros(k, dtype=torch.float64)
         grad_fn = vmap(grad_and_value(self._loss_fn()))
+        # every step's (padded) example indices and masks, built once for the cohort
+        all_idx = torch.zeros(max_steps, k, bs, dtype=torch.long)
+        all_mask = torch.zeros(max_steps, k, bs, dtype=x.dtype)
+        for i, p in enumerate(plans):
+            for t, b in enumerate(p.batches):
+                all_idx[t, i, : len(b)] = b
+                all_mask[t, i, : len(b)] = 1
+        self.stats["useful"] += int(all_mask.sum())
+        self.stats["computed"] += max_steps * k * bs
         for t in range(max_steps):
             active = steps > t
-            idx = torch.zeros(k, bs, dtype=torch.long)
-            mask = torch.zeros(k, bs, dtype=x.dtype)
-            for i, p in enumerate(plans):
-                if t < len(p.batches):
-                    b = p.batches[t]
-                    idx[i, : len(b)] = b
-                    mask[i, : len(b)] = 1
+            idx, mask = all_idx[t], all_mask[t]
             xb, yb = x[idx], y[idx]
-            self.stats["useful"] += int(mask.sum())
-            self.stats["computed"] += k * bs
             with torch.enable_grad():
                 grads, losses = grad_fn(self._split(w), xb, yb, mask)
             g = torch.cat([grads[name].reshape(k, -1) for name, _, _, _ in self._segments], dim=1)
