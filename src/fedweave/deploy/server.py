@@ -542,30 +542,7 @@ class DeployServer:
                     totals.bytes_up += update.num_bytes()
                     for obs in exp.observers:
                         obs.on_upload(update, live["round"])
-                if not valid:
-                    totals.dropped_updates += 1
-                    continue
-                state = live["state"]
-                staleness = state.version - update.base_version
-                if sched.max_staleness is not None and staleness > sched.max_staleness:
-                    totals.dropped_updates += 1
-                    continue
-                totals.client_updates += 1
-                totals.staleness_sum += staleness
-                totals.staleness_count += 1
-                totals.staleness_max = max(totals.staleness_max, staleness)
-                live["participation"][cid] += 1
-                live["pending_losses"].append(update.metrics.get("loss", float("nan")))
-                if buffered:
-                    live["buffer"].append(update)
-                    if len(live["buffer"]) >= buffer_size:
-                        batch = sorted(live["buffer"], key=lambda u: u.client_id)
-                        live["buffer"] = []
-                        for hook in exp.cohort_hooks:
-                            batch = hook(batch, state, live["round"], ctx)
-                        merged(exp.strategy.aggregate(batch, _copy_state(state), ctx))
-                else:
-                    merged(exp.strategy.on_update(update, _copy_state(state), ctx))
+                sim._admit_arrival(update, valid, live, buffered, buffer_size, merged)
                 if max_arrivals is not None and totals.arrivals >= max_arrivals:
                     break
         with self._cv:

@@ -519,7 +519,7 @@ class Simulator:
                 elif ev.kind == "compute_done":
                     self._finish_compute(queue, info, ev.time)
                 elif ev.kind == "arrival":
-                    self._async_arrival(info, ev.time, live, busy, pending_losses, buffered, buffer_size, merged)
+                    self._async_arrival(info, ev.time, live, busy, buffered, buffer_size, merged)
                     if max_arrivals is not None and live["totals"].arrivals >= max_arrivals:
                         raise _Stop
                     dispatch(ev.time)
@@ -545,8 +545,8 @@ class Simulator:
             obs.on_round_end(new_state, live["round"])
         return self.cfg.eval.every_s is None and live["round"] % self.cfg.eval.every == 0
 
-    def _async_arrival(self, info, t, live, busy, pending_losses, buffered, buffer_size, merged) -> None:
-        exp, sched = self.exp, self.cfg.schedule
+    def _async_arrival(self, info, t, live, busy, buffered, buffer_size, merged) -> None:
+        exp = self.exp
         job, res = info["job"], info["result"]
         totals = live["totals"]
         busy.discard(job.client_id)
@@ -554,23 +554,31 @@ class Simulator:
         totals.arrivals += 1
         for obs in exp.observers:
             obs.on_upload(res.update, live["round"])
-        state = live["state"]
-        staleness = state.version - res.update.base_version
-        if not self._online_at_arrival(info, t) or not res.update.is_finite():
+        self._admit_arrival(res.update, self._online_at_arrival(info, t) and res.update.is_finite(), live,
+                            buffered, buffer_size, merged, res.state)
+
+    def _admit_arrival(self, update, valid: bool, live: dict, buffered: bool, buffer_size: int, merged,
+                       client_state: dict | None = None) -> bool:
+        """Async/buffered: count an arrival, drop it if invalid or too stale, else merge it
+        (or buffer it until ``buffer_size``). Shared by the simulator and the gRPC server."""
+        exp, sched, totals = self.exp, self.cfg.schedule, live["totals"]
+        if not valid:
             totals.dropped_updates += 1
-            return
+            return False
+        state = live["state"]
+        staleness = state.version - update.base_version
         if sched.max_staleness is not None and staleness > sched.max_staleness:
             totals.dropped_updates += 1
-            return
+            return False
         totals.client_updates += 1
         totals.staleness_sum += staleness
         totals.staleness_count += 1
         totals.staleness_max = max(totals.staleness_max, staleness)
-        live["participation"][job.client_id] += 1
-        self.store.put(job.client_id, res.state)
-        pending_losses.append(res.update.metrics.get("loss", float("nan")))
+        live["participation"][update.client_id] += 1
+        self.store.put(update.client_id, client_state)  # before the merge, which may commit
+        live["pending_losses"].append(update.metrics.get("loss", float("nan")))
         if buffered:
-            live["buffer"].append(res.update)
+            live["buffer"].append(update)
             if len(live["buffer"]) >= buffer_size:
                 batch = sorted(live["buffer"], key=lambda u: u.client_id)
                 live["buffer"] = []
@@ -578,7 +586,8 @@ class Simulator:
                     batch = hook(batch, state, live["round"], self.ctx)
                 merged(exp.strategy.aggregate(batch, _copy_state(state), self.ctx))
         else:
-            merged(exp.strategy.on_update(res.update, _copy_state(state), self.ctx))
+            merged(exp.strategy.on_update(update, _copy_state(state), self.ctx))
+        return True
 
     def _check_finite(self, state: ServerState, where: str) -> None:
         if not tensor_is_finite(state.params) or not tensor_is_finite(state.buffers):
