@@ -71,6 +71,16 @@ class Experiment:
     cohort_hooks: list = field(default_factory=list)
     observers: list = field(default_factory=list)
 
+    def use_model(self, factory: Callable[[], torch.nn.Module], flat: FlatModel, roles: dict[str, str] | None = None) -> None:
+        """Switch to another model (FRL's supermask net, pLoRA's adapters): ``flat`` is a
+        FlatModel built from ``factory()``; its layout and values become the initial global model."""
+        self.model_factory = factory
+        if roles is not None:
+            self.roles = roles
+        self.spec = flat.spec
+        self.initial_params = flat.params.clone()
+        self.initial_buffers = flat.buffers.clone()
+
     def train_settings(self, lr: float) -> TrainSettings:
         c = self.config.client
         return TrainSettings(

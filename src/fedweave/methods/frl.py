@@ -276,10 +276,7 @@ def configure_frl(exp) -> None:
         )
     if flat.spec.num_buffers:
         raise ConfigError("FRL's vote covers the scores only; use a model without shared buffers (model.norm=group or none).")
-    exp.model_factory = factory
-    exp.spec = flat.spec
-    exp.initial_params = flat.params.clone()
-    exp.initial_buffers = flat.buffers.clone()
+    exp.use_model(factory, flat)
 
 
 METHOD = register(

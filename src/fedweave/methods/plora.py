@@ -214,11 +214,7 @@ def configure_plora(exp) -> None:
         raise ConfigError(f"pLoRA with share {p.share!r} leaves nothing to average under model.roles {exp.roles}.")
     if cfg.client.objective == "prox" and p.share == "local":
         raise ConfigError("client.objective prox pulls towards a global model; share: local has none to pull towards.")
-    exp.model_factory = factory
-    exp.roles = roles
-    exp.spec = flat.spec
-    exp.initial_params = flat.params.clone()
-    exp.initial_buffers = flat.buffers.clone()
+    exp.use_model(factory, flat, roles)
 
 
 METHOD = register(
