@@ -121,17 +121,9 @@ def make_config(case: str, rounds: int, state_mb: float, out: Path, executor: st
 
 def _run_sim(exp, run_dir, progress):
     from fedweave.sim.engine import Simulator
-    from fedweave.sim.executors import make_executor
+    from fedweave.experiment import start_executor
 
-    ec = exp.config.executor
-    if ec.kind in ("vectorized", "auto"):
-        from fedweave.sim.vectorized import make_vectorized
-
-        exp.executor = make_vectorized(exp.worker_setup(), exp.config.client.optimizer, ec.max_cohort,
-                                       auto=ec.kind == "auto")
-    else:
-        exp.executor = make_executor(ec.kind, ec)
-        exp.executor.start(exp.worker_setup())
+    start_executor(exp)
     sim = Simulator(exp, run_dir, progress)
     try:
         sim.run()

@@ -234,19 +234,25 @@ def resume(run_path: str | Path, progress: Callable[[int, int, dict | None], Non
     return _execute(exp, run_dir, ckpt, progress)
 
 
-def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress) -> RunResult:
-    from .sim.engine import Simulator
-
+def start_executor(exp: Experiment) -> None:
+    """Start the configured executor in ``exp.executor`` (vectorized/auto fall back or refuse)."""
     cfg = exp.config
     torch.set_num_threads(cfg.executor.threads)
     if cfg.executor.kind in ("vectorized", "auto"):
         from .sim.vectorized import make_vectorized
 
         exp.executor = make_vectorized(exp.worker_setup(), cfg.client.optimizer, cfg.executor.max_cohort,
-                                       auto=cfg.executor.kind == "auto")
+                                       auto=cfg.executor.kind == "auto", kernel=cfg.executor.vectorized_kernel)
     else:
         exp.executor = make_executor(cfg.executor.kind, cfg.executor)
         exp.executor.start(exp.worker_setup())
+
+
+def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress) -> RunResult:
+    from .sim.engine import Simulator
+
+    cfg = exp.config
+    start_executor(exp)
     sim = Simulator(exp, run_dir, progress)
     trackers = make_trackers(cfg, run_dir.path)
     sim.progress = track_progress(progress, trackers)

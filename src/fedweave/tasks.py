@@ -32,6 +32,18 @@ class Task:
         """The primary metric per example (averaged per client for fairness figures)."""
         raise NotImplementedError
 
+    def weighted_loss_grad(self, output: torch.Tensor, target: torch.Tensor,
+                           weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``output`` of shape ``[N, *out]`` and per-example ``weight`` ``[N]``: the
+        weighted per-example losses ``w_i·ℓ_i`` and the gradient of their sum with respect
+        to ``output``. The vectorized executor's bmm kernel backpropagates from it. This
+        default asks autograd; tasks may give a closed form."""
+        out = output.detach().requires_grad_()
+        with torch.enable_grad():
+            weighted = self.per_example_loss(out, target) * weight
+            (grad,) = torch.autograd.grad(weighted.sum(), out)
+        return weighted.detach(), grad
+
     def client_score(self, per_example: torch.Tensor) -> float:
         """A client's figure from its examples' ``per_example_score`` values (default: the
         mean; perplexity overrides it, since the mean of perplexities is not a perplexity)."""
@@ -65,6 +77,15 @@ class ClassificationTask(Task):
 
     def per_example_loss(self, output, target):
         return F.cross_entropy(output, target, reduction="none")
+
+    def weighted_loss_grad(self, output, target, weight):
+        # ℓ_i = −log softmax(o_i)[y_i];  ∂ℓ_i/∂o_i = softmax(o_i) − onehot(y_i)
+        log_p = torch.log_softmax(output, dim=1)
+        rows = torch.arange(len(target))
+        weighted = log_p[rows, target].neg_().mul_(weight)
+        grad = log_p.exp_()
+        grad[rows, target] -= 1
+        return weighted, grad.mul_(weight.unsqueeze(1))
 
     def per_example_score(self, output, target):
         return (output.argmax(dim=1) == target).to(torch.float64)
