@@ -50,7 +50,8 @@ Usage::
     .venv/bin/python bench/overhead.py --repeats 0 --no-parity --threads 1 --executors serial,vectorized,ray
 
 ``--executors`` adds a side-by-side lockstep comparison of fedweave's executors (serial,
-vectorized, ray with ``--ray-workers`` workers of 1 thread, auto) against the plain loop:
+vectorized (its bmm kernel on W1's 2NN), vectorized-func (its generic torch.func kernel),
+ray with ``--ray-workers`` workers of 1 thread, auto) against the plain loop:
 seconds per round, ratios to the plain loop and to serial, Ray's start-up apart, the
 vectorized executor's padding efficiency; ``--profile-vectorized`` adds its cProfile.
 Targets: vectorized <= 0.5x the plain loop, Ray <= 1.5x serial (reported, not asserted).
@@ -442,8 +443,12 @@ def executor_lockstep(npz: Path, w: dict, rounds: int, threads: int, kind: str, 
     from fedweave.rundir import RunDirectory
 
     raw = make_config(npz, rounds, threads)
-    raw["executor"] = ({"kind": "ray", "threads": 1, "num_workers": ray_workers} if kind == "ray"
-                       else {"kind": kind, "threads": threads})
+    if kind == "ray":
+        raw["executor"] = {"kind": "ray", "threads": 1, "num_workers": ray_workers}
+    elif kind == "vectorized-func":  # the vectorized executor with its generic torch.func kernel
+        raw["executor"] = {"kind": "vectorized", "threads": threads, "vectorized_kernel": "func"}
+    else:
+        raw["executor"] = {"kind": kind, "threads": threads}
     cfg = load_config(raw)
     cfg.output.dir = str(out_root / tag)
     exp = build_experiment(cfg)
@@ -461,7 +466,7 @@ def executor_lockstep(npz: Path, w: dict, rounds: int, threads: int, kind: str, 
     if kind == "ray":
         from fedweave.sim.ray_executor import RayExecutor
         undo.append(_timed(RayExecutor, "start", starts, "start"))
-    elif kind == "vectorized":
+    elif kind.startswith("vectorized"):
         from fedweave.sim.vectorized import VectorizedExecutor
         undo.append(_timed(VectorizedExecutor, "start", starts, "start"))
     else:
@@ -499,7 +504,7 @@ def executor_lockstep(npz: Path, w: dict, rounds: int, threads: int, kind: str, 
     ex = exp.executor
     if hasattr(ex, "padding_efficiency"):
         out["padding_efficiency"] = ex.padding_efficiency
-        out["vec_stats"] = dict(ex.stats)
+        out["vec_stats"] = dict(ex.stats, kernel=ex.kernel_name)
     if getattr(ex, "fallback_reason", None):
         out["fallback_reason"] = ex.fallback_reason
     return out
@@ -576,7 +581,7 @@ def print_executors(res: dict) -> None:
     for k, e in res["executors"].items():
         if "padding_efficiency" in e:
             st = e["vec_stats"]
-            print(f"  {k}: padding efficiency {e['padding_efficiency']:.3f} (useful {st['useful']:,} / computed "
+            print(f"  {k} ({st['kernel']} kernel): padding efficiency {e['padding_efficiency']:.3f} (useful {st['useful']:,} / computed "
                   f"{st['computed']:,} example-steps; {st['cohorts']} cohorts in the last run of {res['rounds']} rounds, "
                   f"{st['cohorts'] / res['rounds']:.1f} per round of {PER_ROUND} clients)")
         if "fallback_reason" in e:

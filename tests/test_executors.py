@@ -32,14 +32,7 @@ def _run_capturing(tmp_path, name, overrides):
     return rounds, result
 
 
-@pytest.mark.parametrize("extra", [
-    [],
-    ["client.momentum=0.9", "client.weight_decay=0.001", "client.grad_clip=1.0"],
-    ["method.name=fedprox", "client.mu=0.5", "client.local_steps=7"],
-])
-def test_vectorized_updates_match_serial_every_round(tmp_path, extra):
-    serial, rs = _run_capturing(tmp_path, "s", extra)
-    vec, rv = _run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized"])
+def _assert_same_rounds(serial, vec):
     assert len(serial) == len(vec) == 3
     for a, b in zip(serial, vec):
         assert a.keys() == b.keys()
@@ -49,7 +42,131 @@ def test_vectorized_updates_match_serial_every_round(tmp_path, extra):
             assert steps_a == steps_b
             assert torch.allclose(da, db, atol=1e-5, rtol=1e-4), (cid, (da - db).abs().max())
             assert loss_a == pytest.approx(loss_b, rel=1e-4, abs=1e-5)
+
+
+# The optimizer variants reach different code: the bmm kernel fuses plain SGD, weight
+# decay, FedProx and momentum into its weight-gradient products, and materialises the
+# gradients only when they are clipped; the func kernel always materialises them.
+@pytest.mark.parametrize("kernel", ["auto", "func"])
+@pytest.mark.parametrize("extra", [
+    [],
+    ["client.momentum=0.9", "client.weight_decay=0.001", "client.grad_clip=1.0"],
+    ["method.name=fedprox", "client.mu=0.5", "client.local_steps=7"],
+    ["method.name=fedprox", "client.mu=0.1", "client.momentum=0.5", "client.weight_decay=0.01"],
+    ["model.name=logistic", "client.weight_decay=0.01", "client.epochs=3", "client.batch_size=7"],
+])
+def test_vectorized_updates_match_serial_every_round(tmp_path, extra, kernel):
+    serial, rs = _run_capturing(tmp_path, "s", extra)
+    vec, rv = _run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", f"executor.vectorized_kernel={kernel}"])
+    _assert_same_rounds(serial, vec)
     assert rs.summary["final_accuracy"] == pytest.approx(rv.summary["final_accuracy"], abs=0.02)
+
+
+def test_vectorized_kernel_choice(tmp_path):
+    from fedweave.experiment import start_executor
+
+    chosen = {}
+    for name, extra in {
+        "mlp": [], "logistic": ["model.name=logistic"], "func": ["executor.vectorized_kernel=func"],
+        "cnn": ["data.dataset=digits", "model.name=cnn"],
+    }.items():
+        exp = build_experiment(load_config(None, BASE + ["executor.kind=vectorized"] + extra))
+        start_executor(exp)
+        chosen[name] = exp.executor.kernel_name
+    assert chosen == {"mlp": "mlp", "logistic": "mlp", "func": "func", "cnn": "func"}
+
+
+USER_MODELS = '''
+from torch import nn
+
+def tanh_mlp(input_shape, num_classes):
+    size = 1
+    for s in input_shape:
+        size *= s
+    return nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(size, 12), nn.Tanh()), nn.Linear(12, 9, bias=False),
+                         nn.ReLU(), nn.Identity(), nn.Linear(9, num_classes))
+
+def leaky_mlp(input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.LeakyReLU(), nn.Linear(12, num_classes))
+'''
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    (tmp_path / "fw_vec_models.py").write_text(USER_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "fw_vec_models"
+
+
+@pytest.mark.parametrize("extra", [[], ["client.momentum=0.9", "client.grad_clip=0.5"]])
+def test_bmm_kernel_tanh_nested_and_biasless_layers_match_serial(tmp_path, user_models, extra):
+    model = [f"model.name={user_models}:tanh_mlp"]
+    serial, _ = _run_capturing(tmp_path, "s", model + extra)
+    vec, _ = _run_capturing(tmp_path, "v", model + extra + ["executor.kind=vectorized"])
+    _assert_same_rounds(serial, vec)
+
+
+def test_mlp_layers_recognises_only_linear_stacks(user_models):
+    from fedweave.models import build_model
+    from fedweave.params import FlatModel
+    from fedweave.sim.vectorized import mlp_layers
+
+    def layers(module, shape=(1, 8, 8), roles=None):
+        found = mlp_layers(FlatModel(module, roles or {}), shape)
+        return None if found is None else [layer.kind for layer in found]
+
+    assert layers(build_model("mlp", (1, 8, 8), 10, hidden=[5, 4])) == ["linear", "relu", "linear", "relu", "linear"]
+    assert layers(build_model("logistic", (6,), 3), (6,)) == ["linear"]
+    assert layers(build_model(f"{user_models}:tanh_mlp", (1, 8, 8), 10)) == ["linear", "tanh", "linear", "relu", "linear"]
+    assert layers(build_model(f"{user_models}:leaky_mlp", (1, 8, 8), 10)) is None  # LeakyReLU has no bmm rule
+    assert layers(build_model("mlp_norm", (1, 8, 8), 10, norm="group")) is None
+    assert layers(build_model("cnn", (1, 8, 8), 10)) is None
+    # a frozen layer, or image inputs without a leading Flatten: the func kernel instead
+    assert layers(build_model("mlp", (1, 8, 8), 10, hidden=[5]), roles={"1.*": "frozen"}) is None
+    assert layers(torch.nn.Sequential(torch.nn.Linear(8, 3)), (1, 8, 8)) is None
+
+
+def test_classification_loss_gradient_closed_form_equals_autograd():
+    from fedweave.tasks import Task, make_task
+
+    task = make_task("classification")
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(12, 5, generator=gen) * 3
+    target = torch.randint(0, 5, (12,), generator=gen)
+    weight = torch.rand(12, generator=gen)
+    weight[[3, 7]] = 0.0  # padding rows
+    closed = task.weighted_loss_grad(out.clone(), target, weight)
+    generic = Task.weighted_loss_grad(task, out.clone(), target, weight)  # autograd through per_example_loss
+    for a, b in zip(closed, generic):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.all(closed[1][[3, 7]] == 0)
+
+
+def test_vectorized_buffered_mode_updates_match_serial(tmp_path, monkeypatch):
+    """Asynchronous cohorts: clients start from different global versions (no shared base)."""
+    from fedweave.sim.executors import SerialExecutor
+    from fedweave.sim.vectorized import VectorizedExecutor
+
+    seen = {}
+    for cls in (SerialExecutor, VectorizedExecutor):
+        original = cls.collect
+
+        def collect(self, handle, _original=original, _name=cls.__name__):
+            result = _original(self, handle)
+            u = result.update
+            seen.setdefault(_name, {})[(u.client_id, u.base_version)] = (u.delta.clone(), u.num_steps)
+            return result
+
+        monkeypatch.setattr(cls, "collect", collect)
+    mode = ["schedule.mode=buffered", "system.profile=tiers", "schedule.concurrency=5", "method.name=fedbuff"]
+    fedweave.run(None, out=tmp_path / "s", overrides=BASE + mode)
+    fedweave.run(None, out=tmp_path / "v", overrides=BASE + mode + ["executor.kind=vectorized", "executor.max_cohort=3"])
+    serial, vec = seen["SerialExecutor"], seen["VectorizedExecutor"]
+    assert serial.keys() == vec.keys() and len({version for _, version in serial}) > 1
+    for key, (delta, steps) in serial.items():
+        assert vec[key][1] == steps
+        # later versions were aggregated from slightly different updates: tolerance grows a little
+        assert torch.allclose(delta, vec[key][0], atol=1e-4, rtol=1e-3), (key, (delta - vec[key][0]).abs().max())
 
 
 def test_vectorized_refuses_unsupported_with_reason(tmp_path):
@@ -66,17 +183,42 @@ def test_auto_falls_back_to_serial_and_matches(tmp_path):
     assert torch.equal(a.params, b.params)
 
 
+def test_auto_vectorizes_only_where_the_bmm_kernel_applies():
+    from fedweave.experiment import start_executor
+    from fedweave.sim.executors import SerialExecutor
+    from fedweave.sim.vectorized import VectorizedExecutor
+
+    def executor(extra):
+        exp = build_experiment(load_config(None, BASE + ["executor.kind=auto"] + extra))
+        start_executor(exp)
+        return exp.executor
+
+    assert isinstance(executor([]), VectorizedExecutor)
+    cnn = executor(["data.dataset=digits", "model.name=cnn"])
+    assert isinstance(cnn, SerialExecutor) and "torch.func" in cnn.fallback_reason
+    forced = executor(["data.dataset=digits", "model.name=cnn", "executor.vectorized_kernel=func"])
+    assert isinstance(forced, VectorizedExecutor) and forced.kernel_name == "func"
+
+
 def test_vectorized_padding_efficiency_reported(tmp_path):
+    """Only short last batches are padding: a client that has finished its steps leaves
+    the cohort's active prefix, so the cohort computes batch × Σ steps example slots."""
     from fedweave.sim.vectorized import VectorizedExecutor
 
     cfg = load_config(None, BASE + ["executor.kind=vectorized"])
     exp = build_experiment(cfg)
+    trained = []
+    exp.cohort_hooks.append(lambda updates, state, round_, ctx: trained.extend(updates) or updates)
     run_dir = RunDirectory(tmp_path / "p")
     run_dir.create(cfg.to_yaml())
     _execute(exp, run_dir, None, None)
     assert isinstance(exp.executor, VectorizedExecutor)
-    eff = exp.executor.padding_efficiency
-    assert 0.3 < eff <= 1.0
+    stats = exp.executor.stats
+    assert stats["cohorts"] == 3 and len(trained) == 12  # one cohort per synchronous round of 4
+    assert stats["useful"] == sum(2 * u.num_examples for u in trained)  # 2 epochs
+    assert stats["computed"] == 16 * sum(u.num_steps for u in trained)  # batch 16
+    assert stats["useful"] < stats["computed"]  # these clients' sizes are not multiples of 16
+    assert exp.executor.padding_efficiency == stats["useful"] / stats["computed"]
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     table.add_column("value", justify="right")
     for key in ("rounds_completed", "final_metric", "best_metric", "final_loss", "time_to_target_s",
                 "virtual_time_s", "wall_time_s", "bytes_up", "bytes_down", "client_updates", "dropped_updates",
-                "client_acc_mean", "client_acc_worst10", "jain_index"):
+                "client_acc_mean", "client_acc_worst10", "jain_index", "executor"):
         if key in summary:
             label = key.replace("metric", summary.get("metric_name", "metric"))
             table.add_row(label, _fmt(summary[key]))

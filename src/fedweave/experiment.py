@@ -309,6 +309,7 @@ def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, mes
         "late_updates": c.totals.late_updates,
         # accepted updates per client, indexed by client id
         "participation": [int(v) for v in c.participation] if c.participation is not None else None,
+        "executor": exp.executor.describe() if exp.executor is not None else None,
     })
     for obs in exp.observers:
         summary.update(obs.summary())

@@ -81,11 +81,9 @@ class ClassificationTask(Task):
     def weighted_loss_grad(self, output, target, weight):
         # ℓ_i = −log softmax(o_i)[y_i];  ∂ℓ_i/∂o_i = softmax(o_i) − onehot(y_i)
         log_p = torch.log_softmax(output, dim=1)
-        rows = torch.arange(len(target))
-        weighted = log_p[rows, target].neg_().mul_(weight)
-        grad = log_p.exp_()
-        grad[rows, target] -= 1
-        return weighted, grad.mul_(weight.unsqueeze(1))
+        weighted = F.nll_loss(log_p, target, reduction="none").mul_(weight)
+        grad = log_p.exp_().mul_(weight.unsqueeze(1))
+        return weighted, grad.scatter_add_(1, target.unsqueeze(1), weight.neg().unsqueeze(1))
 
     def per_example_score(self, output, target):
         return (output.argmax(dim=1) == target).to(torch.float64)

@@ -39,12 +39,21 @@ class Executor(ABC):
     def close(self) -> None:
         pass
 
+    def describe(self) -> str:
+        """What ran the jobs, for the run's summary (``executor.kind: auto`` says which)."""
+        return type(self).__name__.removesuffix("Executor").lower()
+
 
 class SerialExecutor(Executor):
     """In-process, one reused model; runs a job when its result is collected."""
 
+    fallback_reason: str | None = None  # set when executor.kind=auto chose serial
+
     def __init__(self):
         self.worker: Worker | None = None
+
+    def describe(self) -> str:
+        return f"serial (auto: {self.fallback_reason})" if self.fallback_reason else "serial"
 
     def start(self, setup: WorkerSetup) -> None:
         self.worker = Worker(setup)
@@ -59,8 +68,8 @@ class SerialExecutor(Executor):
 EXECUTORS = {
     "serial": "in-process, one reused model (the reference)",
     "ray": "long-lived Ray actors on this machine or a cluster (fedweave[ray])",
-    "vectorized": "a cohort of clients trained at once with torch.func (vmap)",
-    "auto": "vectorized where the method and model allow it, serial otherwise",
+    "vectorized": "a cohort of clients trained at once (batched matmuls for MLPs, torch.func vmap otherwise)",
+    "auto": "vectorized where the method allows it and the model is a Linear/ReLU/Tanh stack, serial otherwise",
 }
 
 

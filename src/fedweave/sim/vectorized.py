@@ -312,6 +312,9 @@ class VectorizedExecutor(Executor):
     def kernel_name(self) -> str:
         return self.kernel.name
 
+    def describe(self) -> str:
+        return f"vectorized ({self.kernel_name} kernel)"
+
     def check(self, optimizer: str) -> None:
         reason = unsupported_reason(self.setup, self.model, optimizer)
         if reason:
@@ -427,10 +430,16 @@ class VectorizedExecutor(Executor):
 
 
 def make_vectorized(setup: WorkerSetup, optimizer: str, max_cohort: int, auto: bool, kernel: str = "auto"):
-    """The vectorized executor, or (auto) the serial one where vectorizing is impossible."""
+    """The vectorized executor, or (``auto``) the serial one where vectorizing is impossible
+    or would not pay: ``auto`` with the default kernel choice vectorizes only models the bmm
+    kernel runs, since the torch.func kernel measured slower than serial on the CNN and MLPs
+    of docs/results/scale.md (asking for ``vectorized_kernel: func`` overrides that)."""
     ex = VectorizedExecutor(max_cohort, kernel)
     ex.start(setup)
     reason = unsupported_reason(setup, ex.model, optimizer)
+    if reason is None and auto and kernel == "auto" and ex.kernel_name != "mlp":
+        reason = ("only the torch.func kernel applies to this model (it is not a stack of Linear/ReLU/Tanh "
+                  "layers), and it is slower than serial; set executor.kind=vectorized to use it anyway")
     if reason is None:
         return ex
     if auto:
