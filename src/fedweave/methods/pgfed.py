@@ -78,7 +78,6 @@ class PGFedStrategy(Strategy):
 
     def init(self, params, buffers, ctx) -> ServerState:
         state = super().init(params, buffers, ctx)
-        n = ctx.num_clients
         # the a-matrix lives row by row in the server's bounded per-client store (rows
         # nobody has updated are the initial 1/K): N² scalars would not scale to many clients
         state.extra.update(
