@@ -54,9 +54,14 @@ def test_run_from_yaml_file(tmp_path):
         (["--set", "data.dataset=mnist", "--set", "data.root=/definitely/not/here"], ["/definitely/not/here"]),
         (["--set", "schedule.clients_per_round=50"], ["clients_per_round"]),
         (["--set", "clinet.lr=0.1"], ["clinet", "allowed"]),
+        (["--set", "executor.kind=vectorized", "--set", "method.name=scaffold"],
+         ["executor.kind=vectorized cannot run", "customises training", "executor.kind=serial", "auto"]),
+        (["--set", "executor.kind=ray", "--set", "executor.address=127.0.0.1:1"],
+         ["Cannot reach Ray", "127.0.0.1:1", "ray start --head", "executor.kind=serial"]),
+        (["--set", "executor.kind=ray", "--set", "executor.address=headnode"], ["HOST:PORT"]),
     ],
     ids=["unknown-method", "alpha-zero", "set-without-equals", "missing-mnist-root", "too-many-per-round",
-         "unknown-section"],
+         "unknown-section", "vectorized-unsupported", "ray-unreachable", "ray-bad-address"],
 )
 def test_run_errors_exit_2_without_traceback_or_run_dir(tmp_path, args, needles):
     out = tmp_path / "x"
@@ -66,6 +71,25 @@ def test_run_errors_exit_2_without_traceback_or_run_dir(tmp_path, args, needles)
     assert "error" in text.lower()
     for needle in needles:
         assert needle in text
+    assert not out.exists()
+
+
+def test_ray_without_a_cluster_exits_2_and_leaves_no_run_dir(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "x"
+    result, text = invoke("run", "--quiet", "--out", out, *SMALL, "--set", "executor.kind=ray",
+                          "--set", "executor.address=auto")
+    assert result.exit_code == 2, result.output
+    assert "Could not find any running Ray instance" in text and "executor.kind=serial" in text
+    assert not out.exists()
+
+
+def test_ray_not_installed_exits_2_naming_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    out = tmp_path / "x"
+    result, text = invoke("run", "--quiet", "--out", out, *SMALL, "--set", "executor.kind=ray")
+    assert result.exit_code == 2, result.output
+    assert 'pip install "fedweave[ray]"' in text and "executor.kind=serial" in text
     assert not out.exists()
 
 

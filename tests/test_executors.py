@@ -229,7 +229,11 @@ def ray_runtime():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("mode", [[], ["schedule.mode=buffered", "system.profile=tiers", "schedule.concurrency=3"]])
+@pytest.mark.parametrize("mode", [
+    [],
+    ["schedule.mode=buffered", "system.profile=tiers", "schedule.concurrency=3"],
+    ["schedule.mode=async", "method.name=fedasync", "system.profile=tiers", "schedule.concurrency=3"],
+])
 def test_ray_equals_serial_bit_for_bit(tmp_path, ray_runtime, mode):
     a = fedweave.run(None, out=tmp_path / "serial", overrides=BASE + mode)
     b = fedweave.run(None, out=tmp_path / "ray", overrides=BASE + mode + ["executor.kind=ray", "executor.num_workers=2"])

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,7 +26,8 @@ SET_HELP = "override a config key: --set client.lr=0.1 (dotted key, YAML value);
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    # escaped: messages quote things like "fedweave[ray]" that rich would read as markup
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -72,7 +74,7 @@ def run(
     progress.stop()
     _print_summary(result.summary, result.run_dir)
     if result.status == "diverged":
-        console.print(f"[bold red]diverged:[/] {result.summary.get('message')}")
+        console.print(f"[bold red]diverged:[/] {escape(str(result.summary.get('message')))}")
         raise typer.Exit(code=1)
 
 
@@ -292,7 +294,7 @@ def serve(
         _fail(exc)
     _print_summary(result.summary, result.run_dir)
     if result.status == "diverged":
-        console.print(f"[bold red]diverged:[/] {result.summary.get('message')}")
+        console.print(f"[bold red]diverged:[/] {escape(str(result.summary.get('message')))}")
         raise typer.Exit(code=1)
     if result.status == "interrupted":
         console.print(f"[yellow]interrupted[/]: continue with `fedweave serve --resume --out {result.run_dir}`")

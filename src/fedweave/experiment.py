@@ -99,9 +99,10 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     check_trackers(config.output)
     strategy, algorithm = build_method(config)  # config-only checks come before loading data
     if config.executor.kind == "ray":
-        from .sim.ray_executor import _import_ray
+        from .sim.ray_executor import _import_ray, check_address
 
         _import_ray()
+        check_address(config.executor.address)
     data = data if data is not None else build_federated(config.data)
     sched = config.schedule
     if sched.sampling != "poisson" and sched.clients_per_round > data.num_clients:
@@ -207,7 +208,12 @@ def run(
             "or continue it with `fedweave run --resume DIR`."
         )
     cfg.output.dir = str(run_dir.path)
-    run_dir.create(cfg.to_yaml())
+    start_executor(exp)  # before the directory exists: an unreachable cluster leaves nothing behind
+    try:
+        run_dir.create(cfg.to_yaml())
+    except BaseException:
+        exp.executor.close()
+        raise
     return _execute(exp, run_dir, None, progress)
 
 
@@ -252,7 +258,8 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
     from .sim.engine import Simulator
 
     cfg = exp.config
-    start_executor(exp)
+    if exp.executor is None:
+        start_executor(exp)
     sim = Simulator(exp, run_dir, progress)
     trackers = make_trackers(cfg, run_dir.path)
     sim.progress = track_progress(progress, trackers)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +29,25 @@ def _import_ray():
     except ImportError:
         raise ConfigError('executor.kind=ray needs Ray: pip install "fedweave[ray]" (or use executor.kind=serial).') from None
     return ray
+
+
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Refuse an unreachable ``executor.address`` at once. ``ray.init`` would retry the
+    connection for minutes; a TCP connect to the head's port answers in seconds.
+    ``auto`` (and no address) are left to Ray, which fails fast when no cluster runs."""
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"executor.address={address!r} is not 'auto' or HOST:PORT (e.g. 10.0.0.1:6379 or "
+                          "ray://10.0.0.1:10001).")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"Cannot reach Ray at executor.address={address!r}: {exc}. Start the cluster with "
+                          "`ray start --head` on that node (and check host, port and firewall), use "
+                          "executor.address=auto on a cluster node, or executor.kind=serial.") from None
 
 
 class _RayWorkerImpl:
