@@ -142,7 +142,11 @@ def test_classification_loss_gradient_closed_form_equals_autograd():
     assert torch.all(closed[1][[3, 7]] == 0)
 
 
-def test_vectorized_buffered_mode_updates_match_serial(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", [
+    ["schedule.mode=buffered", "method.name=fedbuff"],
+    ["schedule.mode=async", "method.name=fedasync"],  # its client uploads the full trained vector
+])
+def test_vectorized_async_cohorts_match_serial(tmp_path, monkeypatch, mode):
     """Asynchronous cohorts: clients start from different global versions (no shared base)."""
     from fedweave.sim.executors import SerialExecutor
     from fedweave.sim.vectorized import VectorizedExecutor
@@ -154,17 +158,21 @@ def test_vectorized_buffered_mode_updates_match_serial(tmp_path, monkeypatch):
         def collect(self, handle, _original=original, _name=cls.__name__):
             result = _original(self, handle)
             u = result.update
-            seen.setdefault(_name, {})[(u.client_id, u.base_version)] = (u.delta.clone(), u.num_steps)
+            full = None if u.params is None else u.params.clone()
+            seen.setdefault(_name, {})[(u.client_id, u.base_version)] = (u.delta.clone(), u.num_steps, full)
             return result
 
         monkeypatch.setattr(cls, "collect", collect)
-    mode = ["schedule.mode=buffered", "system.profile=tiers", "schedule.concurrency=5", "method.name=fedbuff"]
+    mode = mode + ["system.profile=tiers", "schedule.concurrency=5"]
     fedweave.run(None, out=tmp_path / "s", overrides=BASE + mode)
     fedweave.run(None, out=tmp_path / "v", overrides=BASE + mode + ["executor.kind=vectorized", "executor.max_cohort=3"])
     serial, vec = seen["SerialExecutor"], seen["VectorizedExecutor"]
     assert serial.keys() == vec.keys() and len({version for _, version in serial}) > 1
-    for key, (delta, steps) in serial.items():
+    for key, (delta, steps, full) in serial.items():
         assert vec[key][1] == steps
+        assert (full is None) == (vec[key][2] is None)
+        if full is not None:
+            assert torch.allclose(full, vec[key][2], atol=1e-4, rtol=1e-3)
         # later versions were aggregated from slightly different updates: tolerance grows a little
         assert torch.allclose(delta, vec[key][0], atol=1e-4, rtol=1e-3), (key, (delta - vec[key][0]).abs().max())
 

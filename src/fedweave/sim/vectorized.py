@@ -28,7 +28,8 @@ client that has finished costs nothing, and only short last batches are padding.
 :attr:`VectorizedExecutor.stats` reports the padding efficiency (useful example-steps ÷
 computed example-steps).
 
-Supported: the standard client (plain or FedProx objective), SGD with momentum, weight
+Supported: the standard client (plain or FedProx objective, uploading the delta or, as
+FedAsync's client does, the full trained vector), SGD with momentum, weight
 decay and gradient clipping (the semantics of :class:`fedweave.train.FlatOptimizer`),
 models without float buffers (no BatchNorm) and without dropout or personal segments.
 Anything else is refused with the reason; ``executor.kind: auto`` then falls back to the
@@ -59,10 +60,18 @@ KERNELS = ("auto", "func")
 GATHER_BYTES = 4 * 2**20  # a cohort's minibatches are gathered from the dataset this much at a time
 
 
+# the client hooks a method may not override for its clients to be vectorized (it may set
+# ``upload_full_model``, as FedAsync's client does: that only changes what is sent)
+_STANDARD_CLIENT = ("train", "grad_hooks", "loss_fn", "upload_payload", "build_update", "next_state",
+                    "fetch_fraction", "personalize")
+
+
 def unsupported_reason(setup: WorkerSetup, model: FlatModel, settings_optimizer: str) -> str | None:
     """Why this run cannot be vectorized, or None if it can."""
-    if type(setup.algorithm) is not ClientAlgorithm:
-        return f"the method's client algorithm ({type(setup.algorithm).__name__}) customises training"
+    algorithm = type(setup.algorithm)
+    if setup.algorithm.stateful or any(getattr(algorithm, name) is not getattr(ClientAlgorithm, name)
+                                       for name in _STANDARD_CLIENT):
+        return f"the method's client algorithm ({algorithm.__name__}) customises training"
     spec = model.spec
     if spec.num_buffers or spec.num_personal_buffers or any(s.role == "int_buffer" for s in spec.segments):
         return "the model has buffers (e.g. BatchNorm statistics); use GroupNorm or the serial executor"
@@ -421,6 +430,7 @@ class VectorizedExecutor(Executor):
                 client_id=job.client_id, base_version=job.broadcast.version, delta=w[i] - base_flat[i],
                 buffers=torch.zeros(0, dtype=w.dtype), num_examples=len(self.data.client_train[job.client_id]),
                 num_steps=p.steps, metrics={"loss": float(loss_sum[i]) / p.steps if p.steps else float("nan")},
+                params=w[i].clone() if self.setup.algorithm.upload_full_model else None,
             )
             self.results[p.key] = JobResult(update, None, p.examples)
 
