@@ -229,6 +229,26 @@ def test_vectorized_padding_efficiency_reported(tmp_path):
     assert exp.executor.padding_efficiency == stats["useful"] / stats["computed"]
 
 
+def test_vectorized_cohorts_are_capped_by_memory(tmp_path, monkeypatch):
+    """A big model gets smaller cohorts (stacked tensors under COHORT_BYTES), same numbers."""
+    from fedweave.sim import vectorized
+
+    serial, _ = _run_capturing(tmp_path, "s", [])
+    exp = build_experiment(load_config(None, BASE))
+    two_clients = 2 * 3 * exp.spec.num_params * 4  # 3 stacked copies of float32 parameters
+    monkeypatch.setattr(vectorized, "COHORT_BYTES", two_clients)
+    cfg = load_config(None, BASE + ["executor.kind=vectorized"])
+    exp = build_experiment(cfg)
+    rounds = []
+    exp.cohort_hooks.append(lambda updates, state, r, ctx: rounds.append(
+        {u.client_id: (u.delta.clone(), u.num_steps, u.metrics["loss"]) for u in updates}) or updates)
+    run_dir = RunDirectory(tmp_path / "v")
+    run_dir.create(cfg.to_yaml())
+    _execute(exp, run_dir, None, None)
+    assert exp.executor.stats["cohorts"] == 6  # 4 clients per round in cohorts of 2
+    _assert_same_rounds(serial, rounds)
+
+
 @pytest.fixture(scope="module")
 def ray_runtime():
     ray = pytest.importorskip("ray")

@@ -57,6 +57,7 @@ from .executors import Executor, SerialExecutor
 from .worker import WorkerSetup
 
 KERNELS = ("auto", "func")
+COHORT_BYTES = 1 << 30  # a cohort's stacked tensors stay under this (see VectorizedExecutor.cohort_size)
 GATHER_BYTES = 4 * 2**20  # a cohort's minibatches are gathered from the dataset this much at a time
 
 
@@ -370,8 +371,17 @@ class VectorizedExecutor(Executor):
         for settings, plans in groups.items():
             # most steps first: the clients still training at any step are a prefix
             plans.sort(key=lambda p: (-p.steps, p.job.client_id))
-            for start in range(0, len(plans), self.max_cohort):
-                self._train_cohort(plans[start : start + self.max_cohort], settings)
+            size = self.cohort_size(settings)
+            for start in range(0, len(plans), size):
+                self._train_cohort(plans[start : start + size], settings)
+
+    def cohort_size(self, s: TrainSettings) -> int:
+        """``max_cohort``, lowered so that a cohort's stacked tensors (parameters, their
+        gradients or the fused update's temporaries, the momentum buffers, FedProx's
+        anchor, the final ``[K, P]`` matrix) stay within ``COHORT_BYTES``."""
+        copies = 3 + bool(s.momentum) + (self.setup.algorithm.objective == "prox")
+        per_client = copies * self.model.spec.num_params * self.model.params.element_size()
+        return max(1, min(self.max_cohort, COHORT_BYTES // max(per_client, 1)))
 
     def _stack(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Contiguous ``[K, *shape]`` tensors, one per trainable segment, from ``[K, P]``."""
