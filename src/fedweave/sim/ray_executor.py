@@ -51,12 +51,28 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 class _RayWorkerImpl:
-    """The actor body: one Worker with its reusable model."""
+    """The actor body: one Worker with its reusable model, and the few newest broadcasts.
+
+    A broadcast arrives as an object reference in a list (so Ray does not resolve it for
+    every task): the actor fetches and unpickles each global model once, not once per
+    client it trains from it (≈ 1.4 ms per fetch for W1's 0.8 MB model)."""
+
+    CACHED_BROADCASTS = 4  # async modes train from a few versions at once
 
     def __init__(self, setup: WorkerSetup):
         self.worker = Worker(setup)
+        self.broadcasts: dict[Any, Any] = {}
 
-    def run(self, job: ClientJob, broadcast) -> JobResult:
+    def run(self, job: ClientJob, boxed_ref: list) -> JobResult:
+        import ray
+
+        (ref,) = boxed_ref
+        broadcast = self.broadcasts.pop(ref, None)
+        if broadcast is None:
+            broadcast = ray.get(ref)
+            while len(self.broadcasts) >= self.CACHED_BROADCASTS:
+                self.broadcasts.pop(next(iter(self.broadcasts)))
+        self.broadcasts[ref] = broadcast  # most recently used last
         return self.worker.run(replace(job, broadcast=broadcast))
 
 
@@ -103,7 +119,7 @@ class RayExecutor(Executor):
         i = min(range(len(self.actors)), key=lambda a: (self.outstanding[a], a))
         self.outstanding[i] += 1
         light = replace(job, broadcast=None)
-        ref = self.actors[i].run.remote(light, self._broadcast_ref(job.broadcast))
+        ref = self.actors[i].run.remote(light, [self._broadcast_ref(job.broadcast)])
         return (i, ref)
 
     def collect(self, handle) -> JobResult:
