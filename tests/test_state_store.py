@@ -39,6 +39,29 @@ def test_snapshot_stays_valid_while_the_store_changes(tmp_path):
     assert restored.get(0)["count"] == 1 and restored.get(1)["count"] == 2 and restored.get(2) is None
 
 
+def test_spills_are_batched_into_shared_files_collected_when_all_their_clients_leave(tmp_path):
+    one = state_bytes(_state(0))
+    store = ClientStateStore(memory_budget_bytes=10 * one, spill_dir=tmp_path)
+    for cid in range(11):  # the 11th goes over budget: spill down to 80 % of it in one file
+        store.put(cid, _state(cid))
+    assert store.spills == 3 and store.spill_files == 1 and len(list(tmp_path.glob("*.pt"))) == 1
+    assert [store.get(c)["count"] for c in range(11)] == list(range(11))
+    shared = store.state_dict()[0].path
+    store.put(0, _state(100))  # client 0 has a new state; clients 1 and 2 still use the file
+    store.put(1, _state(101))
+    assert store.collect_garbage() == 0 and len(list(tmp_path.glob("*.pt"))) >= 1
+    store.put(2, _state(102))
+    store.collect_garbage()
+    assert not (tmp_path / shared.rsplit("/", 1)[-1]).exists()
+    assert store.get(2)["count"] == 102
+
+
+def test_single_state_spill_files_of_earlier_versions_still_load(tmp_path):
+    path = tmp_path / "client3-0.pt"
+    torch.save(_state(3), path)
+    assert SpilledState(str(path)).load()["count"] == 3
+
+
 def test_unbounded_store_never_touches_disk():
     store = ClientStateStore()
     for cid in range(50):

@@ -7,10 +7,10 @@ client. Stateless clients cost nothing: nothing is stored until a client has sta
 With a memory budget (``executor.state_memory_mb``) the store keeps the most recently
 used states in memory, up to the budget, and spills the others to files in
 ``spill_dir``, loading them back (memory-mapped) when their client is dispatched again.
-Spill files are written once and never modified (a new file per spill), so a
-checkpoint can refer to them by name: a snapshot is a mapping from client id to either
-an in-memory state or a file, and stays valid while the run goes on. Files no snapshot
-refers to any more are deleted.
+Spill files are written once and never modified (a new file per batch of spilled
+states), so a checkpoint can refer to them by name: a snapshot is a mapping from client
+id to either an in-memory state or (file, client id), and stays valid while the run goes
+on. Files that neither the store nor a snapshot refers to any more are deleted.
 """
 
 from __future__ import annotations
@@ -23,23 +23,30 @@ from typing import Any
 import torch
 
 
+LOW_WATER = 0.8  # a spill brings the in-memory states down to this share of the budget
+
+
 def state_bytes(state: dict[str, Any]) -> int:
     return sum(v.numel() * v.element_size() if isinstance(v, torch.Tensor) else 8 for v in state.values())
 
 
 class SpilledState:
-    """A reference to a state saved in a file (what snapshots and checkpoints hold)."""
+    """A reference to a state saved in a file (what snapshots and checkpoints hold): the
+    file holds the states of the clients spilled together, by client id."""
 
-    __slots__ = ("path",)
+    __slots__ = ("path", "key")
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, key: int | None = None):
         self.path = path
+        self.key = key  # None: a file holding one state (written before spills were batched)
 
     def load(self) -> dict[str, Any]:
-        return torch.load(self.path, mmap=True, weights_only=False)
+        # memory-mapped: the other clients' tensors in the file are not read
+        saved = torch.load(self.path, mmap=True, weights_only=False)
+        return saved if self.key is None else saved[self.key]
 
     def __reduce__(self):
-        return (SpilledState, (self.path,))
+        return (SpilledState, (self.path, self.key))
 
 
 class ClientStateStore:
@@ -53,7 +60,8 @@ class ClientStateStore:
         self._bytes = 0
         self._orphans: set[str] = set()  # spill files the live store no longer refers to
         self._seq = itertools.count()
-        self.spills = 0
+        self.spills = 0  # states spilled
+        self.spill_files = 0  # files written (a file holds a batch of states)
         self.loads = 0
 
     def get(self, client_id: int) -> dict[str, Any] | None:
@@ -81,16 +89,23 @@ class ClientStateStore:
         self._enforce_budget()
 
     def _enforce_budget(self) -> None:
-        if self.budget is None:
+        """Over budget: spill the least recently used states down to ``LOW_WATER`` of the
+        budget, all into one new file (one ``torch.save`` per batch rather than per client:
+        a file's fixed cost is most of a small state's)."""
+        if self.budget is None or self._bytes <= self.budget:
             return
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
-        while self._bytes > self.budget and len(self._memory) > 1:
+        batch: dict[int, dict[str, Any]] = {}
+        while self._bytes > LOW_WATER * self.budget and len(self._memory) > 1:
             cid, state = self._memory.popitem(last=False)  # least recently used
-            path = self.spill_dir / f"client{cid}-{next(self._seq)}.pt"
-            torch.save({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}, path)
-            self._spilled[cid] = SpilledState(str(path))
+            batch[cid] = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
             self._bytes -= state_bytes(state)
-            self.spills += 1
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = str(self.spill_dir / f"clients-{next(self._seq)}.pt")
+        torch.save(batch, path)
+        for cid in batch:
+            self._spilled[cid] = SpilledState(path, cid)
+        self.spills += len(batch)
+        self.spill_files += 1
 
     def __len__(self) -> int:
         return len(self._memory) + len(self._spilled)
