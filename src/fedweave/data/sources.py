@@ -79,8 +79,13 @@ class DataSource:
         return self.x_test is not None
 
 
-def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 / int64 tensors that own their memory (no view into caches)."""
+def _tensors(x: np.ndarray, y: np.ndarray, copy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 / int64 tensors that own their memory (no view into caches). ``copy=False``
+    for arrays that nothing else holds (just read from a file): wrapped where they already
+    have the right dtype and layout."""
+    if not copy:
+        return (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
     xt = torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True))
     yt = torch.from_numpy(np.array(y, dtype=np.int64, copy=True))
     return xt, yt
@@ -497,8 +502,8 @@ def _npz_inputs(path: Path, key: str, arr: np.ndarray) -> np.ndarray:
         )
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise DataError(f"{path}: {key!r} must be numeric; found dtype {arr.dtype}.")
-    arr = arr.astype(np.float32)
-    if not np.all(np.isfinite(arr)):
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
         raise DataError(f"{path}: {key!r} contains NaN or infinite values; clean them first.")
     return arr
 
@@ -545,10 +550,11 @@ def _load_npz(root) -> DataSource:
             )
         y_test = _npz_labels(path, "y_test", arrays["y_test"], x_test.shape[0])
         num_classes = max(num_classes, int(y_test.max()) + 1)
-    xt, yt = _tensors(x, y)
+    # the arrays were just read from the file and nothing else holds them: no copies
+    xt, yt = _tensors(x, y, copy=False)
     xs = ys = None
     if x_test is not None:
-        xs, ys = _tensors(x_test, y_test)
+        xs, ys = _tensors(x_test, y_test, copy=False)
     return DataSource("npz", xt, yt, xs, ys, num_classes, tuple(x.shape[1:]), client_ids)
 
 
