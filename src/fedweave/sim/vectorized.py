@@ -13,8 +13,9 @@ use every core. Two kernels compute that step:
 ``mlp`` (models that are a stack of ``Linear`` layers and ReLU/Tanh, e.g. ``mlp`` and
 ``logistic``; chosen automatically for them)
     the forward and backward passes written out with batched matrix products
-    (``bmm``), the loss gradient with respect to the output taken by autograd from the
-    task's own loss, and — without gradient clipping — the SGD update fused into the
+    (``bmm``), the loss gradient with respect to the output from the task's
+    ``weighted_loss_grad`` (closed form for classification, autograd otherwise), and —
+    without gradient clipping — the SGD update fused into the
     weight-gradient product (``W.baddbmm_(δᵀ, a, beta=1−η(μ+λ), alpha=−η)``: the
     gradient is never materialised). On W1 (the 2NN) this is what makes vectorized
     training faster than a plain loop; see ``docs/results/scale.md``.
@@ -32,9 +33,10 @@ Supported: the standard client (plain or FedProx objective, uploading the delta 
 FedAsync's client does, the full trained vector), SGD with momentum, weight
 decay and gradient clipping (the semantics of :class:`fedweave.train.FlatOptimizer`),
 models without float buffers (no BatchNorm) and without dropout or personal segments.
-Anything else is refused with the reason; ``executor.kind: auto`` then falls back to the
-serial executor. Results equal the serial executor's within float tolerance (sums run in
-another order), not bit for bit.
+Anything else is refused with the reason. ``executor.kind: auto`` vectorizes only where
+the ``mlp`` kernel applies (the ``func`` kernel measured slower than serial) and otherwise
+falls back to the serial executor. Results equal the serial executor's within float
+tolerance (sums run in another order), not bit for bit.
 """
 
 from __future__ import annotations
@@ -218,7 +220,8 @@ class MLPKernel:
                     h.add_(p[layer.bias].unsqueeze(1))
             else:
                 h = h.clamp_min(0) if layer.kind == "relu" else h.tanh()
-        weighted, delta = self.task.weighted_loss_grad(h.reshape(-1, h.shape[-1]), y.reshape(-1), weight.reshape(-1))
+        weighted, delta = self.task.weighted_loss_grad(h.reshape(-1, h.shape[-1]), y.reshape(-1, *y.shape[2:]),
+                                                       weight.reshape(-1))
         delta = delta.view(h.shape)
         fused = opt.s.grad_clip is None
         grads: list[torch.Tensor | None] = [None] * len(p)
