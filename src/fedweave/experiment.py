@@ -214,7 +214,7 @@ def run(
     except BaseException:
         exp.executor.close()
         raise
-    return _execute(exp, run_dir, None, progress)
+    return _execute(exp, run_dir, None, progress, executor_started=True)
 
 
 def open_for_resume(run_path: str | Path) -> tuple[RunDirectory, Config]:
@@ -254,11 +254,12 @@ def start_executor(exp: Experiment) -> None:
         exp.executor.start(exp.worker_setup())
 
 
-def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress) -> RunResult:
+def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress,
+             executor_started: bool = False) -> RunResult:
     from .sim.engine import Simulator
 
     cfg = exp.config
-    if exp.executor is None:
+    if not executor_started:
         start_executor(exp)
     sim = Simulator(exp, run_dir, progress)
     trackers = make_trackers(cfg, run_dir.path)
