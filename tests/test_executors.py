@@ -16,7 +16,8 @@ BASE = [
 
 
 def _run_capturing(tmp_path, name, overrides):
-    """Run and record every round's updates as the strategy receives them."""
+    """Run and record every round's updates as the strategy receives them; returns the
+    rounds, the run's result and the experiment (whose executor stays reachable)."""
     cfg = load_config(None, BASE + overrides)
     exp = build_experiment(cfg)
     rounds = []
@@ -29,7 +30,7 @@ def _run_capturing(tmp_path, name, overrides):
     run_dir = RunDirectory(tmp_path / name)
     run_dir.create(cfg.to_yaml())
     result = _execute(exp, run_dir, None, None)
-    return rounds, result
+    return rounds, result, exp
 
 
 def _assert_same_rounds(serial, vec):
@@ -56,8 +57,8 @@ def _assert_same_rounds(serial, vec):
     ["model.name=logistic", "client.weight_decay=0.01", "client.epochs=3", "client.batch_size=7"],
 ])
 def test_vectorized_updates_match_serial_every_round(tmp_path, extra, kernel):
-    serial, rs = _run_capturing(tmp_path, "s", extra)
-    vec, rv = _run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", f"executor.vectorized_kernel={kernel}"])
+    serial, rs, _ = _run_capturing(tmp_path, "s", extra)
+    vec, rv, _ = _run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", f"executor.vectorized_kernel={kernel}"])
     _assert_same_rounds(serial, vec)
     assert rs.summary["final_accuracy"] == pytest.approx(rv.summary["final_accuracy"], abs=0.02)
 
@@ -101,8 +102,8 @@ def user_models(tmp_path, monkeypatch):
 @pytest.mark.parametrize("extra", [[], ["client.momentum=0.9", "client.grad_clip=0.5"]])
 def test_bmm_kernel_tanh_nested_and_biasless_layers_match_serial(tmp_path, user_models, extra):
     model = [f"model.name={user_models}:tanh_mlp"]
-    serial, _ = _run_capturing(tmp_path, "s", model + extra)
-    vec, _ = _run_capturing(tmp_path, "v", model + extra + ["executor.kind=vectorized"])
+    serial, _, _ = _run_capturing(tmp_path, "s", model + extra)
+    vec, _, _ = _run_capturing(tmp_path, "v", model + extra + ["executor.kind=vectorized"])
     _assert_same_rounds(serial, vec)
 
 
@@ -213,18 +214,13 @@ def test_vectorized_padding_efficiency_reported(tmp_path):
     the cohort's active prefix, so the cohort computes batch × Σ steps example slots."""
     from fedweave.sim.vectorized import VectorizedExecutor
 
-    cfg = load_config(None, BASE + ["executor.kind=vectorized"])
-    exp = build_experiment(cfg)
-    trained = []
-    exp.cohort_hooks.append(lambda updates, state, round_, ctx: trained.extend(updates) or updates)
-    run_dir = RunDirectory(tmp_path / "p")
-    run_dir.create(cfg.to_yaml())
-    _execute(exp, run_dir, None, None)
+    rounds, _, exp = _run_capturing(tmp_path, "p", ["executor.kind=vectorized"])
     assert isinstance(exp.executor, VectorizedExecutor)
     stats = exp.executor.stats
+    trained = [(cid, steps) for r in rounds for cid, (_, steps, _) in r.items()]
     assert stats["cohorts"] == 3 and len(trained) == 12  # one cohort per synchronous round of 4
-    assert stats["useful"] == sum(2 * u.num_examples for u in trained)  # 2 epochs
-    assert stats["computed"] == 16 * sum(u.num_steps for u in trained)  # batch 16
+    assert stats["useful"] == sum(2 * len(exp.data.client_train[cid]) for cid, _ in trained)  # 2 epochs
+    assert stats["computed"] == 16 * sum(steps for _, steps in trained)  # batch 16
     assert stats["useful"] < stats["computed"]  # these clients' sizes are not multiples of 16
     assert exp.executor.padding_efficiency == stats["useful"] / stats["computed"]
 
@@ -233,18 +229,10 @@ def test_vectorized_cohorts_are_capped_by_memory(tmp_path, monkeypatch):
     """A big model gets smaller cohorts (stacked tensors under COHORT_BYTES), same numbers."""
     from fedweave.sim import vectorized
 
-    serial, _ = _run_capturing(tmp_path, "s", [])
-    exp = build_experiment(load_config(None, BASE))
+    serial, _, exp = _run_capturing(tmp_path, "s", [])
     two_clients = 2 * 3 * exp.spec.num_params * 4  # 3 stacked copies of float32 parameters
     monkeypatch.setattr(vectorized, "COHORT_BYTES", two_clients)
-    cfg = load_config(None, BASE + ["executor.kind=vectorized"])
-    exp = build_experiment(cfg)
-    rounds = []
-    exp.cohort_hooks.append(lambda updates, state, r, ctx: rounds.append(
-        {u.client_id: (u.delta.clone(), u.num_steps, u.metrics["loss"]) for u in updates}) or updates)
-    run_dir = RunDirectory(tmp_path / "v")
-    run_dir.create(cfg.to_yaml())
-    _execute(exp, run_dir, None, None)
+    rounds, _, exp = _run_capturing(tmp_path, "v", ["executor.kind=vectorized"])
     assert exp.executor.stats["cohorts"] == 6  # 4 clients per round in cohorts of 2
     _assert_same_rounds(serial, rounds)
 

@@ -105,6 +105,19 @@ class FlatOptimizer:
         w.addcdiv_(self.exp_avg, denom, value=-s.lr / bias1)
 
 
+def epoch_orders(indices: torch.Tensor, settings: TrainSettings, generator: torch.Generator) -> list[torch.Tensor]:
+    """The example order of every epoch a client starts: one permutation of ``indices`` per
+    epoch, drawn from ``generator`` in turn; minibatches are consecutive slices of it, the
+    last one short. :func:`local_train` and the vectorized executor both draw them here, so
+    they train on the same batches."""
+    n = len(indices)
+    total = settings.num_steps(n)
+    if n == 0 or total == 0:
+        return []
+    per_epoch = math.ceil(n / settings.batch_size)
+    return [indices[torch.randperm(n, generator=generator)] for _ in range(math.ceil(total / per_epoch))]
+
+
 def local_train(
     model: FlatModel,
     task: Task,
@@ -128,8 +141,7 @@ def local_train(
     bs = settings.batch_size
     loss_sum = torch.zeros((), dtype=torch.float64)
     steps = processed = 0
-    while steps < total_steps:
-        order = indices[torch.randperm(n, generator=generator)]
+    for order in epoch_orders(indices, settings, generator):
         for start in range(0, n, bs):
             batch = order[start : start + bs]
             xb, yb = x.index_select(0, batch), y.index_select(0, batch)

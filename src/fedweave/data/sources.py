@@ -217,9 +217,8 @@ def _load_synthetic(alpha, beta, num_clients, dim, num_classes, seed) -> DataSou
             raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}.")
     x, y, cid = make_synthetic(float(alpha), float(beta), int(num_clients), int(dim),
                                int(num_classes), seed)
-    # freshly generated arrays that nothing else holds: wrapped, not copied
-    return DataSource("synthetic", torch.from_numpy(x), torch.from_numpy(y), None, None, int(num_classes),
-                      (int(dim),), cid)
+    xt, yt = _tensors(x, y, copy=False)  # freshly generated arrays that nothing else holds
+    return DataSource("synthetic", xt, yt, None, None, int(num_classes), (int(dim),), cid)
 
 
 # --------------------------------------------------------------------------

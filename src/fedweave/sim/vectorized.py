@@ -54,7 +54,7 @@ from ..methods.base import ClientAlgorithm, ClientJob, JobResult
 from ..params import FlatModel
 from ..rng import torch_generator
 from ..tasks import make_task
-from ..train import TrainSettings
+from ..train import TrainSettings, epoch_orders
 from .executors import Executor, SerialExecutor
 from .worker import WorkerSetup
 
@@ -311,7 +311,7 @@ class VectorizedExecutor(Executor):
         self.model = FlatModel(setup.model_factory(), setup.roles)
         self.task = make_task(setup.task_kind)
         self.data = setup.data
-        trainable = sorted(self.model.spec.group("trainable"), key=lambda s: s.offset)
+        trainable = self.model.spec.group("trainable")  # in offset order, as mlp_layers indexes them
         self._shapes = [s.shape for s in trainable]
         self._row_bytes = self.data.x[:1].numel() * self.data.x.element_size()
         layers = mlp_layers(self.model, tuple(self.data.x.shape[1:])) if self.kernel_choice == "auto" else None
@@ -349,21 +349,22 @@ class VectorizedExecutor(Executor):
 
     # -- training ---------------------------------------------------------------------------
     def _plan(self, key: int, job: ClientJob) -> _Plan:
-        """The client's minibatches exactly as :func:`fedweave.train.local_train` draws them:
-        one permutation per epoch started, consecutive slices, the last one short."""
+        """The client's minibatches exactly as :func:`fedweave.train.local_train` takes them
+        (:func:`~fedweave.train.epoch_orders`), padded to full batches."""
         idx = self.data.client_train[job.client_id]
         n, s = len(idx), job.settings
-        total, bs = s.num_steps(n), s.batch_size
-        per_epoch = -(-n // bs) if n else 0
-        epochs = -(-total // per_epoch) if total else 0
+        bs = s.batch_size
         gen = torch_generator(self.setup.seed, "batches", job.client_id, job.counter)
-        padded = torch.zeros(epochs, per_epoch * bs, dtype=torch.long)
-        weight = torch.full((epochs, per_epoch, bs), 1.0 / bs, dtype=self.data.x.dtype)
-        for e in range(epochs):
-            padded[e, :n] = idx[torch.randperm(n, generator=gen)]
+        orders = epoch_orders(idx, s, gen)
+        per_epoch = -(-n // bs)
+        padded = torch.zeros(len(orders), per_epoch * bs, dtype=torch.long)
+        weight = torch.full((len(orders), per_epoch, bs), 1.0 / bs, dtype=self.data.x.dtype)
+        for e, order in enumerate(orders):
+            padded[e, :n] = order
         if n % bs:
             weight[:, -1, :] = 0.0
             weight[:, -1, : n % bs] = 1.0 / (n % bs)
+        total = s.num_steps(n)
         return _Plan(key, job, padded.view(-1, bs)[:total], weight.view(-1, bs)[:total], s.examples_processed(n))
 
     def _run_pending(self) -> None:
