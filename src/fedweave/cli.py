@@ -72,10 +72,7 @@ def run(
         console.print("[yellow]interrupted[/]: checkpoint written; continue with `fedweave run --resume DIR`.")
         raise typer.Exit(code=130)
     progress.stop()
-    _print_summary(result.summary, result.run_dir)
-    if result.status == "diverged":
-        console.print(f"[bold red]diverged:[/] {escape(str(result.summary.get('message')))}")
-        raise typer.Exit(code=1)
+    _print_result(result)
 
 
 def _fmt(v) -> str:
@@ -84,6 +81,14 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def _print_result(result) -> None:
+    """The run's summary table; a diverged run also says why and exits with code 1."""
+    _print_summary(result.summary, result.run_dir)
+    if result.status == "diverged":
+        console.print(f"[bold red]diverged:[/] {escape(str(result.summary.get('message')))}")
+        raise typer.Exit(code=1)
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
@@ -292,10 +297,7 @@ def serve(
                               join_timeout_s=join_timeout, frame_bytes=frame_bytes, print_tokens=typer.echo)
     except FedweaveError as exc:
         _fail(exc)
-    _print_summary(result.summary, result.run_dir)
-    if result.status == "diverged":
-        console.print(f"[bold red]diverged:[/] {escape(str(result.summary.get('message')))}")
-        raise typer.Exit(code=1)
+    _print_result(result)
     if result.status == "interrupted":
         console.print(f"[yellow]interrupted[/]: continue with `fedweave serve --resume --out {result.run_dir}`")
 
