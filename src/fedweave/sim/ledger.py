@@ -518,7 +518,9 @@ class RoundLedger:
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def _load_eval_model(self, state: ServerState) -> torch.nn.Module:
+    def load_eval_model(self, state: ServerState) -> torch.nn.Module:
+        """Load the global model ``state`` (with the initial personal parts) into the
+        evaluation model; returns its module."""
         m = self.eval_model
         m.params.copy_(state.params)
         if m.buffers.numel():
@@ -536,7 +538,7 @@ class RoundLedger:
         """The evaluation record of ``state`` (after ``round_`` rounds/versions) at time
         ``at_time`` (default now). Raises DivergedError on a non-finite test loss."""
         exp, cfg = self.exp, self.cfg
-        module = self._load_eval_model(state)
+        module = self.load_eval_model(state)
         task = exp.task
         scores = task.evaluate(module, exp.data.x_test, exp.data.y_test, cfg.eval.batch_size)
         if not all(math.isfinite(v) for v in scores.values()):
@@ -567,7 +569,7 @@ class RoundLedger:
             record.update(fairness(client_scores, exp.task.higher_is_better), client_scores=[float(v) for v in client_scores])
         if cfg.eval.personalized:
             record.update(self._personalized_scores(state))
-            self._load_eval_model(state)  # observers below see the global model
+            self.load_eval_model(state)  # observers below see the global model
         record.update(exp.strategy.metrics(state))
         for obs in exp.observers:
             record.update(obs.evaluate(module, state))
