@@ -163,11 +163,11 @@ def execute(name: str, cfg_dict: dict) -> dict:
     broadcast = Broadcast(state.version, state.params, state.buffers)
 
     def personal(cid):
-        exp.algorithm.personalize(sim.eval_model, broadcast, sim.store.get(cid), sim._initial_personal)
+        exp.algorithm.personalize(sim.eval_model, broadcast, sim.store.get(cid), sim.ledger.initial_personal)
         return sim.eval_model.module
 
     pers = client_perplexities(exp, personal)
-    sim._load_eval_model(state)
+    sim.ledger.load_eval_model(state)
     glob = client_perplexities(exp, lambda cid: sim.eval_model.module)
     rounds = summary["rounds_completed"]
     last = sim.committed.history[-1]
