@@ -26,7 +26,8 @@ Both declarations sit in the method's own module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import inspect
+from dataclasses import dataclass, fields
 from typing import Iterable, Optional
 
 #: Client-algorithm hooks whose override means client logic beyond plain SGD.
@@ -112,9 +113,15 @@ class MethodNeeds:
 NOTHING = MethodNeeds()
 
 
+def _own(obj, name: str):
+    """``obj``'s attribute ``name`` from its instance or class, never through a wrapper's
+    ``__getattr__`` (DP and attack wrappers delegate to the algorithm they wrap)."""
+    return inspect.getattr_static(obj, name, None) if obj is not None else None
+
+
 def declared(obj) -> MethodNeeds | None:
     """The needs ``obj`` declares in a ``needs`` attribute, or None."""
-    needs = getattr(obj, "needs", None) if obj is not None else None
+    needs = _own(obj, "needs")
     if needs is None or isinstance(needs, MethodNeeds):
         return needs
     return MethodNeeds.from_names(needs)
@@ -130,7 +137,7 @@ def client_needs(client) -> MethodNeeds:
 
     if client is None:
         return NOTHING
-    inner, parts = getattr(client, "inner", None), getattr(client, "parts", None)
+    inner, parts = _own(client, "inner"), _own(client, "parts")
     if inner is not None and parts is not None and not isinstance(client, ClientAlgorithm):
         needs = client_needs(inner)  # an algorithm plus the client parts of its server's stages
         for part in parts:
