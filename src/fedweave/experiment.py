@@ -154,21 +154,20 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
 
 
 def extensions() -> tuple[Callable[[Experiment], None], ...]:
-    """Features that configure themselves from the config (each may wrap the client
-    algorithm, add cohort hooks or observers, or refuse a combination)."""
-    from .methods.fedins import configure_ssf_pool
-    from .methods.flip import configure_flip
-    from .methods.fltrust import configure_fltrust
-    from .methods.frl import configure_frl
-    from .methods.ferret import configure_ferret
-    from .methods.plora import configure_plora
+    """Set-up steps run on the built experiment, in order: the model's and the method's
+    own set-up hooks (from their registrations), then the features that configure
+    themselves from their config sections (each may wrap the client algorithm, add cohort
+    hooks or observers, or refuse a combination)."""
+    from .methods.registry import setup_method
+    from .models import setup_model
     from .privacy import configure_privacy
     from .threats import configure_attack, configure_eavesdropper, configure_robust_accuracy
 
-    # order matters: method set-up first, then privacy (wraps strategy and client), then
-    # the attack (wraps the client outermost: attackers skip DP's client-side clipping)
-    return (configure_ssf_pool, configure_frl, configure_plora, configure_ferret, configure_fltrust, configure_flip,
-            configure_privacy, configure_attack, configure_eavesdropper, configure_robust_accuracy)
+    # order matters: model and method set-up first (they may swap the model), then
+    # privacy (wraps strategy and client), then the attack (wraps the client outermost:
+    # attackers skip DP's client-side clipping)
+    return (setup_model, setup_method, configure_privacy, configure_attack, configure_eavesdropper,
+            configure_robust_accuracy)
 
 
 @dataclass

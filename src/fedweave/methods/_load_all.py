@@ -8,7 +8,7 @@ framework modules are skipped.
 import importlib
 import pkgutil
 
-_FRAMEWORK = {"base", "registry", "stages"}
+_FRAMEWORK = {"base", "needs", "registry", "robust", "stages", "threat_adapter"}
 
 from fedweave import methods as _package
 

@@ -70,6 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError
 from .base import stack_deltas
 from .fedlaw import named_tensors
+from .needs import MethodNeeds
 from .registry import MethodInfo, Preset, register
 from .stages import StageClient, register_weighting
 
@@ -240,6 +241,10 @@ METHOD = register(
         summary="aggregation by estimated client contributions (gradient + data space); reports them every round",
         citation="Jiang et al., CVPR 2023",
         preset=Preset(weighting="fedce", combiner="mean", server_opt="replace"),
+        # declared, not only derived: the build checks fedweave's own schedule and data
+        # settings, so a runner that cannot provide these must know before building
+        needs=MethodNeeds(broadcast="each client's contribution score is sent to it",
+                          client_logic="each client scores the model on its validation split"),
     )
 )
 

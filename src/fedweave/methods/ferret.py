@@ -187,12 +187,10 @@ def _build(config, params: FerretParams):
 _MODEL_POISONING = ("sign_flip", "gaussian", "scaling", "alie", "minmax", "minsum")
 
 
-def configure_ferret(exp) -> None:
-    """Extension: check Ferret's block size against the model, and refuse features that
+def setup_ferret(exp) -> None:
+    """Set-up: check Ferret's block size against the model, and refuse features that
     need the clients' deltas (Ferret uploads coefficients only)."""
     cfg = exp.config
-    if cfg.method.name != "ferret":
-        return
     p = _params(cfg)
     size = exp.spec.num_params
     if p.block_size > size:
@@ -224,5 +222,6 @@ METHOD = register(
         build=_build,
         params=FerretParams,
         stage_keys=("server_lr",),
+        setup=setup_ferret,
     )
 )

@@ -199,11 +199,9 @@ def _build(config, params: PLoRAParams):
     return PLoRAStrategy(params.share), PLoRAClient(config.client.objective, config.client.mu, params.a_init, config.seed)
 
 
-def configure_plora(exp) -> None:
-    """Extension: pLoRA trains LoRA adapters on the configured (frozen) model."""
+def setup_plora(exp) -> None:
+    """Set-up: pLoRA trains LoRA adapters on the configured (frozen) model."""
     cfg = exp.config
-    if cfg.method.name != "plora":
-        return
     p = _params(cfg)
     probe = exp.model_factory()
     targets = select_targets(probe, p.target, f"model {cfg.model.name!r}")
@@ -224,5 +222,6 @@ METHOD = register(
         citation="FedVLM / pLoRA, 2025",
         build=_build,
         params=PLoRAParams,
+        setup=setup_plora,
     )
 )

@@ -50,13 +50,27 @@ MODELS: dict[str, str] = {
 #: :data:`MODELS` because they are not classifiers (fedweave.restoration's ``srnet`` maps
 #: images to images): name -> (factory(input_shape, num_classes, width=..., **kwargs), description).
 EXTRA_MODELS: dict[str, tuple[Any, str]] = {}
+#: Set-up hooks of registered models, ``(experiment) -> None``, run by
+#: ``fedweave.experiment.build_experiment`` before the method's own set-up whatever the
+#: method (``ssf_pool`` pretrains its frozen backbone on the server's split).
+MODEL_SETUPS: dict[str, Any] = {}
 
 
-def register_model(name: str, factory: Any, description: str) -> None:
-    """Make ``factory`` buildable as ``model.name: <name>``."""
+def register_model(name: str, factory: Any, description: str, setup: Any = None) -> None:
+    """Make ``factory`` buildable as ``model.name: <name>``; ``setup(experiment)``, if
+    given, runs once the experiment that uses the model is built (pretraining...)."""
     if name in MODELS or name in EXTRA_MODELS:
         raise ValueError(f"model {name!r} registered twice")
     EXTRA_MODELS[name] = (factory, description)
+    if setup is not None:
+        MODEL_SETUPS[name] = setup
+
+
+def setup_model(exp) -> None:
+    """Run the set-up hook of the experiment's model (see :func:`register_model`), if any."""
+    setup = MODEL_SETUPS.get(exp.config.model.name)
+    if setup is not None:
+        setup(exp)
 
 
 #: Models that need ``(channels, height, width)`` input.

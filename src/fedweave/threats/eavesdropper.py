@@ -30,6 +30,7 @@ import dataclasses
 import torch
 
 from ..errors import ConfigError
+from ..methods import get_method
 from ..params import FlatModel
 from ..rng import derive_seed, numpy_rng
 from ..sim.engine import Observer
@@ -126,8 +127,9 @@ def configure_eavesdropper(exp) -> None:
     e = exp.config.eavesdropper
     if e.probability <= 0:
         return
-    if exp.config.method.name == "frl":
-        raise ConfigError("The eavesdropper rebuilds models from uplink updates; FRL uploads rankings instead.")
+    refusal = get_method(exp.config.method.name).threats.eavesdropper_refusal()
+    if refusal is not None:
+        raise ConfigError(refusal)
     exp.observers.append(Eavesdropper(
         e.probability, e.sees, exp.config.seed, exp.model_factory, exp.roles, exp.task,
         exp.data.x_test, exp.data.y_test, exp.initial_params, exp.initial_buffers, exp.config.eval.batch_size,

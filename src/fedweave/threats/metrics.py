@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import torch
 
+from ..methods import get_method
 from ..sim.engine import Observer
 from .pgd import robust_accuracy
 
 
 def rejection_threshold(config) -> float | None:
-    """The confidence threshold below which the method rejects a prediction (FLIP), or None."""
-    if config.method.name != "flip":
-        return None
-    return float(config.method.extras().get("threshold", 0.4))
+    """The confidence threshold below which the method rejects a prediction (FLIP's
+    rejection rule, from its threat adapter), or None."""
+    return get_method(config.method.name).threats.rejection_threshold(config)
 
 
 @torch.no_grad()
