@@ -17,20 +17,22 @@ from typing import Any, Callable
 import torch
 
 from .config import Config, load_config, read_yaml
+from .core.client import ClientAlgorithm
+from .core.errors import ConfigError, DivergedError, FedweaveError, ModelError
+from .core.params import FlatModel, ParamSpec
+from .core.rng import derive_seed
+from .core.strategy import Strategy
+from .core.task import Task
 from .data.federated import FederatedDataset, build_federated
-from .errors import ConfigError, DivergedError, FedweaveError, ModelError
 from .methods import build_method
 from .methods.registry import method_roles
-from .methods.base import ClientAlgorithm, Strategy
 from .metrics import summarize
 from .models import build_model
-from .params import FlatModel, ParamSpec
-from .rng import derive_seed
 from .rundir import CHECKPOINT, CONFIG, RunDirectory
 from .sim.devices import DeviceFleet, make_fleet
 from .sim.executors import Executor, make_executor
 from .sim.worker import WorkerSetup
-from .tasks import Task, make_task
+from .tasks import make_task
 from .tracking import check_trackers, close_trackers, make_trackers, track_progress
 from .train import TrainSettings
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DataError, ModelError
+from .core.errors import DataError, ModelError
 from .models import register_model
 from .tasks import Task, register_task
 

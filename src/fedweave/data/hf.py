@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedweave.errors import DataError
+from fedweave.core.errors import DataError
 
 X_COLUMNS = ("image", "img", "pixel_values", "x", "features", "input")
 Y_COLUMNS = ("label", "labels", "y", "fine_label")

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedweave.errors import ConfigError, DataError
+from fedweave.core.errors import ConfigError, DataError
 
 #: LEAF's Shakespeare vocabulary: the 80 characters, in LEAF's index order.
 ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?" + string.ascii_uppercase + "[]" + string.ascii_lowercase + "}"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedweave.errors import ConfigError, DataError, unknown_name
+from fedweave.core.errors import ConfigError, DataError, unknown_name
 
 DATASETS: dict[str, str] = {
     "digits": "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; no files needed)",

@@ -31,8 +31,8 @@ import torch
 import yaml
 
 from ..config import Config, load_config
-from ..errors import ConfigError, DataError, FedweaveError
-from ..methods.base import ClientJob
+from ..core.client import ClientJob
+from ..core.errors import ConfigError, DataError, FedweaveError
 from .wire import (
     DEFAULT_FRAME_BYTES, MAX_MESSAGE_BYTES, PROTOCOL, Assembler, WireError, decode_broadcast, encode_update,
 )

@@ -88,10 +88,11 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
-from ..errors import ConfigError, DivergedError, FedweaveError
-from ..messages import Update
-from ..methods.base import ClientAlgorithm, ServerContext, ServerState, Strategy
-from ..params import ParamSpec, Segment
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError, DivergedError, FedweaveError
+from ..core.messages import Update
+from ..core.params import ParamSpec, Segment
+from ..core.strategy import ServerContext, ServerState, Strategy
 
 __all__ = [
     "DEFAULT_BUFFER_KEYS",

@@ -4,7 +4,8 @@
 ``build_method(config)`` its (strategy, client algorithm) pair.
 """
 
-from .base import ClientAlgorithm, ClientJob, JobResult, ServerContext, ServerState, Strategy
+from ..core.client import ClientAlgorithm, ClientJob, JobResult
+from ..core.strategy import ServerContext, ServerState, Strategy
 from .registry import MethodInfo, MethodParams, Preset, build_method, get_method, register, registered
 
 __all__ = [

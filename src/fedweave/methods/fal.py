@@ -22,8 +22,8 @@ from typing import Optional
 
 from pydantic import Field
 
+from ..core.client import ClientAlgorithm
 from ..threats.pgd import pgd_attack
-from .base import ClientAlgorithm
 from .registry import MethodInfo, MethodParams, Preset, register
 
 

@@ -80,8 +80,10 @@ import math
 import torch
 from pydantic import Field
 
+from ..core.client import ClientAlgorithm, JobResult
+from ..core.strategy import ServerState
 from ..train import local_train
-from .base import ClientAlgorithm, JobResult, MergeStrategy, ServerState, mix
+from .merge import MergeStrategy, mix
 from .registry import MethodInfo, MethodParams, register
 
 

@@ -67,8 +67,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError
-from .base import stack_deltas
+from ..core.errors import ConfigError
+from ..core.strategy import stack_deltas
 from .fedlaw import named_tensors
 from .registry import MethodInfo, Preset, register
 from .stages import StageClient, register_weighting

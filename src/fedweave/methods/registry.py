@@ -14,8 +14,9 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..aggregate import make_server_optimizer
-from ..errors import ConfigError, unknown_name
-from .base import ClientAlgorithm, Strategy
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError, unknown_name
+from ..core.strategy import Strategy
 from .stages import StagedStrategy, WithStageClients, get_combiner, get_weighting, make_stage, stage_params
 
 

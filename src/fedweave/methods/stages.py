@@ -26,9 +26,9 @@ from typing import Any, Callable
 import torch
 
 from ..aggregate import weighted_mean
-from ..errors import ConfigError, unknown_name
-from ..messages import Update
-from .base import ServerContext, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from ..core.errors import ConfigError, unknown_name
+from ..core.messages import Update
+from ..core.strategy import ServerContext, ServerState, Strategy, average_buffers, size_weights, stack_deltas
 
 Weighting = Callable[[list[Update], ServerState, ServerContext], torch.Tensor]
 # (deltas [K, P], weights [K], server state, context) -> combined delta [P]

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from fedweave.errors import ConfigError, FedweaveError, ModelError, unknown_name
+from fedweave.core.errors import ConfigError, FedweaveError, ModelError, unknown_name
 from fedweave.models.zoo import (
     build_cnn,
     build_lenet5,

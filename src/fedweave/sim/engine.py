@@ -45,43 +45,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import DivergedError
-from ..messages import Broadcast, tensor_is_finite
-from ..methods.base import ClientJob, ServerContext, ServerState
+from ..core.client import ClientJob
+from ..core.errors import DivergedError
+from ..core.messages import Broadcast, tensor_is_finite
+from ..core.observer import Observer  # noqa: F401  (also importable from here, as before)
+from ..core.params import FlatModel
+from ..core.state_store import ClientStateStore
+from ..core.strategy import ServerContext, ServerState
 from ..metrics import fairness
-from ..params import FlatModel
 from ..rundir import RunDirectory
 from .events import EventQueue, VirtualClock
 from .sampling import pick_idle, select_clients
-from .state_store import ClientStateStore
 
 CHECKPOINT_FORMAT = 2
-
-
-class Observer:
-    """Sees what happens in a run without changing it (an eavesdropper, a logger).
-
-    Every method is optional to override; observer state goes into checkpoints.
-    """
-
-    def on_upload(self, update, round_: int) -> None:
-        """An uplink message arrived (in arrival order), accepted or not."""
-
-    def on_round_end(self, state: ServerState, round_: int) -> None:
-        """An aggregation is done (a sync round, an async merge, a buffer flush)."""
-
-    def evaluate(self, module: torch.nn.Module, state: ServerState) -> dict:
-        """Extra figures for the evaluation record (the global model is loaded in ``module``)."""
-        return {}
-
-    def summary(self) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def round_lr(client_cfg, round_: int, total_rounds: int) -> float:
@@ -189,7 +165,7 @@ class Simulator:
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
-            from ..errors import ConfigError
+            from ..core.errors import ConfigError
 
             raise ConfigError(f"This checkpoint has format {ckpt.get('format')}; this fedweave reads format {CHECKPOINT_FORMAT}.")
         fields = {k: ckpt[k] for k in Committed.__dataclass_fields__ if k in ckpt}

@@ -12,8 +12,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from ..errors import unknown_name
-from ..methods.base import ClientJob, JobResult
+from ..core.client import ClientJob, JobResult
+from ..core.errors import unknown_name
 from .worker import Worker, WorkerSetup
 
 

@@ -17,8 +17,8 @@ import socket
 from dataclasses import replace
 from typing import Any
 
-from ..errors import ConfigError
-from ..methods.base import ClientJob, JobResult
+from ..core.client import ClientJob, JobResult
+from ..core.errors import ConfigError
 from .executors import Executor
 from .worker import Worker, WorkerSetup
 

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..methods.base import ClientAlgorithm, ClientJob, JobResult
-from ..params import FlatModel
-from ..rng import derive_seed, torch_generator
+from ..core.client import ClientAlgorithm, ClientJob, JobResult
+from ..core.params import FlatModel
+from ..core.rng import derive_seed, torch_generator
 from ..tasks import make_task
 
 

@@ -60,8 +60,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..rng import numpy_rng, torch_generator
+from ..core.errors import ConfigError
+from ..core.rng import numpy_rng, torch_generator
 from .triggers import Trigger, make_trigger
 
 DATA_POISONING = ("label_flip", "backdoor")

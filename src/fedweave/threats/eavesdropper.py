@@ -29,10 +29,10 @@ import dataclasses
 
 import torch
 
-from ..errors import ConfigError
-from ..params import FlatModel
-from ..rng import derive_seed, numpy_rng
-from ..sim.engine import Observer
+from ..core.errors import ConfigError
+from ..core.observer import Observer
+from ..core.params import FlatModel
+from ..core.rng import derive_seed, numpy_rng
 
 _KEEP_VERSIONS = 64
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sim.engine import Observer
+from ..core.observer import Observer
 from .pgd import robust_accuracy
 
 
@@ -111,7 +111,7 @@ def configure_robust_accuracy(exp) -> None:
     """Extension: ``eval.robust_accuracy`` adds PGD robust accuracy to the records."""
     if exp.config.eval.robust_accuracy:
         if exp.task.name != "classification":
-            from ..errors import ConfigError
+            from ..core.errors import ConfigError
 
             raise ConfigError("eval.robust_accuracy needs a classification task.")
         exp.observers.append(RobustAccuracyObserver(exp))
