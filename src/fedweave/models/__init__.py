@@ -52,9 +52,10 @@ MODELS: dict[str, str] = {
 EXTRA_MODELS: dict[str, tuple[Any, str]] = {}
 
 
-def register_model(name: str, factory: Any, description: str) -> None:
-    """Make ``factory`` buildable as ``model.name: <name>``."""
-    if name in MODELS or name in EXTRA_MODELS:
+def register_model(name: str, factory: Any, description: str, replace: bool = False) -> None:
+    """Make ``factory`` buildable as ``model.name: <name>``. Registering a name twice is an
+    error unless ``replace`` is true (a built-in model cannot be replaced)."""
+    if name in MODELS or (name in EXTRA_MODELS and not replace):
         raise ValueError(f"model {name!r} registered twice")
     EXTRA_MODELS[name] = (factory, description)
 

@@ -1,8 +1,6 @@
-"""What a model is trained for: the loss, the evaluation metrics and the primary metric.
-
-Methods and metrics ask the task, not the dataset. ``classification`` trains with
-cross-entropy and reports accuracy; later tasks (restoration, language modelling) plug
-in with their own loss and primary metric.
+"""The default task bundle: ``classification`` (cross-entropy loss; accuracy, higher is
+better). Its data sources (:mod:`fedweave.data.sources`) and models
+(:mod:`fedweave.models`) are the built-in ones, so it registers only the task.
 """
 
 from __future__ import annotations
@@ -10,8 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .core.errors import unknown_name
-from .core.task import Task
+from ..core.task import Task
+from .registry import register_task
 
 
 class ClassificationTask(Task):
@@ -40,21 +38,4 @@ class ClassificationTask(Task):
         return {"loss": loss, "accuracy": float(correct)}
 
 
-TASKS: dict[str, tuple[type[Task], str]] = {
-    "classification": (ClassificationTask, "cross-entropy loss; accuracy (higher is better)"),
-}
-
-
-def register_task(kind: str, cls: type[Task], description: str) -> None:
-    """Make a task available as ``task.kind: <kind>``."""
-    TASKS[kind] = (cls, description)
-
-
-def make_task(kind: str) -> Task:
-    if kind not in TASKS:
-        raise unknown_name("task", kind, TASKS)
-    return TASKS[kind][0]()
-
-
-from . import restoration as _restoration  # noqa: E402,F401  (registers task.kind 'restoration')
-from . import lm as _lm  # noqa: E402,F401  (registers task.kind 'language_model' and model 'transformer')
+register_task("classification", ClassificationTask, "cross-entropy loss; accuracy (higher is better)")
