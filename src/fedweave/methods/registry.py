@@ -66,8 +66,8 @@ def register(info: MethodInfo) -> MethodInfo:
 
 
 def registered() -> dict[str, MethodInfo]:
-    from . import _load_all  # noqa: F401  (imports every method module once)
-
+    """Every registered method (the package :mod:`fedweave.methods` imports each method
+    module, which registers itself, before anything can ask)."""
     return dict(_REGISTRY)
 
 
