@@ -23,7 +23,7 @@ from typing import Optional
 from pydantic import Field
 
 from ..core.client import ClientAlgorithm
-from ..threats.pgd import pgd_attack
+from ..models.adversarial import pgd_attack
 from .registry import MethodInfo, MethodParams, Preset, register
 
 

@@ -12,10 +12,10 @@ Each feature configures itself from the config through an extension of
 :func:`fedweave.experiment.build_experiment` (``configure_*`` below).
 """
 
+from ..models.adversarial import pgd_attack, robust_accuracy
 from .attacks import AttackPlan, configure_attack, malicious_clients
 from .eavesdropper import Eavesdropper, configure_eavesdropper
 from .metrics import configure_robust_accuracy
-from .pgd import pgd_attack, robust_accuracy
 from .triggers import Trigger, make_trigger
 
 __all__ = [

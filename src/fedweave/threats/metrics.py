@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..core.observer import Observer
-from .pgd import robust_accuracy
+from ..models.adversarial import robust_accuracy
 
 
 def rejection_threshold(config) -> float | None:
