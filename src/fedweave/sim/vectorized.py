@@ -55,7 +55,7 @@ from ..core.params import FlatModel
 from ..core.rng import torch_generator
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders
-from .executors import Executor, SerialExecutor
+from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup
 
 KERNELS = ("auto", "func")
