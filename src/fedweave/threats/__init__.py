@@ -4,7 +4,7 @@ measure them (attack success rate, PGD robust accuracy, eavesdropper accuracy).
 * :mod:`~fedweave.threats.attacks` — label flip, backdoor (BadNets / DBA), sign flip,
   Gaussian, scaling, ALIE, min-max, min-sum; configured by ``attack.*``;
 * :mod:`~fedweave.threats.triggers` — backdoor trigger stamping;
-* :mod:`~fedweave.threats.pgd` — PGD adversarial examples (FAL, robust accuracy);
+* :mod:`~fedweave.models.adversarial` — PGD adversarial examples (FAL, robust accuracy; re-exported here);
 * :mod:`~fedweave.threats.eavesdropper` — ``eavesdropper.*``;
 * :mod:`~fedweave.threats.metrics` — ``attack_success_rate``, ``robust_accuracy``.
 

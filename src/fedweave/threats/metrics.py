@@ -7,7 +7,7 @@
   prediction counts as a failed attack (``attack_success_rate_no_rejection`` is the same
   figure without the rejection rule).
 * ``robust_accuracy`` (``eval.robust_accuracy``) — accuracy under L∞ PGD-k on the first
-  ``eval.robust_max_examples`` test examples (:mod:`fedweave.threats.pgd`).
+  ``eval.robust_max_examples`` test examples (:mod:`fedweave.models.adversarial`).
 
 The summary gets the last value of each as ``final_attack_success_rate`` /
 ``final_robust_accuracy``.
