@@ -6,7 +6,7 @@
 """
 
 from .config import Config, load_config
-from .errors import ConfigError, DataError, DivergedError, FedweaveError, ModelError
+from .core.errors import ConfigError, DataError, DivergedError, FedweaveError, ModelError
 from .experiment import RunResult, build_experiment, resume, run
 
 __version__ = "0.1.0"

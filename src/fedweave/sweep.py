@@ -64,7 +64,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from .config import deep_merge, load_config, parse_overrides, read_yaml, set_dotted
-from .errors import ConfigError, FedweaveError
+from .core.errors import ConfigError, FedweaveError
 from .rundir import CONFIG, SUMMARY, atomic_write_text
 
 SWEEP_FILE = "sweep.json"

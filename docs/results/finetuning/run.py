@@ -152,7 +152,7 @@ def execute(name: str, cfg_dict: dict) -> dict:
     run_dir.create(cfg.to_yaml())
     torch.set_num_threads(cfg.executor.threads)
     t0 = time.time()
-    exp.executor = make_executor("serial", cfg.executor)
+    exp.executor = make_executor("serial")
     exp.executor.start(exp.worker_setup())
     sim = Simulator(exp, run_dir, None)
     sim.run()

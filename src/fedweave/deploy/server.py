@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
-from ..errors import ConfigError, DivergedError, FedweaveError
-from ..messages import Broadcast, Update
+from ..core.errors import ConfigError, DivergedError, FedweaveError
+from ..core.messages import Broadcast, Update
+from ..core.observer import Observer
 from ..rundir import METRICS, RunDirectory, atomic_write_text, dumps
-from ..sim.engine import Observer
 from ..sim.events import WallClock
 from ..sim.ledger import MERGED, RoundLedger
 from .tokens import TokenStore

@@ -90,10 +90,10 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
-from ..errors import ConfigError, DivergedError, FedweaveError
-from ..messages import Update
-from ..methods.base import ServerContext, ServerState, Strategy
-from ..params import ParamSpec, Segment
+from ..core.errors import ConfigError, DivergedError, FedweaveError
+from ..core.messages import Update
+from ..core.params import ParamSpec, Segment
+from ..core.strategy import ServerContext, ServerState, Strategy
 
 __all__ = [
     "DEFAULT_BUFFER_KEYS",

@@ -81,8 +81,10 @@ import torch
 from pydantic import Field
 
 from ..aggregate.staleness import staleness
+from ..core.client import ClientAlgorithm, JobResult
+from ..core.strategy import ServerState
 from ..train import local_train
-from .base import ClientAlgorithm, JobResult, MergeStrategy, ServerState, mix
+from .merge import MergeStrategy, mix
 from .registry import MethodInfo, MethodParams, register
 
 

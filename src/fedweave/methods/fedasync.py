@@ -33,7 +33,9 @@ from typing import Literal
 from pydantic import Field
 
 from ..aggregate.staleness import staleness, staleness_weight
-from .base import ClientAlgorithm, MergeStrategy, ServerState
+from ..core.client import ClientAlgorithm
+from ..core.strategy import ServerState
+from .merge import MergeStrategy
 from .registry import MethodInfo, MethodParams, register
 
 

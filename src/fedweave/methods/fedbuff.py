@@ -35,7 +35,8 @@ from pydantic import Field
 
 from ..aggregate import make_server_optimizer
 from ..aggregate.staleness import staleness, staleness_weight
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, stack_deltas
+from ..core.client import ClientAlgorithm
+from ..core.strategy import ServerState, Strategy, average_buffers, stack_deltas
 from .registry import MethodInfo, MethodParams, register
 
 

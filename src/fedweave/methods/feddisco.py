@@ -39,8 +39,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError
-from ..messages import Update
+from ..core.errors import ConfigError
+from ..core.messages import Update
 from .needs import MethodNeeds
 from .registry import MethodInfo, Preset, register
 from .stages import StageClient, register_weighting

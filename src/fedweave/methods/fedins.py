@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
 from ..models import register_model
-from .base import ClientAlgorithm
 from .registry import MethodInfo, MethodParams, Preset, register
 
 MODEL_NAME = "ssf_pool"
@@ -195,7 +195,7 @@ def setup_ssf_pool(exp) -> None:
     """Model set-up: an ``ssf_pool`` model gets a backbone pretrained on the server-held
     split, whatever the method (FedAvg on the same backbone is FedIns' baseline)."""
     from ..pretrain import accuracy, pretrain
-    from ..rng import derive_seed
+    from ..core.rng import derive_seed
 
     cfg = exp.config
     server = exp.data.server_data()

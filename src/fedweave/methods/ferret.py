@@ -59,10 +59,11 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from ..errors import ConfigError
-from ..messages import Update
-from ..rng import torch_generator
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, size_weights
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.messages import Update
+from ..core.rng import torch_generator
+from ..core.strategy import ServerState, Strategy, average_buffers, size_weights
 from .registry import MethodInfo, MethodParams, register
 
 

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..rng import torch_generator
-from ..sim.engine import Observer
-from .base import ClientAlgorithm
+from ..core.client import ClientAlgorithm
+from ..core.observer import Observer
+from ..core.rng import torch_generator
 from .registry import MethodInfo, MethodParams, Preset, register
 from .threat_adapter import ThreatAdapter
 

@@ -28,10 +28,11 @@ import torch
 from pydantic import Field
 
 from ..aggregate import cosine_similarity_rows
-from ..errors import ConfigError
-from ..params import FlatModel
-from ..rng import torch_generator
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, stack_deltas
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.params import FlatModel
+from ..core.rng import torch_generator
+from ..core.strategy import ServerState, Strategy, average_buffers, stack_deltas
 from .needs import MethodNeeds
 from .registry import MethodInfo, MethodParams, register
 

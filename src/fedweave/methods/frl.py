@@ -52,11 +52,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
-from ..messages import SCALAR_BYTES, Broadcast, Update, tensor_bytes
-from ..params import FlatModel
-from ..rng import derive_seed
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.messages import Broadcast, SCALAR_BYTES, Update, tensor_bytes
+from ..core.params import FlatModel
+from ..core.rng import derive_seed
+from ..core.strategy import ServerState, Strategy, average_buffers
 from .registry import MethodInfo, MethodParams, register
 from .threat_adapter import ThreatAdapter
 

@@ -133,7 +133,7 @@ def _overrides(obj, base, hooks) -> list[str]:
 
 def client_needs(client) -> MethodNeeds:
     """Needs of a client algorithm (or of a wrapper around one: stage clients, DP, attacks)."""
-    from .base import ClientAlgorithm
+    from ..core.client import ClientAlgorithm
 
     if client is None:
         return NOTHING
@@ -160,7 +160,7 @@ def client_needs(client) -> MethodNeeds:
 
 def strategy_needs(strategy) -> MethodNeeds:
     """Needs of a strategy (a staged one: of its stages)."""
-    from .base import Strategy
+    from ..core.strategy import Strategy
     from .stages import StagedStrategy
 
     own = declared(strategy)

@@ -52,9 +52,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..errors import ConfigError
-from ..messages import Broadcast
-from .base import ClientAlgorithm, JobResult, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from ..core.client import ClientAlgorithm, JobResult
+from ..core.errors import ConfigError
+from ..core.messages import Broadcast
+from ..core.strategy import ServerState, Strategy, average_buffers, size_weights, stack_deltas
 from .registry import MethodInfo, MethodParams, register
 
 

@@ -58,10 +58,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
-from ..params import FlatModel
-from ..rng import derive_seed, torch_generator
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.params import FlatModel
+from ..core.rng import derive_seed, torch_generator
+from ..core.strategy import ServerState, Strategy, average_buffers, size_weights, stack_deltas
 from .registry import MethodInfo, MethodParams, register
 
 A_PATTERN = "*.lora_A.*"

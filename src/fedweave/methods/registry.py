@@ -21,8 +21,9 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..aggregate import make_server_optimizer
-from ..errors import ConfigError, unknown_name
-from .base import ClientAlgorithm, Strategy
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError, unknown_name
+from ..core.strategy import Strategy
 from .needs import NOTHING, MethodNeeds
 from .stages import StagedStrategy, WithStageClients, get_combiner, get_weighting, make_stage, stage_params
 from .threat_adapter import DELTA_UPLOADS, ThreatAdapter
@@ -86,8 +87,8 @@ def register(info: MethodInfo) -> MethodInfo:
 
 
 def registered() -> dict[str, MethodInfo]:
-    from . import _load_all  # noqa: F401  (imports every method module once)
-
+    """Every registered method (the package :mod:`fedweave.methods` imports each method
+    module, which registers itself, before anything can ask)."""
     return dict(_REGISTRY)
 
 

@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..aggregate import bulyan, clip_by_norm, krum, median, trimmed_mean, weighted_mean
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 
 class _Params(BaseModel):

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from fedweave.errors import ConfigError, FedweaveError, ModelError, unknown_name
+from fedweave.core.errors import ConfigError, FedweaveError, ModelError, unknown_name
 from fedweave.models.zoo import (
     build_cnn,
     build_lenet5,
@@ -56,10 +56,12 @@ EXTRA_MODELS: dict[str, tuple[Any, str]] = {}
 MODEL_SETUPS: dict[str, Any] = {}
 
 
-def register_model(name: str, factory: Any, description: str, setup: Any = None) -> None:
+def register_model(name: str, factory: Any, description: str, setup: Any = None, replace: bool = False) -> None:
     """Make ``factory`` buildable as ``model.name: <name>``; ``setup(experiment)``, if
-    given, runs once the experiment that uses the model is built (pretraining...)."""
-    if name in MODELS or name in EXTRA_MODELS:
+    given, runs once the experiment that uses the model is built (pretraining...).
+    Registering a name twice is an error unless ``replace`` is true (a built-in model
+    cannot be replaced)."""
+    if name in MODELS or (name in EXTRA_MODELS and not replace):
         raise ValueError(f"model {name!r} registered twice")
     EXTRA_MODELS[name] = (factory, description)
     if setup is not None:

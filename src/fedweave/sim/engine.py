@@ -46,38 +46,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import DivergedError
-from ..messages import Broadcast
-from ..methods.base import ClientJob, ServerState
+from ..core.client import ClientJob
+from ..core.errors import DivergedError
+from ..core.messages import Broadcast
+from ..core.observer import Observer  # noqa: F401  (also importable from here, as before)
+from ..core.strategy import ServerState
 from ..rundir import RunDirectory
 from .events import EventQueue, VirtualClock
 from .ledger import CHECKPOINT_FORMAT, MERGED, Committed, RoundLedger, Totals, round_lr  # noqa: F401 (re-exported)
-
-
-class Observer:
-    """Sees what happens in a run without changing it (an eavesdropper, a logger).
-
-    Every method is optional to override; observer state goes into checkpoints.
-    """
-
-    def on_upload(self, update, round_: int) -> None:
-        """An uplink message arrived (in arrival order), accepted or not."""
-
-    def on_round_end(self, state: ServerState, round_: int) -> None:
-        """An aggregation is done (a sync round, an async merge, a buffer flush)."""
-
-    def evaluate(self, module: torch.nn.Module, state: ServerState) -> dict:
-        """Extra figures for the evaluation record (the global model is loaded in ``module``)."""
-        return {}
-
-    def summary(self) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 class _Stop(Exception):

@@ -46,14 +46,14 @@ import numpy as np
 import torch
 
 from ..aggregate.staleness import staleness
-from ..errors import ConfigError, DivergedError
-from ..messages import Broadcast, Update, tensor_is_finite
-from ..methods.base import ServerContext, ServerState
+from ..core.errors import ConfigError, DivergedError
+from ..core.messages import Broadcast, Update, tensor_is_finite
+from ..core.params import FlatModel
+from ..core.state_store import ClientStateStore
+from ..core.strategy import ServerContext, ServerState
 from ..metrics import fairness
-from ..params import FlatModel
 from ..rundir import RunDirectory
 from .sampling import pick_idle, select_clients
-from .state_store import ClientStateStore
 
 CHECKPOINT_FORMAT = 2
 

@@ -48,15 +48,15 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..errors import ConfigError
-from ..messages import Update
-from ..methods.base import ClientJob, JobResult
+from ..core.client import ClientJob, JobResult
+from ..core.errors import ConfigError
+from ..core.messages import Update
+from ..core.params import FlatModel
+from ..core.rng import torch_generator
 from ..methods.needs import client_needs
-from ..params import FlatModel
-from ..rng import torch_generator
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders
-from .executors import Executor, SerialExecutor
+from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup
 
 KERNELS = ("auto", "func")

@@ -62,10 +62,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..core.rng import numpy_rng, torch_generator
 from ..methods import get_method
 from ..methods.threat_adapter import DELTA_UPLOADS, ThreatAdapter
-from ..rng import numpy_rng, torch_generator
 from .triggers import Trigger, make_trigger
 
 DATA_POISONING = ("label_flip", "backdoor")

@@ -29,11 +29,11 @@ import dataclasses
 
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..core.observer import Observer
+from ..core.params import FlatModel
+from ..core.rng import derive_seed, numpy_rng
 from ..methods import get_method
-from ..params import FlatModel
-from ..rng import derive_seed, numpy_rng
-from ..sim.engine import Observer
 
 _KEEP_VERSIONS = 64
 
