@@ -86,13 +86,16 @@ def _fmt(v) -> str:
 def _print_result(result) -> None:
     """The run's summary table; a diverged run also says why and exits with code 1."""
     _print_summary(result.summary, result.run_dir)
+    if result.summary.get("warning"):
+        console.print(f"[bold yellow]warning:[/] {escape(str(result.summary['warning']))}")
     if result.status == "diverged":
         console.print(f"[bold red]diverged:[/] {escape(str(result.summary.get('message')))}")
         raise typer.Exit(code=1)
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
-    table = Table(title=f"{summary['name']} · {summary['method']} · {summary['status']}", show_header=True)
+    degenerate = " (degenerate)" if str(summary.get("warning", "")).startswith("degenerate") else ""
+    table = Table(title=f"{summary['name']} · {summary['method']} · {summary['status']}{degenerate}", show_header=True)
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key in ("rounds_completed", "final_metric", "best_metric", "final_loss", "time_to_target_s",
@@ -101,6 +104,8 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         if key in summary:
             label = key.replace("metric", summary.get("metric_name", "metric"))
             table.add_row(label, _fmt(summary[key]))
+    if summary.get("warning"):
+        table.add_row("[yellow]warning[/]", "[yellow]" + escape(str(summary["warning"]).split(":", 1)[0]) + "[/]")
     out.print(table)
     out.print(f"run directory: {run_dir}")
 
