@@ -25,7 +25,7 @@ from .methods.registry import method_roles
 from .methods.base import ClientAlgorithm, Strategy
 from .metrics import degenerate_reason, summarize
 from .models import build_model
-from .params import FlatModel, ParamSpec
+from .params import FlatModel, ParamSpec, check_role_patterns
 from .rng import derive_seed
 from .rundir import CHECKPOINT, CONFIG, RunDirectory, check_output_path
 from .sim.devices import DeviceFleet, make_fleet
@@ -120,6 +120,7 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
         kwargs.setdefault("width", m.width)
     factory = ModelFactory(m.name, tuple(data.input_shape), data.num_classes, kwargs, config.seed)
     module = factory()
+    check_role_patterns(module, m.roles)
     roles = method_roles(config, module)  # model.roles plus what the method declares (FedPer's head...)
     flat = FlatModel(module, roles)
     module.eval()  # the probe must not touch BatchNorm statistics
