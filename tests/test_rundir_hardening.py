@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 import fedweave
 from fedweave.cli import app
 from fedweave.errors import FedweaveError
-from fedweave.metrics import degenerate_reason
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = {
@@ -34,7 +33,8 @@ TINY = {
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # the fedweave under test: the one PYTHONPATH names, else this checkout's src/
+    return {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or SRC}
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -43,7 +43,7 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def stopped_run(tmp_path: Path, rounds_done: int = 2) -> Path:
+def stopped_run(tmp_path: Path, rounds_done: int = 2, rounds: int = 4) -> Path:
     """A run of TINY interrupted (Ctrl-C) after ``rounds_done`` rounds, with its checkpoint."""
     out = tmp_path / "run"
 
@@ -52,7 +52,7 @@ def stopped_run(tmp_path: Path, rounds_done: int = 2) -> Path:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fedweave.run(TINY, out=out, progress=progress)
+        fedweave.run({**TINY, "schedule": {**TINY["schedule"], "rounds": rounds}}, out=out, progress=progress)
     assert (out / "checkpoint.pt").exists()
     return out
 
@@ -103,7 +103,7 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_the_directory_kept(
 
 
 def test_two_resumes_at_once_one_runs_and_the_other_is_refused(tmp_path):
-    out = stopped_run(tmp_path, rounds_done=1)
+    out = stopped_run(tmp_path, rounds_done=1, rounds=60)  # long enough for the two to overlap
     procs = [subprocess.Popen([sys.executable, "-m", "fedweave.cli", "run", "--quiet", "--resume", str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
              for _ in range(2)]
@@ -112,7 +112,7 @@ def test_two_resumes_at_once_one_runs_and_the_other_is_refused(tmp_path):
     assert codes == [0, 2], outs
     refused = next(o for p, o in zip(procs, outs) if p.returncode == 2)
     assert "in use by process" in " ".join(refused[1].split())
-    assert [r["round"] for r in records(out)] == [1, 2, 3, 4]  # each round once
+    assert [r["round"] for r in records(out)] == list(range(1, 61))  # each round once
 
 
 # -- SIGTERM ------------------------------------------------------------------------------------------
@@ -208,6 +208,8 @@ def test_a_cut_off_last_line_is_not_read_as_a_record(tmp_path):
 
 
 def test_degenerate_rule_both_sides_by_hand():
+    from fedweave.metrics import degenerate_reason
+
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 3, 3, 4])  # the most common class: 3 of 10
     bar = 0.3 + 2 * math.sqrt(0.3 * 0.7 / 10)  # chance + two standard errors = 0.5898...
     loss_bar = 10 * math.log(5)  # 16.09...
