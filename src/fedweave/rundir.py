@@ -104,7 +104,8 @@ def _lock_fd(fd: int) -> bool:
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:  # Windows
+        else:  # Windows: lock the first byte
+            os.lseek(fd, 0, os.SEEK_SET)
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     except OSError:  # BlockingIOError / PermissionError
         return False
@@ -114,7 +115,7 @@ def _lock_fd(fd: int) -> bool:
 class RunDirectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._lock: int | None = None
+        self._lock = None  # the open lock file while this process holds it
 
     # -- one process per run directory ---------------------------------------------------------
     def lock(self) -> None:
@@ -124,24 +125,25 @@ class RunDirectory:
         if self._lock is not None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock_fd(fd):
-            try:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            finally:
-                os.close(fd)
+        # a file object: if this RunDirectory is dropped without unlock(), closing it frees the lock
+        f = open(self.path / LOCK, "a+")
+        if not _lock_fd(f.fileno()):
+            with f:
+                f.seek(0)
+                holder = f.read(32).strip() or "unknown"
             raise RunDirectoryBusy(
                 f"The run directory {str(self.path)!r} is in use by process {holder} (it holds {LOCK} there): two "
                 "processes writing one run would interleave its rounds. Wait for that process to end or stop it "
                 "(a lock left by a process that died is taken over), or use another directory."
             )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock = fd
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
 
     def unlock(self) -> None:
         if self._lock is not None:
-            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock.close()  # closing the file releases the lock
             self._lock = None
 
     @property
