@@ -303,7 +303,7 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
         close_trackers(trackers, summary)
         raise
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):  # no space, or no quota left
             raise
         raise _stopped_on_full_disk(exp, run_dir, sim, trackers, exc) from None
     finally:

@@ -330,7 +330,7 @@ def tls_mismatch(server: str, tls: bool, root_ca, details: str) -> str | None:
         if "certificate_verify_failed" in d or "certificate verify failed" in d:
             return (f"The server at {server} presented a certificate that {trusted} does not trust ({details}). Give "
                     "--root-ca the server's certificate (self-signed) or the CA that signed it.")
-        if "peer name" in d or "hostname" in d or "handshake failed" in d:
+        if "peer name" in d or "hostname" in d:  # not a bare "handshake failed": a restart can cause that
             return (f"The TLS handshake with {server} failed ({details}). Check that the server's certificate names "
                     f"this host and is trusted by {trusted}.")
         return None
