@@ -6,7 +6,9 @@ exit with code 2, without a traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -59,6 +61,8 @@ def run(
             status = f"{metric} {record[metric]:.4f}" if metric else ""
         progress.update(task_id, completed=done, total=total, **({"status": status} if status else {}))
 
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+    previous = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c) if main else None
     try:
         if resume is not None:
             result = experiment.resume(resume, progress=on_round)
@@ -67,12 +71,29 @@ def run(
     except FedweaveError as exc:
         progress.stop()
         _fail(exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         progress.stop()
-        console.print("[yellow]interrupted[/]: checkpoint written; continue with `fedweave run --resume DIR`.")
-        raise typer.Exit(code=130)
+        how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        console.print(f"[yellow]{how}[/]: checkpoint written; continue with `fedweave run --resume DIR`.")
+        raise typer.Exit(code=EXIT_SIGTERM if isinstance(exc, _Terminated) else EXIT_INTERRUPTED)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     progress.stop()
     _print_result(result)
+
+
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, the shell's convention
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, systemd): stop as Ctrl-C does, checkpoint included."""
+
+
+def _terminate_like_ctrl_c(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the checkpoint short
+    raise _Terminated()
 
 
 def _fmt(v) -> str:
@@ -86,13 +107,16 @@ def _fmt(v) -> str:
 def _print_result(result) -> None:
     """The run's summary table; a diverged run also says why and exits with code 1."""
     _print_summary(result.summary, result.run_dir)
+    if result.summary.get("warning"):
+        console.print(f"[bold yellow]warning:[/] {escape(str(result.summary['warning']))}")
     if result.status == "diverged":
         console.print(f"[bold red]diverged:[/] {escape(str(result.summary.get('message')))}")
         raise typer.Exit(code=1)
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
-    table = Table(title=f"{summary['name']} · {summary['method']} · {summary['status']}", show_header=True)
+    degenerate = " (degenerate)" if str(summary.get("warning", "")).startswith("degenerate") else ""
+    table = Table(title=f"{summary['name']} · {summary['method']} · {summary['status']}{degenerate}", show_header=True)
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key in ("rounds_completed", "final_metric", "best_metric", "final_loss", "time_to_target_s",
@@ -101,6 +125,8 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         if key in summary:
             label = key.replace("metric", summary.get("metric_name", "metric"))
             table.add_row(label, _fmt(summary[key]))
+    if summary.get("warning"):
+        table.add_row("[yellow]warning[/]", "[yellow]" + escape(str(summary["warning"]).split(":", 1)[0]) + "[/]")
     out.print(table)
     out.print(f"run directory: {run_dir}")
 

@@ -13,8 +13,9 @@ FedAvg with 10 clients per round for 30 rounds.
 from __future__ import annotations
 
 import copy
+import types
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,8 +23,51 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .core.errors import ConfigError
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def _bool_where_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` holds a YAML boolean where ``annotation`` wants a number.
+
+    Pydantic's lax mode turns ``true`` into 1 (``schedule.rounds: true`` would run one
+    round); a count or a rate written as a boolean is a mistake, so it is refused."""
+    if annotation is Any or annotation is bool:
+        return False
+    origin, args = get_origin(annotation), get_args(annotation)
+    if isinstance(value, bool):
+        if origin in (Union, types.UnionType):
+            return not any(a is bool or a is Any for a in args)
+        return annotation in (int, float) or origin is Literal
+    if origin in (Union, types.UnionType):
+        return value is not None and all(_bool_where_number(a, value) for a in args if a is not type(None))
+    if origin in (list, tuple) and isinstance(value, (list, tuple)) and args:
+        return any(_bool_where_number(args[0], v) for v in value)
+    return False
+
+
+class _StrictNumbers:
+    """Field check shared by every section: no NaN/infinity, no booleans as numbers."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value, info):
+        field = cls.model_fields.get(info.field_name)
+        if field is not None and _bool_where_number(field.annotation, value):
+            raise ValueError(f"must be {_allowed_numbers(field)}, not a boolean")
+        return value
+
+
+def _allowed_numbers(field) -> str:
+    """'an integer >= 1', 'a number > 0 and <= 1'... from a field's type and bounds."""
+    kind = "an integer" if int in (field.annotation, *get_args(field.annotation)) else "a number"
+    bounds = []
+    for m in field.metadata:
+        for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                bounds.append(f"{op} {getattr(m, attr)}")
+    return kind + (" " + " and ".join(bounds) if bounds else "")
+
+
+class _Section(_StrictNumbers, BaseModel):
+    # allow_inf_nan=False: `client.lr: .inf` or `.nan` is refused, not trained with
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PartitionConfig(_Section):
@@ -88,10 +132,10 @@ class TaskConfig(_Section):
     kind: str = Field("classification", description="classification, restoration or language_model")
 
 
-class MethodConfig(BaseModel):
+class MethodConfig(_StrictNumbers, BaseModel):
     """The method preset and its stages; a method's own parameters are extra keys."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     name: str = "fedavg"
     weighting: Optional[str] = Field(None, description="overrides the preset's weighting stage")
     combiner: Optional[str] = Field(None, description="overrides the preset's combiner stage")
@@ -317,6 +361,15 @@ class Config(_Section):
     privacy: PrivacyConfig = PrivacyConfig()
     eavesdropper: EavesdropperConfig = EavesdropperConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _name_stays_in_runs(cls, v: str):
+        # the name becomes the directory runs/<name>-<time>: it must not leave runs/
+        if not v or v in (".", "..") or any(ch in v for ch in "/\\") or any(ord(ch) < 32 or ord(ch) == 127 for ch in v):
+            raise ValueError("the run name becomes the directory runs/<name>-<time>: give a non-empty name without "
+                             "'/', '\\' or control characters, other than '.' and '..' (e.g. fedavg-mnist)")
+        return v
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -372,7 +425,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"Config file {str(path)!r} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {str(path)!r} is not a text file: byte {exc.start} is not UTF-8. A config is "
+                          "a YAML mapping of sections in UTF-8 text (see examples/quickstart.yaml).") from None
+    except OSError as exc:
+        raise ConfigError(f"Config file {str(path)!r} cannot be read: {exc.strerror}.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {exc}") from None
     if data is None:

@@ -8,6 +8,7 @@ half-written directory that looks like a finished run.
 
 from __future__ import annotations
 
+import errno
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,16 +20,16 @@ import torch
 from .config import Config, load_config, read_yaml
 from .core.client import ClientAlgorithm
 from .core.errors import ConfigError, DivergedError, FedweaveError, ModelError
-from .core.params import FlatModel, ParamSpec
+from .core.params import FlatModel, ParamSpec, check_role_patterns
 from .core.rng import derive_seed
 from .core.strategy import Strategy
 from .core.task import Task
 from .data.federated import FederatedDataset, build_federated
 from .methods import build_method
 from .methods.registry import method_roles
-from .metrics import summarize
+from .metrics import degenerate_reason, summarize
 from .models import build_model
-from .rundir import CHECKPOINT, CONFIG, RunDirectory
+from .rundir import CHECKPOINT, CONFIG, RunDirectory, check_output_path
 from .sim.devices import DeviceFleet, make_fleet
 from .sim.executors import Executor, check_executor, check_executor_fits, make_executor
 from .sim.worker import WorkerSetup
@@ -117,6 +118,7 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
         kwargs.setdefault("width", m.width)
     factory = ModelFactory(m.name, tuple(data.input_shape), data.num_classes, kwargs, config.seed)
     module = factory()
+    check_role_patterns(module, m.roles)
     roles = method_roles(config, module)  # model.roles plus what the method declares (FedPer's head...)
     flat = FlatModel(module, roles)
     module.eval()  # the probe must not touch BatchNorm statistics
@@ -191,44 +193,66 @@ def run(
     cfg = load_config(config, overrides)
     if out is not None:
         cfg.output.dir = str(out)
+    run_dir = RunDirectory(check_output_path(cfg.output.dir or default_run_dir(cfg), "The run directory (--out)"))
     exp = build_experiment(cfg)
-    run_dir = RunDirectory(cfg.output.dir or default_run_dir(cfg))
+    _refuse_existing_run(run_dir)
+    cfg.output.dir = str(run_dir.path)
+    start_executor(exp)  # before the directory exists: an unreachable cluster leaves nothing behind
+    made = not run_dir.path.exists()
+    try:
+        run_dir.lock()
+        _refuse_existing_run(run_dir)  # again, now that no other process can start one here
+        run_dir.create(cfg.to_yaml())
+    except BaseException:
+        exp.executor.close()
+        if made and run_dir.locked:  # leave no directory behind
+            run_dir.unlock()
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+        raise
+    try:
+        return _execute(exp, run_dir, None, progress, executor_started=True)
+    finally:
+        run_dir.unlock()
+
+
+def _refuse_existing_run(run_dir: RunDirectory) -> None:
     if (run_dir.path / CONFIG).exists():
         raise ConfigError(
             f"{str(run_dir.path)!r} already holds a run; choose another output directory, delete it, "
             "or continue it with `fedweave run --resume DIR`."
         )
-    cfg.output.dir = str(run_dir.path)
-    start_executor(exp)  # before the directory exists: an unreachable cluster leaves nothing behind
-    try:
-        run_dir.create(cfg.to_yaml())
-    except BaseException:
-        exp.executor.close()
-        raise
-    return _execute(exp, run_dir, None, progress, executor_started=True)
 
 
 def open_for_resume(run_path: str | Path) -> tuple[RunDirectory, Config]:
-    """The run directory of a stopped run and its config; refuses what cannot be resumed."""
+    """The run directory of a stopped run, locked for this process, and its config;
+    refuses what cannot be resumed (and a directory another live process works in)."""
     run_dir = RunDirectory(run_path)
     if not (run_dir.path / CONFIG).is_file():
         raise ConfigError(f"{str(run_dir.path)!r} is not a run directory (no {CONFIG}).")
-    summary = run_dir.read_summary()
-    if summary is not None and summary.get("status") == "completed":
-        raise ConfigError(f"The run in {str(run_dir.path)!r} is already completed; nothing to resume.")
-    return run_dir, load_config(read_yaml(run_dir.path / CONFIG))
+    run_dir.lock()
+    try:
+        summary = run_dir.read_summary()
+        if summary is not None and summary.get("status") == "completed":
+            raise ConfigError(f"The run in {str(run_dir.path)!r} is already completed; nothing to resume.")
+        return run_dir, load_config(read_yaml(run_dir.path / CONFIG))
+    except BaseException:
+        run_dir.unlock()
+        raise
 
 
 def resume(run_path: str | Path, progress: Callable[[int, int, dict | None], None] | None = None) -> RunResult:
     """Continue a stopped run from its last checkpoint; ends as an uninterrupted run would."""
     run_dir, cfg = open_for_resume(run_path)
-    exp = build_experiment(cfg)
-    ckpt = run_dir.load_checkpoint()
-    if ckpt is None:
-        # stopped before its first checkpoint: start again from scratch
-        run_dir.create(cfg.to_yaml())
-    run_dir.clear_summary()
-    return _execute(exp, run_dir, ckpt, progress)
+    try:
+        exp = build_experiment(cfg)
+        ckpt = run_dir.load_checkpoint()
+        if ckpt is None:
+            # stopped before its first checkpoint: start again from scratch
+            run_dir.create(cfg.to_yaml())
+        run_dir.clear_summary()
+        return _execute(exp, run_dir, ckpt, progress)
+    finally:
+        run_dir.unlock()
 
 
 def start_executor(exp: Experiment) -> None:
@@ -250,7 +274,8 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
     sim.progress = track_progress(progress, trackers)
     if ckpt is not None:
         sim.restore(ckpt)
-        run_dir.truncate_metrics(len(sim.committed.history))
+        # exactly the records the checkpoint covers, also one whose append failed (a full disk)
+        run_dir.rewrite_metrics(sim.committed.history)
     status, message = "completed", None
     try:
         sim.run()
@@ -261,6 +286,10 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
         summary = _write_summary(exp, run_dir, sim, "interrupted", "stopped by the user; continue with `fedweave run --resume DIR`")
         close_trackers(trackers, summary)
         raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):  # no space, or no quota left
+            raise
+        raise _stopped_on_full_disk(exp, run_dir, sim, trackers, exc) from None
     finally:
         exp.executor.close()
     summary = _write_summary(exp, run_dir, sim, status, message)
@@ -271,6 +300,35 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
         shutil.rmtree(run_dir.path / "client_state", ignore_errors=True)
     c = sim.committed
     return RunResult(run_dir.path, summary, c.history, c.state.params, c.state.buffers)
+
+
+class DiskFullError(FedweaveError):
+    """A write to the run directory failed for lack of space; the run is resumable."""
+
+
+def _stopped_on_full_disk(exp: Experiment, run_dir: RunDirectory, sim, trackers, exc: OSError) -> DiskFullError:
+    """Save what can be saved after a write failed with ENOSPC and say how to go on.
+
+    The committed snapshot is complete (records are committed before they are appended),
+    so a checkpoint of it resumes the run without loss; ``--resume`` rewrites
+    ``metrics.jsonl`` from it."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    try:
+        run_dir.save_checkpoint(sim.checkpoint_dict())
+        saved = f"a checkpoint of round {sim.committed.round} is saved"
+    except OSError:
+        saved = ("no new checkpoint could be written" + (", the last one is kept" if (run_dir.path / CHECKPOINT).exists()
+                                                            else ""))
+    try:
+        summary = _write_summary(exp, run_dir, sim, "interrupted", f"stopped: the disk is full ({where}{exc.strerror})")
+        close_trackers(trackers, summary)
+    except OSError:
+        pass
+    return DiskFullError(
+        f"The disk holding {str(run_dir.path)!r} is full ({where}{exc.strerror}); the run stopped after round "
+        f"{sim.committed.round} and {saved}. Free some space, then continue with `fedweave run --resume "
+        f"{run_dir.path}` (metrics.jsonl is completed from the checkpoint)."
+    )
 
 
 def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, message: str | None) -> dict[str, Any]:
@@ -305,6 +363,10 @@ def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, mes
     })
     for obs in exp.observers:
         summary.update(obs.summary())
+    if task.name == "classification" and status == "completed":
+        reason = degenerate_reason(c.history, num_classes=exp.data.num_classes, test_labels=exp.data.y_test.numpy())
+        if reason:
+            summary["warning"] = reason
     if message:
         summary["message"] = message
     run_dir.write_summary(summary)

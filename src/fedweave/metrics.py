@@ -60,3 +60,41 @@ def summarize(
             if key in history[-1]:
                 out[key] = history[-1][key]
     return out
+
+
+def chance_accuracy(test_labels: np.ndarray) -> float:
+    """The accuracy of the best constant guess: the share of the most common test class."""
+    counts = np.bincount(np.asarray(test_labels, dtype=np.int64))
+    return float(counts.max() / counts.sum())
+
+
+def degenerate_reason(history: list[dict[str, Any]], *, num_classes: int, test_labels: np.ndarray) -> str | None:
+    """Why a finished classification run is degenerate (trained to chance with an exploded
+    loss), or None. The rule, applied to the last evaluation record:
+
+    * **no better than chance**: accuracy <= p + 2·sqrt(p(1-p)/n), where p is the share of
+      the most common test class (what a constant guess scores) and n the number of test
+      examples — within two standard errors of a chance-level classifier; **and**
+    * **training exploded**: the clients' mean training loss is missing (every update of
+      the interval was non-finite) or above 10·ln C, ten times the cross-entropy of a
+      uniform guess over the C classes.
+
+    Either alone is not enough: a model that learned little keeps a loss near ln C, and
+    a huge learning rate on a convex model can give a huge loss at good accuracy.
+    """
+    if not history or num_classes < 2 or len(test_labels) == 0 or history[-1].get("accuracy") is None:
+        return None
+    last = history[-1]
+    p, n = chance_accuracy(test_labels), len(test_labels)
+    bar = p + 2 * math.sqrt(p * (1 - p) / n)
+    accuracy = float(last["accuracy"])
+    loss_bar = 10 * math.log(num_classes)
+    train_loss = last.get("train_loss")
+    exploded = train_loss is None or not math.isfinite(train_loss) or train_loss > loss_bar
+    if accuracy > bar or not exploded:
+        return None
+    loss_text = "missing (every update non-finite)" if train_loss is None or not math.isfinite(train_loss) \
+        else f"{train_loss:.3g} > 10·ln {num_classes} = {loss_bar:.3g}"
+    return (f"degenerate run: final accuracy {accuracy:.4f} is no better than chance ({p:.4f} by always guessing the "
+            f"most common class; bar {bar:.4f}) and the training loss exploded ({loss_text}); lower client.lr or "
+            "add client.grad_clip")

@@ -1,5 +1,5 @@
 """Compatibility path: the flat parameter layout lives in :mod:`fedweave.core.params`."""
 
-from .core.params import FlatModel, ParamSpec, ROLES, Segment
+from .core.params import FlatModel, ParamSpec, ROLES, Segment, check_role_patterns
 
-__all__ = ["ROLES", "Segment", "ParamSpec", "FlatModel"]
+__all__ = ["ROLES", "Segment", "ParamSpec", "FlatModel", "check_role_patterns"]

@@ -228,7 +228,7 @@ def test_npz_with_client_id_and_test(tmp_path):
     np.savez(
         path,
         x=np.ones((6, 5), np.float64),
-        y=np.array([0, 1, 1, 0, 2, 2]),
+        y=np.array([0, 1, 1, 0, 2, 5]),
         client_id=np.array([3, 3, 1, 1, 7, 7]),
         x_test=np.zeros((2, 5)),
         y_test=np.array([0, 5]),

@@ -170,6 +170,17 @@ class ParamSpec:
         return f"ParamSpec({', '.join(f'{g}={n}' for g, n in self.sizes.items() if n)}, dtype={self.dtype})"
 
 
+def check_role_patterns(module: nn.Module, patterns, what: str = "model.roles") -> None:
+    """Refuse a role pattern that matches no parameter or buffer name of ``module``: a
+    typo there would silently leave the part it meant trainable, shared or sent."""
+    names = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+        raise ConfigError(f"{what} pattern(s) {', '.join(map(repr, unmatched))} match no parameter or buffer of the "
+                          f"model. Patterns are fnmatch patterns over these names: {shown} (e.g. 'fc3.*').")
+
+
 def _match_role(name: str, roles: dict[str, str]) -> str | None:
     for pattern, role in roles.items():
         if fnmatch.fnmatchcase(name, pattern):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import pickle
 import random
@@ -349,7 +350,7 @@ def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
         raise DataError(f"{path} is truncated inside its header. {redownload}")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims_n))
     dtype = _IDX_TYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a forged header cannot overflow
     found = len(data) - header
     if found != expected:
         problem = "is truncated" if found < expected else "has extra bytes at the end"
@@ -508,6 +509,11 @@ def _load_cifar10(root) -> DataSource:
     return DataSource("cifar10", xt, yt, xs, ys, 10, (3, 32, 32), None)
 
 
+# the largest number of classes a source may declare: labels are class indices, and the
+# model gets one output per class (an 8-TiB output layer from one stray label is not a run)
+MAX_CLASSES = 1 << 20
+
+
 def _npz_labels(path: Path, key: str, arr: np.ndarray, n: int) -> np.ndarray:
     """Validate an integer label-like array of an npz file (y, y_test, client_id)."""
     if arr.ndim != 1 or arr.shape[0] != n:
@@ -525,6 +531,11 @@ def _npz_labels(path: Path, key: str, arr: np.ndarray, n: int) -> np.ndarray:
                 f"non-integer values. Save it as an integer array."
             )
     arr = arr.astype(np.int64)
+    if key != "client_id" and arr.size and arr.max() >= MAX_CLASSES:
+        raise DataError(
+            f"{path}: {key!r} contains label {int(arr.max())}; class labels must be 0..{MAX_CLASSES - 1} (the model "
+            f"gets one output per class). Re-encode them as 0, 1, 2, ... (numpy.unique(y, return_inverse=True))."
+        )
     if arr.size and arr.min() < 0:
         raise DataError(
             f"{path}: {key!r} contains negative values (min {int(arr.min())}); "
@@ -541,8 +552,9 @@ def _npz_inputs(path: Path, key: str, arr: np.ndarray) -> np.ndarray:
             f"one feature dimension; found shape {arr.shape}. For flat features save "
             f"[N, num_features]."
         )
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise DataError(f"{path}: {key!r} must be numeric; found dtype {arr.dtype}.")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataError(f"{path}: {key!r} must hold real numbers (integer, float or bool); found dtype {arr.dtype}. "
+                        "Save complex data as separate real and imaginary channels.")
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         raise DataError(f"{path}: {key!r} contains NaN or infinite values; clean them first.")
@@ -590,7 +602,12 @@ def _load_npz(root) -> DataSource:
                 f"have {x.shape[1:]}; they must match."
             )
         y_test = _npz_labels(path, "y_test", arrays["y_test"], x_test.shape[0])
-        num_classes = max(num_classes, int(y_test.max()) + 1)
+        if y_test.size and int(y_test.max()) >= num_classes:
+            raise DataError(
+                f"{path}: 'y_test' contains label {int(y_test.max())}, but the training labels 'y' are 0..{num_classes - 1}: "
+                f"a class that no client can learn. Test labels must be training classes (0..{num_classes - 1}); "
+                "drop those test examples or add training examples of that class."
+            )
     # the arrays were just read from the file and nothing else holds them: no copies
     xt, yt = _tensors(x, y, copy=False)
     xs = ys = None

@@ -249,6 +249,10 @@ class DeployClient:
                     if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
                                 grpc.StatusCode.PERMISSION_DENIED):
                         raise ClientError(f"The server refused this client: {details}") from None
+                    if code == grpc.StatusCode.UNAVAILABLE:
+                        mismatch = tls_mismatch(self.server, self.tls, self.root_ca, details or "")
+                        if mismatch:  # retrying cannot help: say so now, not after give_up_s
+                            raise ClientError(mismatch) from None
                     log.info("server %s unreachable (%s: %s); retrying", self.server, code.name, details)
                 except _ServerAway as exc:
                     log.info("%s; reconnecting with backoff", exc)
@@ -312,6 +316,50 @@ class DeployClient:
         log.info("round %d: update sent (job %d, %.2f s of training, loss %.4f)", r + 1, counter,
                  time.perf_counter() - t0, result.update.metrics.get("loss", float("nan")))
         return "task"
+
+
+def tls_mismatch(server: str, tls: bool, root_ca, details: str) -> str | None:
+    """What is wrong when a connection failed because the two sides disagree on TLS (one
+    side without it, or a certificate this client does not trust), or None."""
+    d = details.lower()
+    if tls:
+        trusted = f"--root-ca {root_ca}" if root_ca is not None else "the system's root certificates (--tls)"
+        if "wrong_version_number" in d or "wrong version number" in d:
+            return (f"The server at {server} does not speak TLS (the TLS handshake got a plain reply). Connect "
+                    "without --root-ca/--tls, or start the server with --tls-cert and --tls-key.")
+        if "certificate_verify_failed" in d or "certificate verify failed" in d:
+            return (f"The server at {server} presented a certificate that {trusted} does not trust ({details}). Give "
+                    "--root-ca the server's certificate (self-signed) or the CA that signed it.")
+        if "peer name" in d or "hostname" in d:  # not a bare "handshake failed": a restart can cause that
+            return (f"The TLS handshake with {server} failed ({details}). Check that the server's certificate names "
+                    f"this host and is trusted by {trusted}.")
+        return None
+    if "socket closed" in d and speaks_tls(server):
+        return (f"The server at {server} speaks TLS, but this client connected without it. Give --root-ca CERT (the "
+                "server's certificate or its CA) or --tls (trust the system's roots).")
+    return None
+
+
+def speaks_tls(server: str, timeout_s: float = 3.0) -> bool:
+    """Whether ``HOST:PORT`` completes a TLS handshake (certificate not checked: this only
+    tells a TLS server from a plain one)."""
+    import socket
+    import ssl
+
+    host, _, port = server.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return False
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return True
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return False
 
 
 def join(server: str, token: str, **kwargs) -> int:

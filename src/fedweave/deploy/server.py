@@ -38,9 +38,11 @@ from ..config import Config, load_config
 from ..core.errors import ConfigError, DivergedError, FedweaveError
 from ..core.messages import Broadcast, Update
 from ..core.observer import Observer
-from ..rundir import METRICS, RunDirectory, atomic_write_text, dumps
+from ..rundir import METRICS, RunDirectory, atomic_write_text, check_output_path, dumps
 from ..sim.events import WallClock
 from ..sim.ledger import MERGED, RoundLedger
+from .client_view import client_config_yaml
+from .options import check_serve_options
 from .tokens import TokenStore
 from .wire import (
     DEFAULT_FRAME_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_TENSORS, PROTOCOL, Assembler, Encoded, WireError,
@@ -551,7 +553,7 @@ class DeployServer:
             self._cv.notify_all()
         log.info("client %d joined from %s (%d examples)", cid, context.peer(), request.num_examples)
         data = self.exp.data
-        return pb2.JoinReply(client_id=cid, config_yaml=self.cfg.to_yaml(), num_clients=n, num_classes=data.num_classes,
+        return pb2.JoinReply(client_id=cid, config_yaml=client_config_yaml(self.cfg), num_clients=n, num_classes=data.num_classes,
                              input_shape=list(data.input_shape), run_id=self.run_id, frame_bytes=self.frame_bytes,
                              protocol=PROTOCOL)
 
@@ -770,11 +772,11 @@ def serve(
     """Build the run (or reopen it with ``resume``), serve it until its rounds are done."""
     from ..experiment import build_experiment, default_run_dir, open_for_resume
 
-    if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("Give both --tls-cert and --tls-key, or neither.")
-    for path, what in ((tls_cert, "--tls-cert"), (tls_key, "--tls-key")):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"The {what} file {str(path)!r} does not exist.")
+    check_serve_options(address=address, frame_bytes=frame_bytes, min_clients=min_clients,
+                        join_timeout_s=join_timeout_s, tls_cert=tls_cert, tls_key=tls_key)
+    for path, what in ((out, "The run directory (--out)"), (state_dir, "The state directory (--state-dir)")):
+        if path is not None:
+            check_output_path(path, what)
     given = TokenStore.load(tokens) if tokens is not None else None  # before any directory is made
     ckpt = None
     if resume:
@@ -796,7 +798,7 @@ def serve(
         if out is not None:
             cfg.output.dir = str(out)
         exp = build_experiment(cfg)
-        run_dir = RunDirectory(cfg.output.dir or default_run_dir(cfg))
+        run_dir = RunDirectory(check_output_path(cfg.output.dir or default_run_dir(cfg), "The run directory (--out)"))
         cfg.output.dir = str(run_dir.path)
         run_dir.create(cfg.to_yaml())
         sdir = RunDirectory(state_dir if state_dir is not None else run_dir.path)
@@ -820,6 +822,7 @@ def serve(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        run_dir.unlock()
 
 
 def _load_or_make_tokens(state_dir: Path, num_clients: int, resume: bool, print_tokens) -> TokenStore:

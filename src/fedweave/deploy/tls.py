@@ -7,6 +7,7 @@ import ipaddress
 from pathlib import Path
 
 from ..core.errors import ConfigError
+from ..rundir import atomic_write_bytes
 
 
 def _read(path: str | Path, what: str) -> bytes:
@@ -60,7 +61,8 @@ def write_self_signed(cert_path: str | Path, key_path: str | Path, hosts: tuple[
     )
     cert_path, key_path = Path(cert_path), Path(key_path)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
+    # written to a file created with mode 0600 and renamed into place: the key is never
+    # readable by others, not even between its creation and a later chmod
+    atomic_write_bytes(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
     return cert_path, key_path

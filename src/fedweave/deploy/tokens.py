@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..rundir import atomic_write_text
+from ..rundir import atomic_write_text, check_output_path
 
 FORMAT = 1
 PREFIX = "fwt_"
@@ -77,7 +77,7 @@ class TokenStore:
         return json.dumps({"format": FORMAT, "hash": "sha256", "clients": clients}, indent=1) + "\n"
 
     def save(self, path: str | Path, overwrite: bool = False) -> None:
-        path = Path(path)
+        path = check_output_path(path, "The token file (--out)", file=True)
         if path.exists() and not overwrite:
             raise ConfigError(f"{str(path)!r} exists; choose another file or pass --force to replace it "
                               "(the tokens in it stop working).")
