@@ -112,3 +112,4 @@ def make_task(kind: str) -> Task:
 
 from . import restoration as _restoration  # noqa: E402,F401  (registers task.kind 'restoration')
 from . import lm as _lm  # noqa: E402,F401  (registers task.kind 'language_model' and model 'transformer')
+from . import turbulence as _turbulence  # noqa: E402,F401  (registers task.kind 'regression' and model 'fno1d')

@@ -44,6 +44,8 @@ DATASETS: dict[str, str] = {
     "one client per LEAF user",
     "hf": "a Hugging Face dataset: a save_to_disk folder in data.root, or data.name from the local "
     "cache (never downloads); data.split, data.columns",
+    "burgers1d": "turbulence for task.kind regression: seeded Burgers' solutions u(x, 1) from random initial "
+    "fields, one natural client per UAM corridor; burgers1d:<corridors>:<resolution>:<samples> (fedweave.turbulence)",
     "pydocs": "character-level text (97 tokens) from the docstrings of Python stdlib modules, one document "
     "(natural client) per module; pydocs:<L> for sequences of L (default 64); data.name federated | public "
     "(task.kind language_model)",
@@ -594,6 +596,11 @@ def load_source(
                            synthetic_beta=synthetic_beta, synthetic_num_clients=synthetic_num_clients,
                            synthetic_dim=synthetic_dim, synthetic_classes=synthetic_classes)
         return super_resolution_source(base, int(name[2 : name.index(":")]))
+    if name == "burgers1d" or name.startswith("burgers1d:"):
+        # seeded Burgers' turbulence, corridors as clients (fedweave.turbulence)
+        from fedweave.turbulence import burgers_source
+
+        return burgers_source(name, seed)
     if name == "pydocs" or name.startswith("pydocs:"):
         # character-level next-token data from stdlib docstrings (fedweave.lm)
         from fedweave.lm import pydocs_source

@@ -17,6 +17,10 @@ Profiles (``system.profile``), all seeded from ``(seed, "devices")``:
     ``[[fraction, slowdown], ...]``: e.g. 30% of devices 10× slower (compute and links).
     Exactly round(fraction × N) devices per tier (the last tier takes the rest), devices
     assigned to tiers by a seeded permutation.
+``uam_wireless``
+    aircraft on corridors uploading to their nearest ground base station; each upload
+    attempt succeeds when its SIR exceeds a threshold, else it is retried
+    (:mod:`fedweave.sim.uam`, ``system.uam``). Compute and download as ``uniform``.
 ``trace``
     a CSV file: ``client_id, seconds_per_sample, uplink_mbps, downlink_mbps`` and an
     optional ``availability`` column of ``start-end`` windows in virtual seconds separated
@@ -109,6 +113,12 @@ class DeviceFleet:
     def compute_s(self, client_id: int, examples: int) -> float:
         return self.profiles[client_id].compute_s(examples) * self.compute_scale
 
+    def upload_s(self, client_id: int, start_s: float, num_bytes: int, counter: int = 0) -> float:
+        """Virtual seconds that the upload of ``num_bytes`` started at ``start_s`` (by the
+        client's job number ``counter``) takes until it is through. Here: latency + bytes /
+        uplink; a channel model (``uam_wireless``: fedweave.sim.uam) overrides it."""
+        return self.profiles[client_id].upload_s(num_bytes)
+
     def job_duration(self, client_id: int, bytes_down: int, examples: int, bytes_up: int) -> float:
         p = self.profiles[client_id]
         return p.download_s(bytes_down) + self.compute_s(client_id, examples) + p.upload_s(bytes_up)
@@ -134,6 +144,10 @@ class DeviceFleet:
 
 def make_fleet(system_cfg, num_clients: int, seed: int, num_params: int = 0) -> DeviceFleet:
     s = system_cfg
+    if s.profile == "uam_wireless":  # aircraft whose uploads depend on an SIR channel
+        from .uam import make_uam_fleet
+
+        return make_uam_fleet(s, num_clients, seed, num_params)
     rng = numpy_rng(seed, "devices")
     if s.profile == "trace":
         profiles = read_trace(s.trace, num_clients, s.latency_s)
