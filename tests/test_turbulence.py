@@ -151,3 +151,12 @@ def test_tiny_end_to_end_runs_over_the_channel(tmp_path, mode, method):
     again = run(None, out=tmp_path / "b", overrides=overrides)
     assert [r["rel_l2"] for r in again.history] == errors
     assert [r["virtual_time_s"] for r in again.history] == [r["virtual_time_s"] for r in first.history]
+
+
+def test_vectorized_executor_runs_the_fno_like_the_serial_one(tmp_path):
+    overrides = TINY + ["schedule.mode=sync", "method.name=fedavg", "client.optimizer=sgd", "client.lr=0.05",
+                        "schedule.rounds=2"]
+    serial = run(None, out=tmp_path / "s", overrides=overrides + ["executor.kind=serial"])
+    vectorized = run(None, out=tmp_path / "v", overrides=overrides + ["executor.kind=vectorized"])
+    assert "vectorized" in vectorized.summary["executor"]
+    assert [r["rel_l2"] for r in vectorized.history] == pytest.approx([r["rel_l2"] for r in serial.history], rel=1e-6)

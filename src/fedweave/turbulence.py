@@ -254,9 +254,10 @@ class SpectralConv1d(nn.Module):
                              f"{n // 2}; use a grid of at least {2 * self.modes} points or fewer modes.")
         x_ft = torch.fft.rfft(x, norm="forward")
         weight = torch.view_as_complex(self.weight)
-        out_ft = torch.zeros(x.shape[0], weight.shape[1], n // 2 + 1, dtype=x_ft.dtype, device=x.device)
-        out_ft[..., : self.modes] = torch.einsum("bik,iok->bok", x_ft[..., : self.modes], weight)
-        return torch.fft.irfft(out_ft, n=n, norm="forward")
+        kept = torch.einsum("bik,iok->bok", x_ft[..., : self.modes], weight)
+        # zeros above the kept modes, built without in-place writes (the vectorized executor vmaps this)
+        dropped = kept.new_zeros(kept.shape[:-1] + (n // 2 + 1 - self.modes,))
+        return torch.fft.irfft(torch.cat([kept, dropped], dim=-1), n=n, norm="forward")
 
 
 class FNO1d(nn.Module):
