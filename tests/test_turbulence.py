@@ -160,3 +160,28 @@ def test_vectorized_executor_runs_the_fno_like_the_serial_one(tmp_path):
     vectorized = run(None, out=tmp_path / "v", overrides=overrides + ["executor.kind=vectorized"])
     assert "vectorized" in vectorized.summary["executor"]
     assert [r["rel_l2"] for r in vectorized.history] == pytest.approx([r["rel_l2"] for r in serial.history], rel=1e-6)
+
+
+def test_async_run_over_the_channel_resumes_to_the_uninterrupted_numbers(tmp_path):
+    import json
+
+    overrides = TINY + ["schedule.mode=async", "method.name=afl_staleness", "output.checkpoint_every=3"]
+    ref = run(None, out=tmp_path / "ref", overrides=overrides)
+
+    def stop(done, total, record):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(None, out=tmp_path / "int", overrides=overrides, progress=stop)
+    from fedweave.experiment import resume
+
+    resumed = resume(tmp_path / "int")
+
+    def records(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
+                for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+    assert resumed.summary["status"] == "completed"
+    assert records(tmp_path / "int") == records(tmp_path / "ref")
+    assert torch.equal(resumed.params, ref.params)
