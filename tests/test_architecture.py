@@ -34,8 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "fedweave.messages")),
     # what a run reads and writes: the engine commits records and checkpoints through rundir
     ("config", ("fedweave.config", "fedweave.rundir")),
-    # pure maths: aggregation rules and server optimizers; fairness figures and summaries
-    ("maths", ("fedweave.aggregate", "fedweave.metrics")),
+    # pure maths: aggregation rules and server optimizers; fairness figures and summaries; wireless connectivity
+    ("maths", ("fedweave.aggregate", "fedweave.metrics", "fedweave.wireless")),
     # data sources (register_source), partitions, splits; the model zoo (register_model)
     ("data and models", ("fedweave.data", "fedweave.models")),
     # task bundles (task + source + model), central pretraining for a task

@@ -57,7 +57,7 @@ def run(
             progress.start()
         status = ""
         if record is not None:
-            metric = next((k for k in ("accuracy", "psnr", "perplexity") if k in record), None)
+            metric = next((k for k in ("accuracy", "psnr", "perplexity", "rel_l2") if k in record), None)
             status = f"{metric} {record[metric]:.4f}" if metric else ""
         progress.update(task_id, completed=done, total=total, **({"status": status} if status else {}))
 

@@ -129,7 +129,7 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    kind: str = Field("classification", description="classification, restoration or language_model")
+    kind: str = Field("classification", description="classification, restoration, language_model or regression")
 
 
 class MethodConfig(_StrictNumbers, BaseModel):
@@ -195,10 +195,27 @@ class ScheduleConfig(_Section):
         return self
 
 
+class UAMConfig(_Section):
+    """system.profile uam_wireless: aircraft on corridors uploading to the nearest GBS
+    (fedweave.sim.uam; the channel maths in fedweave.wireless.connectivity)."""
+
+    gbs_density: float = Field(1.0, gt=0, le=1000, description="GBSs per km² (a Poisson point process)")
+    altitude_km: float = Field(0.3, gt=0, le=10, description="corridor altitude above the GBSs, km")
+    path_loss_exponent: float = Field(3.0, gt=2, le=8, description="α in the path loss d^-α; must exceed 2")
+    sir_threshold_db: float = Field(0.0, ge=-30, le=40, description="an upload succeeds when SIR > this threshold (dB)")
+    activity: float = Field(0.5, gt=0, le=1, description="share of cells with a co-channel upload: interferer density = activity × gbs_density")
+    interference_radius_km: float = Field(10.0, gt=0, le=1000, description="interfering aircraft within this distance of the serving GBS")
+    area_km: float = Field(10.0, gt=0, le=1000, description="side of the square served area holding the corridors")
+    corridors: int = Field(4, ge=1, description="corridors (straight routes between aerodromes); aircraft k flies corridor k mod corridors")
+    speed_kmh: float = Field(150.0, gt=0, description="aircraft ground speed along its corridor (back and forth)")
+    retry_s: float = Field(1.0, gt=0, description="wait after a failed upload attempt before the next one")
+    max_attempts: int = Field(100000, ge=1, description="give up (error) after this many failed attempts of one upload")
+
+
 class SystemConfig(_Section):
     """Device profiles: compute speed, bandwidths, availability and dropouts (seeded)."""
 
-    profile: Literal["uniform", "lognormal", "tiers", "trace"] = "uniform"
+    profile: Literal["uniform", "lognormal", "tiers", "trace", "uam_wireless"] = "uniform"
     seconds_per_sample: float = Field(
         1e-3, gt=0, description="compute time per training example on a reference device, for a model of reference_params parameters"
     )
@@ -218,6 +235,7 @@ class SystemConfig(_Section):
     period_s: float = Field(600.0, gt=0, description="periodic availability: cycle length")
     on_fraction: float = Field(0.5, gt=0, le=1, description="periodic availability: share of each cycle online")
     dropout: float = Field(0.0, ge=0, lt=1, description="probability that a job fails and never uploads")
+    uam: UAMConfig = Field(default_factory=UAMConfig, description="uam_wireless: the GBS network, corridors and channel")
 
     @field_validator("tiers")
     @classmethod

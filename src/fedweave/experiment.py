@@ -19,7 +19,7 @@ import torch
 
 from .config import Config, load_config, read_yaml
 from .core.client import ClientAlgorithm
-from .core.errors import ConfigError, DivergedError, FedweaveError, ModelError
+from .core.errors import ConfigError, DataError, DivergedError, FedweaveError, ModelError
 from .core.params import FlatModel, ParamSpec, check_role_patterns
 from .core.rng import derive_seed
 from .core.strategy import Strategy
@@ -128,6 +128,9 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
         except Exception as exc:  # a model that does not fit the data is a user error
             raise ModelError(f"Model {m.name!r} cannot process inputs of shape {tuple(data.input_shape)}: {exc}") from None
     module.train()
+    if task.name == "classification" and torch.is_floating_point(data.y):
+        raise DataError(f"task.kind classification needs integer class labels, but data.dataset {config.data.dataset!r} "
+                        "has real-valued targets; use its task (regression for burgers1d, restoration for sr<k>:...).")
     if task.name == "classification" and tuple(out.shape) != (min(2, len(data.x)), data.num_classes):
         raise ModelError(f"Model {m.name!r} outputs shape {tuple(out.shape)}; expected [batch, {data.num_classes}] classes.")
     if hasattr(task, "check_output"):  # e.g. restoration: output and target images must match

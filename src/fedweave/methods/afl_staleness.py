@@ -31,10 +31,11 @@ Decisions and what is not reproduced:
 * The equation is taken from the project's notes (METHODS.md, marked unverified) and the
   public notebook; the full paper was not available. Float buffers are mixed with the
   same β.
-* The paper's task — a 1-D Fourier neural operator predicting Burgers'-equation
-  turbulence, with SIR-based wireless connectivity deciding which aircraft can upload —
-  is **not reproduced**: fedweave evaluates the aggregation rule on its own tasks, and
-  device availability comes from ``system`` profiles, not from a UAM connectivity model.
+* The paper's system — a 1-D Fourier neural operator predicting Burgers'-equation
+  turbulence, with SIR-based wireless connectivity deciding when each aircraft's upload
+  gets through — is built separately: ``task.kind: regression``, ``model.name: fno1d``,
+  ``data.dataset: burgers1d`` (fedweave.tasks.turbulence) and ``system.profile: uam_wireless``
+  (fedweave.sim.uam); docs/results/uam.md runs this rule there.
 * Server state: one float64 per device (its last upload time) plus two running sums.
 """
 

@@ -17,6 +17,10 @@ Profiles (``system.profile``), all seeded from ``(seed, "devices")``:
     ``[[fraction, slowdown], ...]``: e.g. 30% of devices 10× slower (compute and links).
     Exactly round(fraction × N) devices per tier (the last tier takes the rest), devices
     assigned to tiers by a seeded permutation.
+``uam_wireless``
+    aircraft on corridors uploading to their nearest ground base station; each upload
+    attempt succeeds when its SIR exceeds a threshold, else it is retried
+    (:mod:`fedweave.sim.uam`, ``system.uam``). Compute and download as ``uniform``.
 ``trace``
     a CSV file: ``client_id, seconds_per_sample, uplink_mbps, downlink_mbps`` and an
     optional ``availability`` column of ``start-end`` windows in virtual seconds separated
@@ -109,6 +113,12 @@ class DeviceFleet:
     def compute_s(self, client_id: int, examples: int) -> float:
         return self.profiles[client_id].compute_s(examples) * self.compute_scale
 
+    def upload_s(self, client_id: int, start_s: float, num_bytes: int, counter: int = 0) -> float:
+        """Virtual seconds that the upload of ``num_bytes`` started at ``start_s`` (by the
+        client's job number ``counter``) takes until it is through. Here: latency + bytes /
+        uplink; a channel model (``uam_wireless``: fedweave.sim.uam) overrides it."""
+        return self.profiles[client_id].upload_s(num_bytes)
+
     def job_duration(self, client_id: int, bytes_down: int, examples: int, bytes_up: int) -> float:
         p = self.profiles[client_id]
         return p.download_s(bytes_down) + self.compute_s(client_id, examples) + p.upload_s(bytes_up)
@@ -132,8 +142,23 @@ class DeviceFleet:
         return bool(numpy_rng(self.seed, "dropout", client_id, counter).random() < self.dropout)
 
 
+#: system.profile -> factory(system_cfg, num_clients, seed, num_params) -> DeviceFleet, for
+#: profiles whose fleets are more than a list of device profiles (sim/uam.py registers
+#: ``uam_wireless``: aircraft whose uploads succeed or fail on an SIR channel)
+FLEETS: dict = {}
+
+
+def register_fleet(profile: str, factory) -> None:
+    """Make ``system.profile: <profile>`` build its fleet with ``factory``."""
+    FLEETS[profile] = factory
+
+
 def make_fleet(system_cfg, num_clients: int, seed: int, num_params: int = 0) -> DeviceFleet:
+    """The fleet of ``system.profile`` (a profile registered with :func:`register_fleet`,
+    such as ``uam_wireless``, builds its own)."""
     s = system_cfg
+    if s.profile in FLEETS:
+        return FLEETS[s.profile](s, num_clients, seed, num_params)
     rng = numpy_rng(seed, "devices")
     if s.profile == "trace":
         profiles = read_trace(s.trace, num_clients, s.latency_s)

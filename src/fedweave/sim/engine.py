@@ -4,8 +4,10 @@ Time is virtual and separate from compute. When a client is dispatched, the engi
 decides its job's segment durations from its device profile (download, compute, and
 an optional intermediate fetch point) and puts events on a queue ordered by
 ``(virtual time, sequence number)``; the executor runs the job's training whenever it
-likes between submission and the ``compute_done`` event. The upload then takes
-``bytes / uplink`` of the actual message, and the ``arrival`` event hands the update to
+likes between submission and the ``compute_done`` event. The upload of the actual
+message then takes what the fleet says (``fleet.upload_s(client, start, bytes, job)``:
+``bytes / uplink``, or retried attempts over a wireless channel for ``uam_wireless``),
+and the ``arrival`` event hands the update to
 the strategy. Results depend only on the config and seed, never on the executor.
 
 Modes (``schedule.mode``):
@@ -145,7 +147,7 @@ class Simulator:
         res = self.exp.executor.collect(handle)
         info["result"] = res
         info["up"] = res.update.num_bytes()
-        queue.push(t + self.exp.fleet[job.client_id].upload_s(info["up"]), "arrival", info)
+        queue.push(t + self.exp.fleet.upload_s(job.client_id, t, info["up"], job.counter), "arrival", info)
 
     def _online_at_arrival(self, info: dict, t: float) -> bool:
         until = self.exp.fleet[info["job"].client_id].online_until(info["t0"])
