@@ -262,6 +262,9 @@ class AttackConfig(_Section):
     )
     deviation: Literal["std", "unit_vec", "sign"] = Field("std", description="minmax/minsum: perturbation direction")
     z: Optional[float] = Field(None, description="alie: deviations from the mean (default: from the cohort size)")
+    minsum_bound: Literal["min", "max"] = Field(
+        "min", description="minsum: bound the malicious sum of squared distances by the smallest benign one (official code) or the largest"
+    )
     sees_benign: bool = Field(False, description="alie/minmax/minsum: attackers know the round's benign updates")
     start_round: int = Field(1, ge=1, description="first round (1-based) the attackers act")
     end_round: Optional[int] = Field(None, ge=1, description="last round they act (default: to the end)")
