@@ -201,6 +201,11 @@ class EvalConfig(_Section):
     target: Optional[float] = Field(None, description="primary-metric value for time_to_target_s")
     final_window: int = Field(1, ge=1, description="final value = mean of the last k evaluations")
     batch_size: int = Field(2048, ge=1)
+    reject_threshold: Optional[float] = Field(
+        None, ge=0, le=1,
+        description="reject predictions whose max softmax probability is below it (any method; FLIP uses method.threshold): "
+        "adds accuracy_with_rejection and rejection_rate, and rejected backdoored inputs count as failed attacks",
+    )
     robust_accuracy: bool = Field(False, description="also report PGD robust accuracy on the test set (costly)")
     robust_eps: float = Field(0.1, gt=0, description="PGD: L-infinity radius, in input units")
     robust_steps: int = Field(10, ge=1, description="PGD: number of steps k")

@@ -163,12 +163,12 @@ def extensions() -> tuple[Callable[[Experiment], None], ...]:
     from .methods.ferret import configure_ferret
     from .methods.plora import configure_plora
     from .privacy import configure_privacy
-    from .threats import configure_attack, configure_eavesdropper, configure_robust_accuracy
+    from .threats import configure_attack, configure_eavesdropper, configure_rejection, configure_robust_accuracy
 
     # order matters: method set-up first, then privacy (wraps strategy and client), then
     # the attack (wraps the client outermost: attackers skip DP's client-side clipping)
     return (configure_ssf_pool, configure_frl, configure_plora, configure_ferret, configure_fltrust, configure_flip,
-            configure_privacy, configure_attack, configure_eavesdropper, configure_robust_accuracy)
+            configure_privacy, configure_attack, configure_eavesdropper, configure_robust_accuracy, configure_rejection)
 
 
 @dataclass

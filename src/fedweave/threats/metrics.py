@@ -3,9 +3,12 @@
 * ``attack_success_rate`` — backdoor: the share of test inputs whose label is not the
   target that, with the whole trigger stamped, are classified as the target; targeted
   label flip (``attack.source``): the share of the source class classified as the target.
-  Under a method that rejects predictions (FLIP's confidence threshold), a rejected
-  prediction counts as a failed attack (``attack_success_rate_no_rejection`` is the same
-  figure without the rejection rule).
+  Under a rejection rule (FLIP's confidence threshold ``method.threshold``, or
+  ``eval.reject_threshold`` with any method), a rejected prediction counts as a failed
+  attack (``attack_success_rate_no_rejection`` is the same figure without the rule).
+* ``accuracy_with_rejection`` / ``rejection_rate`` (``eval.reject_threshold``, any method)
+  — clean test accuracy counting rejected predictions as wrong, and the share rejected:
+  the rejection rule on its own, e.g. FedAvg + τ as the control for FLIP.
 * ``robust_accuracy`` (``eval.robust_accuracy``) — accuracy under L∞ PGD-k on the first
   ``eval.robust_max_examples`` test examples (:mod:`fedweave.threats.pgd`).
 
@@ -22,10 +25,11 @@ from .pgd import robust_accuracy
 
 
 def rejection_threshold(config) -> float | None:
-    """The confidence threshold below which the method rejects a prediction (FLIP), or None."""
-    if config.method.name != "flip":
-        return None
-    return float(config.method.extras().get("threshold", 0.4))
+    """The confidence threshold below which predictions are rejected, or None: FLIP's
+    ``method.threshold``, or ``eval.reject_threshold`` for any other method."""
+    if config.method.name == "flip":
+        return float(config.method.extras().get("threshold", 0.4))
+    return config.eval.reject_threshold
 
 
 @torch.no_grad()
@@ -115,3 +119,21 @@ def configure_robust_accuracy(exp) -> None:
 
             raise ConfigError("eval.robust_accuracy needs a classification task.")
         exp.observers.append(RobustAccuracyObserver(exp))
+
+
+def configure_rejection(exp) -> None:
+    """Extension: ``eval.reject_threshold`` applies FLIP's rejection rule to any method's
+    evaluation (FLIP itself reports it through ``method.threshold``)."""
+    tau = exp.config.eval.reject_threshold
+    if tau is None:
+        return
+    from ..errors import ConfigError
+
+    if exp.config.method.name == "flip":
+        raise ConfigError("FLIP's rejection threshold is method.threshold; remove eval.reject_threshold "
+                          "(it applies the same rule to other methods, e.g. FedAvg + τ as FLIP's control).")
+    if exp.task.name != "classification":
+        raise ConfigError("eval.reject_threshold needs a classification task (it thresholds the softmax confidence).")
+    from ..methods.flip import FlipObserver
+
+    exp.observers.append(FlipObserver(exp.data.x_test, exp.data.y_test, tau, exp.config.eval.batch_size))
