@@ -306,6 +306,10 @@ class EavesdropperConfig(_Section):
     sees: Literal["models", "deltas"] = Field(
         "models", description="models: uploads are full models; deltas: only updates, applied to its own model"
     )
+    init: Literal["own", "server"] = Field(
+        "own", description="deltas: the model the updates are applied to: its own random initialisation, or the server's "
+        "initial weights (an eavesdropper that knows them, e.g. a public pretrained model)"
+    )
 
 
 class Config(_Section):
