@@ -2,6 +2,7 @@
 
     .venv/bin/python docs/results/weighting/run.py                 # everything
     .venv/bin/python docs/results/weighting/run.py --parts niid2,loo --jobs 2
+    .venv/bin/python docs/results/weighting/run.py --tables-only  # tables.md from results.csv
 
 Runs go to ``runs/weighting/`` (``fedweave sweep`` skips finished runs, so an interrupted
 script resumes; it refuses to mix runs made with a different config — after a config
@@ -228,6 +229,30 @@ def _get(tree, dotted, default=None):
     return tree
 
 
+_STEPS_CACHE: dict = {}
+
+
+def mean_local_steps(cfg: dict, records: list[dict]) -> float | None:
+    """Mean local steps per client update: q-FFL records it (``qffl_mean_local_steps``); for
+    runs made before it did, recomputed from the config (the partition and the client
+    settings; every client takes part in every round here, so the mean is over clients)."""
+    logged = [r["qffl_mean_local_steps"] for r in records if r.get("qffl_mean_local_steps") is not None]
+    if logged:
+        return float(np.mean(logged))
+    from fedweave.config import load_config
+    from fedweave.data.federated import build_federated
+    from fedweave.train import TrainSettings
+
+    c = cfg if not isinstance(cfg, dict) else load_config(cfg)
+    key = (c.data.model_dump_json(), c.client.epochs, c.client.local_steps, c.client.batch_size)
+    if key not in _STEPS_CACHE:
+        data = build_federated(c.data)
+        settings = TrainSettings(epochs=None if c.client.local_steps else c.client.epochs, local_steps=c.client.local_steps,
+                                 batch_size=c.client.batch_size, lr=c.client.lr)
+        _STEPS_CACHE[key] = float(np.mean([settings.num_steps(len(idx)) for idx in data.client_train]))
+    return _STEPS_CACHE[key]
+
+
 def collect(out: Path) -> list[dict]:
     failed = sorted(str(e.parent.relative_to(out)) for e in out.glob("*/**/error.txt"))
     if failed:
@@ -256,6 +281,7 @@ def collect(out: Path) -> list[dict]:
             "client_mean": s.get("client_acc_mean"), "client_worst10": s.get("client_acc_worst10"),
             "client_std": s.get("client_acc_std"), "jain": s.get("jain_index"),
             "fedlaw_gamma": last.get("fedlaw_gamma"), "qffl_step_scale": last.get("qffl_step_scale"),
+            "mean_local_steps": mean_local_steps(cfg, records) if method.startswith("qffl") else None,
             "ldawa_delta": (float(np.mean([r["ldawa_delta_mean"] for r in records if "ldawa_delta_mean" in r]))
                             if any("ldawa_delta_mean" in r for r in records) else None),
             "fedce_max_c": max(last["fedce_contribution"]) if "fedce_contribution" in last else None,
@@ -308,7 +334,8 @@ def tables(rows: list[dict]) -> str:
                     if method == "fedlaw":
                         extra = f"γ = {_ms([r['fedlaw_gamma'] for r in mr], 3)}"
                     elif method.startswith("qffl"):
-                        extra = f"step scale {_ms([r['qffl_step_scale'] for r in mr], 3)}"
+                        extra = (f"step scale {_ms([r['qffl_step_scale'] for r in mr], 3)}, "
+                                 f"mean local steps {_ms([r['mean_local_steps'] for r in mr], 1)}")
                     elif method.startswith("ldawa") and any(r["ldawa_delta"] is not None for r in mr):
                         extra = f"mean δ {_ms([r['ldawa_delta'] for r in mr], 3)}"
                     elif method == "fedce":
@@ -337,8 +364,8 @@ def tables(rows: list[dict]) -> str:
     long = [r for r in rows if r["part"] == "qffl-long" and r["status"] == "completed"]
     if long:
         out.append("## q-FFL given 120 rounds: digits, Dirichlet 0.1 (test accuracy and per-client validation accuracy, %, 3 replicates)\n")
-        out.append("| method | accuracy | Δ vs FedAvg | client mean | client std | client worst | Jain | step scale |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("| method | accuracy | Δ vs FedAvg | client mean | client std | client worst | Jain | step scale | mean local steps |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         base = [r for r in long if r["method"] == "fedavg+size"]
         for method in ("fedavg+size", "fedavg+uniform", "qffl(q=0.1)", "qffl(q=1.0)"):
             mr = [r for r in long if r["method"] == method]
@@ -347,7 +374,8 @@ def tables(rows: list[dict]) -> str:
             out.append(f"| {method} | {_ms([r['final'] for r in mr], 1, 100)} | {'' if method == 'fedavg+size' else _paired(rows, mr, base)} | "
                        f"{_ms([r['client_mean'] for r in mr], 1, 100)} | {_ms([r['client_std'] for r in mr], 1, 100)} | "
                        f"{_ms([r['client_worst10'] for r in mr], 1, 100)} | {_ms([r['jain'] for r in mr], 3)} | "
-                       f"{_ms([r['qffl_step_scale'] for r in mr], 3) if method.startswith('qffl') else ''} |")
+                       f"{_ms([r['qffl_step_scale'] for r in mr], 3) if method.startswith('qffl') else ''} | "
+                       f"{_ms([r['mean_local_steps'] for r in mr], 1) if method.startswith('qffl') else ''} |")
         out.append("")
     rest = [r for r in rows if r["part"] == "restoration" and r["status"] == "completed"]
     if rest:
@@ -366,19 +394,50 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _number(v: str):
+    if v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+def rows_from_csv() -> list[dict]:
+    """The rows of results.csv, with q-FFL's mean local steps filled in from each run's
+    config (the dataset's YAML here with the run's data seed and α) where missing."""
+    with open(HERE / "results.csv", newline="") as f:
+        rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in rows:
+        if str(r["method"]).startswith("qffl") and r.get("mean_local_steps") is None:
+            cfg = fedweave.load_config(HERE / f"{r['dataset']}.yaml",
+                                       [f"data.seed={r['data_seed']}", f"data.partition.alpha={r['alpha']}", "method.name=qffl"])
+            r["mean_local_steps"] = mean_local_steps(cfg, [])
+        r.setdefault("mean_local_steps", None)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="main,ablation,niid2,niid2_e10,qffl_long,restoration,loo")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "weighting"))
+    ap.add_argument("--tables-only", action="store_true",
+                    help="rebuild results.csv and tables.md from results.csv (no runs needed)")
     args = ap.parse_args()
     os.chdir(ROOT)
     out = Path(args.out)
     parts = {"main": part_main, "main_ldawa": part_main_ldawa, "ablation": part_ablation, "niid2": part_niid2, "niid2_e10": part_niid2_e10,
              "qffl_long": part_qffl_long, "restoration": part_restoration, "loo": part_loo}
-    for name in filter(None, args.parts.split(",")):
-        parts[name](out, args.jobs)
-    rows = collect(out)
+    if args.tables_only:
+        rows = rows_from_csv()
+    else:
+        for name in filter(None, args.parts.split(",")):
+            parts[name](out, args.jobs)
+        rows = collect(out)
     with open(HERE / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
