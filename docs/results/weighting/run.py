@@ -2,7 +2,7 @@
 
     .venv/bin/python docs/results/weighting/run.py                 # everything
     .venv/bin/python docs/results/weighting/run.py --parts niid2,loo --jobs 2
-    .venv/bin/python docs/results/weighting/run.py --tables-only  # tables.md from results.csv
+    .venv/bin/python docs/results/weighting/run.py --tables-only  # tables.md from results.csv (+ new parts in runs/)
 
 Runs go to ``runs/weighting/`` (``fedweave sweep`` skips finished runs, so an interrupted
 script resumes; it refuses to mix runs made with a different config — after a config
@@ -17,6 +17,10 @@ Parts (in this order by default)
                (a different partition and initialisation each time). (``main_ldawa``
                runs the L-DAWA part alone.)
   ablation     FedAvg with uniform weights and L-DAWA with size weights, same grid.
+  ldawa_variants  L-DAWA with per-tensor cosines (the official unit, now the default),
+               un-normalised and normalised (method.normalize), same grid. The ``ldawa``
+               rows of ``main`` and ``ablation`` were run before the fidelity pass, when
+               the default grouped a module's weight and bias (now granularity=module).
   niid2        FedDisco's NIID-2 on mnist5k (5 two-class clients + 1 IID client), FedAvg and
                FedProx, each with size and disco weights; 3 training seeds.
   niid2_e10    NIID-2 with 10 local epochs (FedDisco's script), FedAvg with size / disco weights.
@@ -71,6 +75,17 @@ def part_main(out: Path, jobs: int) -> None:
             _sweep(HERE / f"{ds}.yaml", ["method.q=0.1,1", "data.partition.alpha=0.1,0.5"],
                    out / "main" / f"{ds}-qffl" / f"rep{k}", jobs, seeds=(k,), overrides=base + ["method.name=qffl"])
     part_main_ldawa(out, jobs)
+
+
+def part_ldawa_variants(out: Path, jobs: int) -> None:
+    """L-DAWA with the official per-tensor cosines, un-normalised (the default) and normalised
+    (``method.normalize=true``: each unit's coefficients divided by their sum)."""
+    for ds in ("digits", "mnist5k", "mnist1d"):
+        for k in REPS:
+            print(f"L-DAWA variants: {ds} replicate {k}", flush=True)
+            _sweep(HERE / f"{ds}.yaml", ["data.partition.alpha=0.1,0.5", "method.normalize=false,true"],
+                   out / "ldawa-variants" / ds / f"rep{k}", jobs, seeds=(k,),
+                   overrides=[f"data.seed={k}", "method.name=ldawa", "method.granularity=tensor"])
 
 
 def part_main_ldawa(out: Path, jobs: int) -> None:
@@ -269,6 +284,8 @@ def collect(out: Path) -> list[dict]:
         method = m["name"]
         if method == "qffl":
             method = f"qffl(q={float(m.get('q', 1.0))})"
+        if method == "ldawa" and m.get("granularity"):  # runs before the fidelity pass grouped by module
+            method = f"ldawa[{m['granularity']}{',norm' if m.get('normalize') else ''}]"
         if m.get("weighting"):
             method = f"{method}+{m['weighting']}"
         last = records[-1] if records else {}
@@ -309,12 +326,13 @@ def _paired(rows, key_rows, base_rows, field="final", scale=100.0):  # noqa: ARG
     return f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1) if len(diffs) > 1 else 0:.2f}"
 
 
-ORDER = ["fedavg", "fedavg+uniform", "feddisco", "fedlaw", "ldawa", "ldawa+size", "fedce", "qffl(q=0.1)", "qffl(q=1.0)"]
+ORDER = ["fedavg", "fedavg+uniform", "feddisco", "fedlaw", "ldawa", "ldawa+size", "ldawa[tensor]", "ldawa[tensor,norm]",
+         "fedce", "qffl(q=0.1)", "qffl(q=1.0)"]
 
 
 def tables(rows: list[dict]) -> str:
     out = []
-    main = [r for r in rows if r["part"] in ("main", "ablation") and r["status"] == "completed"]
+    main = [r for r in rows if r["part"] in ("main", "ablation", "ldawa-variants") and r["status"] == "completed"]
     if main:
         out.append("## Main comparison (test accuracy, %, mean ± std over 3 replicates)\n")
         for ds in ("digits", "mnist5k", "mnist1d"):
@@ -422,7 +440,7 @@ def rows_from_csv() -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="main,ablation,niid2,niid2_e10,qffl_long,restoration,loo")
+    ap.add_argument("--parts", default="main,ablation,ldawa_variants,niid2,niid2_e10,qffl_long,restoration,loo")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "weighting"))
     ap.add_argument("--tables-only", action="store_true",
@@ -431,9 +449,13 @@ def main() -> None:
     os.chdir(ROOT)
     out = Path(args.out)
     parts = {"main": part_main, "main_ldawa": part_main_ldawa, "ablation": part_ablation, "niid2": part_niid2, "niid2_e10": part_niid2_e10,
-             "qffl_long": part_qffl_long, "restoration": part_restoration, "loo": part_loo}
+             "qffl_long": part_qffl_long, "restoration": part_restoration, "loo": part_loo,
+             "ldawa_variants": part_ldawa_variants}
     if args.tables_only:
         rows = rows_from_csv()
+        known = {r["part"] for r in rows}
+        if out.exists():  # parts run since results.csv was written (e.g. ldawa_variants)
+            rows += [r for r in collect(out) if r["part"] not in known]
     else:
         for name in filter(None, args.parts.split(",")):
             parts[name](out, args.jobs)
