@@ -17,6 +17,7 @@ async modes and after every round in sync mode:
 * ``fedasmu-fixed``    ablation: λ, σ, ι, γ, υ fixed at their initial values;
 * ``fedasmu-nomerge``  ablation: no device-side fetch and merge (server side only);
 * ``fedasmu-iota0.001`` sensitivity: initial ι = 0.001 instead of 0.1;
+* ``fedasmu-fixed-iota0.001`` the same with nothing learned (what ι alone does);
 * ``fedasync-const0.1`` investigation: FedAsync with a constant α = 0.1, FedASMU's α at
   its initial ι floor (μι/(1+μι) ≈ 0.09 once λ/√t is small).
 
@@ -110,6 +111,8 @@ METHODS = {
     "fedasmu-nomerge": {"method": {"name": "fedasmu", "device_merge": False}, "schedule": {"mode": "async"}},
     # sensitivity to the initial ι (our default 0.1; the paper's value could not be checked)
     "fedasmu-iota0.001": {"method": {"name": "fedasmu", "iota_init": 0.001}, "schedule": {"mode": "async"}},
+    "fedasmu-fixed-iota0.001": {"method": {"name": "fedasmu", "iota_init": 0.001, "learn_server": False,
+                                           "learn_device": False}, "schedule": {"mode": "async"}},
     # investigation: FedAsync with a constant α = 0.1, FedASMU's α at its initial ι floor
     "fedasync-const0.1": {"method": {"name": "fedasync", "alpha": 0.1, "staleness": "constant"},
                           "schedule": {"mode": "async"}},
@@ -117,7 +120,7 @@ METHODS = {
 
 # Methods whose code did not change in the fidelity pass (issue #17): when their runs are not
 # on disk, report() takes their rows from the committed results.json instead of dropping them.
-UNCHANGED = {"fedavg", "fedavg-deadline", "fedasync", "fedbuff", "afl_staleness", "fedasmu-fixed", "fedasync-const0.1"}
+UNCHANGED = {"fedavg", "fedavg-deadline", "fedasync", "fedbuff", "afl_staleness", "fedasync-const0.1"}
 
 GRID_POINTS = 40  # evaluations per budget in the async modes
 
