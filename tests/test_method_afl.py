@@ -29,7 +29,7 @@ def up(cid, params, base):
 
 def test_beta_from_the_gap_between_a_devices_uploads_fixed_time_scale():
     c = ctx()
-    s = AFLStalenessStrategy("staleness", time_scale_s=10.0)
+    s = AFLStalenessStrategy("exp", time_scale_s=10.0)
     state = s.init(torch.zeros(4, dtype=torch.float64), torch.zeros(0), c)
     expected = state.params.clone()
     last = {}
@@ -55,7 +55,7 @@ def test_beta_from_the_gap_between_a_devices_uploads_fixed_time_scale():
 
 def test_auto_time_scale_is_the_running_mean_gap():
     c = ctx()
-    s = AFLStalenessStrategy("staleness", "auto")
+    s = AFLStalenessStrategy("exp", "auto")
     state = s.init(torch.zeros(2), torch.zeros(0), c)
     gaps = []
     last = {}
@@ -70,7 +70,7 @@ def test_auto_time_scale_is_the_running_mean_gap():
         last[cid] = t
     # the first upload of a device always has gap = its mean: e^(-1)
     c2 = ctx()
-    s2 = AFLStalenessStrategy("staleness", "auto")
+    s2 = AFLStalenessStrategy("exp", "auto")
     st = s2.init(torch.zeros(2), torch.zeros(0), c2)
     c2.clock.advance_to(1234.5)
     st = s2.on_update(up(3, torch.ones(2), st.params), st, c2)
@@ -79,7 +79,7 @@ def test_auto_time_scale_is_the_running_mean_gap():
 
 def test_a_slow_device_gets_less_weight_than_a_fast_one():
     c = ctx()
-    s = AFLStalenessStrategy("staleness", "auto")
+    s = AFLStalenessStrategy("exp", "auto")
     state = s.init(torch.zeros(2), torch.zeros(0), c)
     betas = {}
     for t, cid in [(1.0, 0), (2.0, 0), (3.0, 0), (10.0, 1), (11.0, 0), (20.0, 1)]:
@@ -100,6 +100,29 @@ def test_constant_mode_is_the_notebooks_1_5_over_n():
         state = s.on_update(up(1, w, before), state, c)
         assert state.extra["beta"] == pytest.approx(1.5 / N)
         assert torch.allclose(state.params, before + 1.5 / N * (w - before))
+
+
+def test_literal_one_second_time_scale_by_hand():
+    # time_scale_s = 1.0 is the notebook's e^(−Δt), Δt in seconds. Device 0 uploads at 0.5 s
+    # (gap 0.5 from the start) then at 3.5 s (gap 3.0); device 1 at 0.5 s + 0.2 = 0.7 s.
+    # β = (0.5 + e^(−gap))/5: 0.5 s → (0.5 + 0.60653)/5 = 0.22131; 0.7 s → (0.5 + 0.49659)/5 = 0.19932;
+    # 3.0 s → (0.5 + 0.04979)/5 = 0.10996.
+    c = ctx()
+    s, _ = build_method(load_config({"method": {"name": "afl_staleness", "beta_mode": "exp", "time_scale_s": 1.0},
+                                     "schedule": {"mode": "async"}}))
+    state = s.init(torch.zeros(1, dtype=torch.float64), torch.zeros(0), c)
+    for t, cid, beta in [(0.5, 0, 0.22131), (0.7, 1, 0.19932), (3.5, 0, 0.10996)]:
+        c.clock.advance_to(t)
+        before = float(state.params[0])
+        state = s.on_update(up(cid, torch.ones(1, dtype=torch.float64), state.params), state, c)
+        assert state.extra["beta"] == pytest.approx(beta, abs=1e-5)
+        assert float(state.params[0]) == pytest.approx(before + beta * (1.0 - before), abs=1e-5)
+        assert state.extra["time_scale_s"] == 1.0
+
+
+def test_default_beta_mode_is_exp_with_auto_time_scale():
+    s, _ = build_method(load_config({"method": {"name": "afl_staleness"}, "schedule": {"mode": "async"}}))
+    assert s.beta_mode == "exp" and s.time_scale_s == "auto"
 
 
 def test_afl_config():

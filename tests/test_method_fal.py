@@ -31,3 +31,45 @@ def test_fal_run_reports_clean_and_robust_accuracy(tiny, tmp_path):
                        out=tmp_path / "fal")
     rec = res.history[-1]
     assert 0 <= rec["robust_accuracy"] <= 1 and 0 <= rec["accuracy"] <= 1
+
+
+def test_adversarial_examples_are_regenerated_with_the_current_weights_at_every_step(tiny, monkeypatch):
+    """Each local step crafts its PGD batch from the model as it is at that step: the weights
+    seen by the k-th PGD call are the weights after k SGD steps on the earlier adversarial
+    batches (recomputed here by hand), so no step reuses stale examples or weights."""
+    import fedweave.methods.fal as fal
+    from fedweave.messages import Broadcast
+    from fedweave.methods.base import ClientJob
+    from fedweave.sim.worker import Worker
+
+    cfg = tiny({"method": {"name": "fal", "eps": 0.2, "steps": 2},
+                "client": {"local_steps": 4, "lr": 0.5, "batch_size": 16, "optimizer": "sgd", "momentum": 0.0}})
+    exp = build_experiment(load_config(cfg))
+    worker = Worker(exp.worker_setup())
+    calls = []
+    real = fal.pgd_attack
+
+    def spy(module, x, y, *args, **kwargs):
+        weights = [p.detach().clone() for p in module.parameters()]
+        adv = real(module, x, y, *args, **kwargs)
+        calls.append((weights, adv.clone(), y.clone()))
+        return adv
+
+    monkeypatch.setattr(fal, "pgd_attack", spy)
+    job = ClientJob(0, 0, 0, Broadcast(0, exp.initial_params, exp.initial_buffers), None, exp.train_settings(0.5))
+    out = worker.run(job)
+    assert len(calls) == 4 == out.update.num_steps  # one fresh PGD batch per local step
+
+    # replay: w_{k+1} = w_k − lr ∇ CE(f_{w_k}(adv_k), y_k), starting from the broadcast model
+    model = exp.model_factory()
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(exp.initial_params.clone(), model.parameters())
+    for k, (weights, adv, y) in enumerate(calls):
+        for p, w in zip(model.parameters(), weights):
+            assert torch.allclose(p, w, atol=1e-6), f"PGD call {k} did not see the current weights"
+        loss = torch.nn.functional.cross_entropy(model(adv), y)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        with torch.no_grad():
+            for p, g in zip(model.parameters(), grads):
+                p -= 0.5 * g
+    assert not all(torch.equal(a, b) for a, b in zip(calls[0][0], calls[-1][0]))  # the weights did move

@@ -34,6 +34,52 @@ def test_layers_are_modules_by_default_and_tensors_on_request():
     assert layer_slices(SPEC, "tensor") == [slice(0, 4), slice(4, 6), slice(6, 8), slice(8, 9)]
 
 
+def test_method_default_unit_is_the_official_per_tensor_one(tiny):
+    combine = _combiner(tiny, warmup_rounds=0)
+    combine(torch.zeros(2, 9, dtype=torch.float64), torch.ones(2, dtype=torch.float64), _state(0), SimpleNamespace(spec=SPEC))
+    assert combine._slices == [slice(0, 4), slice(4, 6), slice(6, 8), slice(8, 9)]
+    combine = _combiner(tiny, warmup_rounds=0, granularity="module")
+    combine(torch.zeros(2, 9, dtype=torch.float64), torch.ones(2, dtype=torch.float64), _state(0), SimpleNamespace(spec=SPEC))
+    assert combine._slices == [slice(0, 6), slice(6, 9)]
+
+
+# Two 2-number units; global g = [1, 0 | 0, 2]. Each client unit is a multiple of a unit vector
+# at cosine 0.6 with g's unit: (0.6, ±0.8) against (1, 0) and (±0.8, 0.6) against (0, 1).
+G2 = torch.tensor([1.0, 0.0, 0.0, 2.0], dtype=torch.float64)
+W1 = torch.tensor([1.2, 1.6, 0.8, 0.6], dtype=torch.float64)  # radii 2 and 1
+W2 = torch.tensor([0.6, -0.8, -1.6, 1.2], dtype=torch.float64)  # radii 1 and 2
+UNITS = [slice(0, 2), slice(2, 4)]
+P = torch.tensor([1.0, 3.0], dtype=torch.float64)  # p = (1/4, 3/4)
+# weighted mean: 0.25·W1 + 0.75·W2 = [0.3 + 0.45, 0.4 − 0.6, 0.2 − 1.2, 0.15 + 0.9]
+MEAN = [0.75, -0.2, -1.0, 1.05]
+
+
+def test_equal_cosines_shrink_the_weighted_mean_by_c():
+    """The official rule does not renormalise Σ p_k δ_k (= c here): the result is c × the
+    weighted mean — a deliberate shrink, as the official code (sum / K) does."""
+    deltas = torch.stack([W1 - G2, W2 - G2])
+    assert ldawa_cosines(G2, deltas, UNITS).flatten().tolist() == pytest.approx([0.6] * 4, abs=1e-12)
+    new = G2 + ldawa_combine(G2, deltas, P, UNITS)
+    assert new.tolist() == pytest.approx([0.6 * m for m in MEAN], abs=1e-12)
+
+
+def test_normalized_equal_cosines_give_the_weighted_mean(tiny):
+    deltas = torch.stack([W1 - G2, W2 - G2])
+    new = G2 + ldawa_combine(G2, deltas, P, UNITS, normalize=True)
+    assert new.tolist() == pytest.approx(MEAN, abs=1e-12)
+    # through the configured combiner too (per-tensor units of SPEC; cos = 1 is not needed)
+    assert _combiner(tiny, normalize=True).normalize is True
+    assert _combiner(tiny).normalize is False
+
+
+def test_normalized_cancelling_cosines_fall_back_to_the_weighted_mean():
+    # unit 1: client 1 at cos +1, client 2 at cos −1 with equal weight: Σ p δ = 0
+    g = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    w = torch.tensor([[2.0, 0.0], [-3.0, 0.0]], dtype=torch.float64)
+    new = g + ldawa_combine(g, w - g, torch.ones(2, dtype=torch.float64), [slice(0, 2)], normalize=True)
+    assert new.tolist() == pytest.approx([-0.5, 0.0], abs=1e-12)
+
+
 def test_clients_at_the_global_model_return_it(tiny):
     combine = _combiner(tiny)
     deltas = torch.zeros(3, 9, dtype=torch.float64)

@@ -67,3 +67,16 @@ def test_runs_end_to_end_and_refuses_negative_q(tiny, tmp_path):
     assert all(0 < r["qffl_step_scale"] < 1 for r in res.history)  # shorter steps than averaging
     with pytest.raises(fedweave.ConfigError, match="greater than or equal to 0"):
         fedweave.run(tiny({"method": {"name": "qffl", "q": -1}}), out=tmp_path / "bad")
+
+
+def test_records_the_mean_local_steps_of_the_round(tiny, tmp_path):
+    import math
+
+    cfg = tiny({"method": {"name": "qffl"}, "client": {"epochs": 2, "batch_size": 16}, "schedule": {"clients_per_round": 5}})
+    res = fedweave.run(cfg, out=tmp_path / "q")
+    exp = fedweave.build_experiment(fedweave.load_config(cfg))
+    # every client takes part in every round: the mean over clients of epochs · ⌈n_k / batch⌉
+    sizes = [len(i) for i in exp.data.client_train]
+    expected = sum(2 * math.ceil(n / 16) for n in sizes) / len(sizes)
+    assert all(r["qffl_mean_local_steps"] == pytest.approx(expected) for r in res.history if "qffl_mean_local_steps" in r)
+    assert any("qffl_mean_local_steps" in r for r in res.history)

@@ -127,7 +127,7 @@ def test_the_scan_finds_what_it_forbids(tmp_path):
 def test_extensions_run_model_then_method_then_privacy_then_threats():
     assert [f.__name__ for f in extensions()] == [
         "setup_model", "setup_method", "configure_privacy", "configure_attack", "configure_eavesdropper",
-        "configure_robust_accuracy",
+        "configure_robust_accuracy", "configure_rejection",
     ]
 
 

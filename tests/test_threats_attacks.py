@@ -50,12 +50,12 @@ def test_alie_is_mean_minus_z_std():
     assert torch.allclose(alie(ref, 10, 2, z=1.5), (mu - 1.5 * sd).double())
 
 
-@pytest.mark.parametrize("fn", [minmax, minsum])
+@pytest.mark.parametrize("fn,bound", [(minmax, None), (minsum, "min"), (minsum, "max")])
 @pytest.mark.parametrize("dev", ["std", "unit_vec", "sign"])
-def test_minmax_minsum_find_the_largest_gamma(fn, dev):
+def test_minmax_minsum_find_the_largest_gamma(fn, bound, dev):
     gen = torch.Generator().manual_seed(3)
     ref = torch.randn(6, 5, generator=gen, dtype=torch.float64)
-    upd, gamma = fn(ref, dev, 10.0)
+    upd, gamma = fn(ref, dev, 10.0) if bound is None else fn(ref, dev, 10.0, bound)
     mu = ref.mean(0)
     d = {"std": ref.std(0), "unit_vec": mu / mu.norm(), "sign": mu.sign()}[dev]
     assert torch.allclose(upd, mu - gamma * d)
@@ -66,11 +66,43 @@ def test_minmax_minsum_find_the_largest_gamma(fn, dev):
         pair = torch.cdist(ref, ref) ** 2
         if fn is minmax:
             return dist.max() <= pair.max() + 1e-9
-        return dist.sum() <= pair.sum(1).max() + 1e-9
+        scores = pair.sum(1)
+        return dist.sum() <= (scores.min() if bound == "min" else scores.max()) + 1e-9
 
     assert 0 < gamma <= 10.0 and ok(gamma)
     if gamma < 10.0:
         assert not ok(gamma * 1.001 + 1e-6)
+
+
+def test_minsum_official_min_bound_by_hand():
+    # Benign updates {0, 1, 10} in 1-D, deviation = std.
+    # μ = 11/3; unbiased variance = ((11/3)² + (8/3)² + (19/3)²)/2 = (546/9)/2 = 91/3, so d² = 91/3.
+    # Each b_j's score Σ_i (b_j − b_i)²: b=0 → 1 + 100 = 101; b=1 → 1 + 81 = 82; b=10 → 100 + 81 = 181.
+    # Malicious sum: Σ_i (μ − γd − b_i)² = Σ_i (μ − b_i)² + 3γ²d² (the cross term vanishes since
+    # Σ_i (μ − b_i) = 0) = 546/9 + 91γ².
+    # min bound (official): 546/9 + 91γ² = 82  ⇒ γ = √((82 − 546/9)/91) = √(192/819) ≈ 0.4842.
+    # max bound:            546/9 + 91γ² = 181 ⇒ γ = √((181 − 546/9)/91) = √(1083/819) ≈ 1.1499.
+    ref = torch.tensor([[0.0], [1.0], [10.0]], dtype=torch.float64)
+    g_min, g_max = math.sqrt(192 / 819), math.sqrt(1083 / 819)
+    assert g_min == pytest.approx(0.4842, abs=1e-4)
+    upd, gamma = minsum(ref, "std", 10.0)  # default bound: min
+    assert gamma == pytest.approx(g_min, rel=1e-4)
+    assert upd.item() == pytest.approx(11 / 3 - gamma * math.sqrt(91 / 3))
+    assert minsum(ref, "std", 10.0, "max")[1] == pytest.approx(g_max, rel=1e-4)
+
+
+def test_minsum_bound_config():
+    class D:
+        num_classes, num_clients, name, input_shape = 10, 5, "x", (1, 8, 8)
+        x = torch.zeros(2, 1, 8, 8)
+
+    assert make_plan(load_config({"attack": {"kind": "minsum", "fraction": 0.4}}), D, "fedavg").minsum_bound == "min"
+    plan = make_plan(load_config({"attack": {"kind": "minsum", "fraction": 0.4, "minsum_bound": "max"}}), D, "fedavg")
+    assert plan.minsum_bound == "max"
+    with pytest.raises(ConfigError, match="minsum_bound"):
+        make_plan(load_config({"attack": {"kind": "minmax", "fraction": 0.4, "minsum_bound": "max"}}), D, "fedavg")
+    with pytest.raises(ConfigError):
+        load_config({"attack": {"kind": "minsum", "minsum_bound": "median"}})
 
 
 def test_sign_flip_and_scaling_definitions():

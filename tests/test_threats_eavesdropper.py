@@ -65,6 +65,18 @@ def test_deltas_mode_with_full_interception_tracks_the_sum_of_mean_updates(tiny,
     assert not torch.allclose(own_init, exp.initial_params)
 
 
+def test_deltas_mode_from_the_servers_initial_weights_equals_the_server_round_by_round(tiny, tmp_path):
+    extra = {"eavesdropper": {"probability": 1.0, "sees": "deltas", "init": "server"}, "schedule": {"rounds": 3}}
+    res, eaves, trace = _run_with_spy(tiny, tmp_path, extra)
+    assert len(trace) == 3
+    # FedAvg: w_g ← w_g + Σ n_k Δ_k / Σ n_k; the eavesdropper applies the same mean to the same start
+    for server, spy in trace:
+        assert torch.allclose(server, spy, atol=1e-6)
+    assert res.summary["final_eavesdropper_accuracy"] == pytest.approx(res.summary["final_accuracy"], abs=1e-9)
+    with pytest.raises(ConfigError, match="init"):
+        build_experiment(load_config(tiny({"eavesdropper": {"probability": 1.0, "init": "server"}})))
+
+
 def test_eavesdropper_refuses_frl(tiny):
     with pytest.raises(ConfigError, match="rankings"):
         build_experiment(load_config(tiny({"method": {"name": "frl"}, "eavesdropper": {"probability": 0.5}})))

@@ -263,6 +263,11 @@ class EvalConfig(_Section):
     target: Optional[float] = Field(None, description="primary-metric value for time_to_target_s")
     final_window: int = Field(1, ge=1, description="final value = mean of the last k evaluations")
     batch_size: int = Field(2048, ge=1)
+    reject_threshold: Optional[float] = Field(
+        None, ge=0, le=1,
+        description="reject predictions whose max softmax probability is below it (any method; FLIP uses method.threshold): "
+        "adds accuracy_with_rejection and rejection_rate, and rejected backdoored inputs count as failed attacks",
+    )
     robust_accuracy: bool = Field(False, description="also report PGD robust accuracy on the test set (costly)")
     robust_eps: float = Field(0.1, gt=0, description="PGD: L-infinity radius, in input units")
     robust_steps: int = Field(10, ge=1, description="PGD: number of steps k")
@@ -324,6 +329,9 @@ class AttackConfig(_Section):
     )
     deviation: Literal["std", "unit_vec", "sign"] = Field("std", description="minmax/minsum: perturbation direction")
     z: Optional[float] = Field(None, description="alie: deviations from the mean (default: from the cohort size)")
+    minsum_bound: Literal["min", "max"] = Field(
+        "min", description="minsum: bound the malicious sum of squared distances by the smallest benign one (official code) or the largest"
+    )
     sees_benign: bool = Field(False, description="alie/minmax/minsum: attackers know the round's benign updates")
     start_round: int = Field(1, ge=1, description="first round (1-based) the attackers act")
     end_round: Optional[int] = Field(None, ge=1, description="last round they act (default: to the end)")
@@ -359,6 +367,10 @@ class EavesdropperConfig(_Section):
     probability: float = Field(0.0, ge=0, le=1, description="chance of intercepting each uplink message (0: off)")
     sees: Literal["models", "deltas"] = Field(
         "models", description="models: uploads are full models; deltas: only updates, applied to its own model"
+    )
+    init: Literal["own", "server"] = Field(
+        "own", description="deltas: the model the updates are applied to: its own random initialisation, or the server's "
+        "initial weights (an eavesdropper that knows them, e.g. a public pretrained model)"
     )
 
 

@@ -158,13 +158,13 @@ def extensions() -> tuple[Callable[[Experiment], None], ...]:
     from .methods.registry import setup_method
     from .models import setup_model
     from .privacy import configure_privacy
-    from .threats import configure_attack, configure_eavesdropper, configure_robust_accuracy
+    from .threats import configure_attack, configure_eavesdropper, configure_rejection, configure_robust_accuracy
 
     # order matters: model and method set-up first (they may swap the model), then
     # privacy (wraps strategy and client), then the attack (wraps the client outermost:
     # attackers skip DP's client-side clipping)
     return (setup_model, setup_method, configure_privacy, configure_attack, configure_eavesdropper,
-            configure_robust_accuracy)
+            configure_robust_accuracy, configure_rejection)
 
 
 @dataclass

@@ -9,13 +9,20 @@ async modes and after every round in sync mode:
 * ``fedavg-deadline``  sync FedAvg, 10 per round, arrivals after ``deadline_s`` dropped;
 * ``fedasync``         FedAsync, α = 0.6, polynomial staleness (a = 0.5);
 * ``fedbuff``          FedBuff, buffer K = 5, polynomial staleness 0.5, server lr 1;
-* ``afl_staleness``    staleness-aware AFL, β = (0.5 + e^(−Δt/T))/N, T = auto;
-* ``fedasmu``          FedASMU, defaults (learned α and β, fetch at 50% of local steps);
+* ``afl_staleness``    staleness-aware AFL, β = (0.5 + e^(−Δt/T))/N, T = auto (ours);
+* ``afl-constant``     AFL with the constant β = 1.5/N the public notebook runs;
+* ``afl-exp-T1``       AFL with the formula's literal T = 1 s;
+* ``fedasmu``          FedASMU, defaults (learned α and β by projected meta steps, fetch at
+  50% of local steps);
 * ``fedasmu-fixed``    ablation: λ, σ, ι, γ, υ fixed at their initial values;
 * ``fedasmu-nomerge``  ablation: no device-side fetch and merge (server side only);
-* ``fedasmu-meta1``    investigation: meta-gradient step sizes 1.0 instead of 0.1;
-* ``fedasync-const0.1`` investigation: FedAsync with a constant α = 0.1, about FedASMU's
-  α late in training (its ι floor dominates ξ once √t is large).
+* ``fedasmu-iota0.001`` sensitivity: initial ι = 0.001 instead of 0.1;
+* ``fedasmu-fixed-iota0.001`` the same with nothing learned (what ι alone does);
+* ``fedasync-const0.1`` investigation: FedAsync with a constant α = 0.1, FedASMU's α at
+  its initial ι floor (μι/(1+μι) ≈ 0.09 once λ/√t is small).
+
+Runs of the methods in ``UNCHANGED`` that are not on disk are reported from the committed
+``results.json`` (their code did not change in the fidelity pass of issue #17).
 
 All async methods keep 10 clients busy (``schedule.concurrency = 10``), the same
 number of clients a sync round uses. Tasks:
@@ -93,17 +100,27 @@ METHODS = {
                  "schedule": {"mode": "async"}},
     "fedbuff": {"method": {"name": "fedbuff"}, "schedule": {"mode": "buffered", "buffer_size": 5}},
     "afl_staleness": {"method": {"name": "afl_staleness"}, "schedule": {"mode": "async"}},
+    # AFL's other β forms: the notebook's constant 1.5/N, and the formula with T = 1 s literally
+    "afl-constant": {"method": {"name": "afl_staleness", "beta_mode": "constant"}, "schedule": {"mode": "async"}},
+    "afl-exp-T1": {"method": {"name": "afl_staleness", "beta_mode": "exp", "time_scale_s": 1.0},
+                   "schedule": {"mode": "async"}},
     "fedasmu": {"method": {"name": "fedasmu"}, "schedule": {"mode": "async"}},
     # ablations: fixed weights (no meta-gradients), and no device-side merge
     "fedasmu-fixed": {"method": {"name": "fedasmu", "learn_server": False, "learn_device": False},
                       "schedule": {"mode": "async"}},
     "fedasmu-nomerge": {"method": {"name": "fedasmu", "device_merge": False}, "schedule": {"mode": "async"}},
-    # investigation: meta-gradient steps 10x larger; FedAsync with FedASMU's late α ≈ 0.1
-    "fedasmu-meta1": {"method": {"name": "fedasmu", "server_meta_lr": 1.0, "device_meta_lr": 1.0},
-                      "schedule": {"mode": "async"}},
+    # sensitivity to the initial ι (our default 0.1; the paper's value could not be checked)
+    "fedasmu-iota0.001": {"method": {"name": "fedasmu", "iota_init": 0.001}, "schedule": {"mode": "async"}},
+    "fedasmu-fixed-iota0.001": {"method": {"name": "fedasmu", "iota_init": 0.001, "learn_server": False,
+                                           "learn_device": False}, "schedule": {"mode": "async"}},
+    # investigation: FedAsync with a constant α = 0.1, FedASMU's α at its initial ι floor
     "fedasync-const0.1": {"method": {"name": "fedasync", "alpha": 0.1, "staleness": "constant"},
                           "schedule": {"mode": "async"}},
 }
+
+# Methods whose code did not change in the fidelity pass (issue #17): when their runs are not
+# on disk, report() takes their rows from the committed results.json instead of dropping them.
+UNCHANGED = {"fedavg", "fedavg-deadline", "fedasync", "fedbuff", "afl_staleness", "fedasync-const0.1"}
 
 GRID_POINTS = 40  # evaluations per budget in the async modes
 
@@ -185,7 +202,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def report(seeds: list[int]) -> None:
-    rows = [analyse(task, m, s) for task in TASKS for m in METHODS for s in seeds if finished(run_dir(task, m, s))]
+    previous = {}
+    if (HERE / "results.json").exists():
+        previous = {(r["task"], r["method"], r["seed"]): r for r in json.loads((HERE / "results.json").read_text())}
+    rows = []
+    for task in TASKS:
+        for m in METHODS:
+            for s in seeds:
+                if finished(run_dir(task, m, s)):
+                    rows.append(analyse(task, m, s))
+                elif m in UNCHANGED and (task, m, s) in previous:
+                    rows.append(previous[(task, m, s)])
     with open(HERE / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "curve"])
         w.writeheader()
@@ -217,7 +244,7 @@ def report(seeds: list[int]) -> None:
 
 
 MAIN = ["fedavg", "fedavg-deadline", "fedasync", "fedbuff", "afl_staleness", "fedasmu"]
-FEDASMU_STUDY = ["fedasync", "fedasmu", "fedasmu-fixed", "fedasmu-nomerge", "fedasmu-meta1", "fedasync-const0.1"]
+FEDASMU_STUDY = ["fedasync", "fedasmu", "fedasmu-fixed", "fedasmu-nomerge", "fedasmu-iota0.001", "fedasync-const0.1"]
 
 
 def plot(rows: list[dict]) -> None:

@@ -2,6 +2,7 @@
 
     .venv/bin/python docs/results/weighting/run.py                 # everything
     .venv/bin/python docs/results/weighting/run.py --parts niid2,loo --jobs 2
+    .venv/bin/python docs/results/weighting/run.py --tables-only  # tables.md from results.csv (+ new parts in runs/)
 
 Runs go to ``runs/weighting/`` (``fedweave sweep`` skips finished runs, so an interrupted
 script resumes; it refuses to mix runs made with a different config — after a config
@@ -16,6 +17,10 @@ Parts (in this order by default)
                (a different partition and initialisation each time). (``main_ldawa``
                runs the L-DAWA part alone.)
   ablation     FedAvg with uniform weights and L-DAWA with size weights, same grid.
+  ldawa_variants  L-DAWA with per-tensor cosines (the official unit, now the default),
+               un-normalised and normalised (method.normalize), same grid. The ``ldawa``
+               rows of ``main`` and ``ablation`` were run before the fidelity pass, when
+               the default grouped a module's weight and bias (now granularity=module).
   niid2        FedDisco's NIID-2 on mnist5k (5 two-class clients + 1 IID client), FedAvg and
                FedProx, each with size and disco weights; 3 training seeds.
   niid2_e10    NIID-2 with 10 local epochs (FedDisco's script), FedAvg with size / disco weights.
@@ -70,6 +75,17 @@ def part_main(out: Path, jobs: int) -> None:
             _sweep(HERE / f"{ds}.yaml", ["method.q=0.1,1", "data.partition.alpha=0.1,0.5"],
                    out / "main" / f"{ds}-qffl" / f"rep{k}", jobs, seeds=(k,), overrides=base + ["method.name=qffl"])
     part_main_ldawa(out, jobs)
+
+
+def part_ldawa_variants(out: Path, jobs: int) -> None:
+    """L-DAWA with the official per-tensor cosines, un-normalised (the default) and normalised
+    (``method.normalize=true``: each unit's coefficients divided by their sum)."""
+    for ds in ("digits", "mnist5k", "mnist1d"):
+        for k in REPS:
+            print(f"L-DAWA variants: {ds} replicate {k}", flush=True)
+            _sweep(HERE / f"{ds}.yaml", ["data.partition.alpha=0.1,0.5", "method.normalize=false,true"],
+                   out / "ldawa-variants" / ds / f"rep{k}", jobs, seeds=(k,),
+                   overrides=[f"data.seed={k}", "method.name=ldawa", "method.granularity=tensor"])
 
 
 def part_main_ldawa(out: Path, jobs: int) -> None:
@@ -229,6 +245,30 @@ def _get(tree, dotted, default=None):
     return tree
 
 
+_STEPS_CACHE: dict = {}
+
+
+def mean_local_steps(cfg: dict, records: list[dict]) -> float | None:
+    """Mean local steps per client update: q-FFL records it (``qffl_mean_local_steps``); for
+    runs made before it did, recomputed from the config (the partition and the client
+    settings; every client takes part in every round here, so the mean is over clients)."""
+    logged = [r["qffl_mean_local_steps"] for r in records if r.get("qffl_mean_local_steps") is not None]
+    if logged:
+        return float(np.mean(logged))
+    from fedweave.config import load_config
+    from fedweave.data.federated import build_federated
+    from fedweave.train import TrainSettings
+
+    c = cfg if not isinstance(cfg, dict) else load_config(cfg)
+    key = (c.data.model_dump_json(), c.client.epochs, c.client.local_steps, c.client.batch_size)
+    if key not in _STEPS_CACHE:
+        data = build_federated(c.data)
+        settings = TrainSettings(epochs=None if c.client.local_steps else c.client.epochs, local_steps=c.client.local_steps,
+                                 batch_size=c.client.batch_size, lr=c.client.lr)
+        _STEPS_CACHE[key] = float(np.mean([settings.num_steps(len(idx)) for idx in data.client_train]))
+    return _STEPS_CACHE[key]
+
+
 def collect(out: Path) -> list[dict]:
     failed = sorted(str(e.parent.relative_to(out)) for e in out.glob("*/**/error.txt"))
     if failed:
@@ -245,6 +285,8 @@ def collect(out: Path) -> list[dict]:
         method = m["name"]
         if method == "qffl":
             method = f"qffl(q={float(m.get('q', 1.0))})"
+        if method == "ldawa" and m.get("granularity"):  # runs before the fidelity pass grouped by module
+            method = f"ldawa[{m['granularity']}{',norm' if m.get('normalize') else ''}]"
         if m.get("weighting"):
             method = f"{method}+{m['weighting']}"
         last = records[-1] if records else {}
@@ -257,6 +299,7 @@ def collect(out: Path) -> list[dict]:
             "client_mean": s.get("client_acc_mean"), "client_worst10": s.get("client_acc_worst10"),
             "client_std": s.get("client_acc_std"), "jain": s.get("jain_index"),
             "fedlaw_gamma": last.get("fedlaw_gamma"), "qffl_step_scale": last.get("qffl_step_scale"),
+            "mean_local_steps": mean_local_steps(cfg, records) if method.startswith("qffl") else None,
             "ldawa_delta": (float(np.mean([r["ldawa_delta_mean"] for r in records if "ldawa_delta_mean" in r]))
                             if any("ldawa_delta_mean" in r for r in records) else None),
             "fedce_max_c": max(last["fedce_contribution"]) if "fedce_contribution" in last else None,
@@ -284,12 +327,13 @@ def _paired(rows, key_rows, base_rows, field="final", scale=100.0):  # noqa: ARG
     return f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1) if len(diffs) > 1 else 0:.2f}"
 
 
-ORDER = ["fedavg", "fedavg+uniform", "feddisco", "fedlaw", "ldawa", "ldawa+size", "fedce", "qffl(q=0.1)", "qffl(q=1.0)"]
+ORDER = ["fedavg", "fedavg+uniform", "feddisco", "fedlaw", "ldawa", "ldawa+size", "ldawa[tensor]", "ldawa[tensor,norm]",
+         "fedce", "qffl(q=0.1)", "qffl(q=1.0)"]
 
 
 def tables(rows: list[dict]) -> str:
     out = []
-    main = [r for r in rows if r["part"] in ("main", "ablation") and r["status"] == "completed"]
+    main = [r for r in rows if r["part"] in ("main", "ablation", "ldawa-variants") and r["status"] == "completed"]
     if main:
         out.append("## Main comparison (test accuracy, %, mean ± std over 3 replicates)\n")
         for ds in ("digits", "mnist5k", "mnist1d"):
@@ -309,7 +353,8 @@ def tables(rows: list[dict]) -> str:
                     if method == "fedlaw":
                         extra = f"γ = {_ms([r['fedlaw_gamma'] for r in mr], 3)}"
                     elif method.startswith("qffl"):
-                        extra = f"step scale {_ms([r['qffl_step_scale'] for r in mr], 3)}"
+                        extra = (f"step scale {_ms([r['qffl_step_scale'] for r in mr], 3)}, "
+                                 f"mean local steps {_ms([r['mean_local_steps'] for r in mr], 1)}")
                     elif method.startswith("ldawa") and any(r["ldawa_delta"] is not None for r in mr):
                         extra = f"mean δ {_ms([r['ldawa_delta'] for r in mr], 3)}"
                     elif method == "fedce":
@@ -338,8 +383,8 @@ def tables(rows: list[dict]) -> str:
     long = [r for r in rows if r["part"] == "qffl-long" and r["status"] == "completed"]
     if long:
         out.append("## q-FFL given 120 rounds: digits, Dirichlet 0.1 (test accuracy and per-client validation accuracy, %, 3 replicates)\n")
-        out.append("| method | accuracy | Δ vs FedAvg | client mean | client std | client worst | Jain | step scale |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("| method | accuracy | Δ vs FedAvg | client mean | client std | client worst | Jain | step scale | mean local steps |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         base = [r for r in long if r["method"] == "fedavg+size"]
         for method in ("fedavg+size", "fedavg+uniform", "qffl(q=0.1)", "qffl(q=1.0)"):
             mr = [r for r in long if r["method"] == method]
@@ -348,7 +393,8 @@ def tables(rows: list[dict]) -> str:
             out.append(f"| {method} | {_ms([r['final'] for r in mr], 1, 100)} | {'' if method == 'fedavg+size' else _paired(rows, mr, base)} | "
                        f"{_ms([r['client_mean'] for r in mr], 1, 100)} | {_ms([r['client_std'] for r in mr], 1, 100)} | "
                        f"{_ms([r['client_worst10'] for r in mr], 1, 100)} | {_ms([r['jain'] for r in mr], 3)} | "
-                       f"{_ms([r['qffl_step_scale'] for r in mr], 3) if method.startswith('qffl') else ''} |")
+                       f"{_ms([r['qffl_step_scale'] for r in mr], 3) if method.startswith('qffl') else ''} | "
+                       f"{_ms([r['mean_local_steps'] for r in mr], 1) if method.startswith('qffl') else ''} |")
         out.append("")
     rest = [r for r in rows if r["part"] == "restoration" and r["status"] == "completed"]
     if rest:
@@ -367,19 +413,54 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _number(v: str):
+    if v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+def rows_from_csv() -> list[dict]:
+    """The rows of results.csv, with q-FFL's mean local steps filled in from each run's
+    config (the dataset's YAML here with the run's data seed and α) where missing."""
+    with open(HERE / "results.csv", newline="") as f:
+        rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in rows:
+        if str(r["method"]).startswith("qffl") and r.get("mean_local_steps") is None:
+            cfg = fedweave.load_config(HERE / f"{r['dataset']}.yaml",
+                                       [f"data.seed={r['data_seed']}", f"data.partition.alpha={r['alpha']}", "method.name=qffl"])
+            r["mean_local_steps"] = mean_local_steps(cfg, [])
+        r.setdefault("mean_local_steps", None)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="main,ablation,niid2,niid2_e10,qffl_long,restoration,loo")
+    ap.add_argument("--parts", default="main,ablation,ldawa_variants,niid2,niid2_e10,qffl_long,restoration,loo")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "weighting"))
+    ap.add_argument("--tables-only", action="store_true",
+                    help="rebuild results.csv and tables.md from results.csv (no runs needed)")
     args = ap.parse_args()
     os.chdir(ROOT)
     out = Path(args.out)
     parts = {"main": part_main, "main_ldawa": part_main_ldawa, "ablation": part_ablation, "niid2": part_niid2, "niid2_e10": part_niid2_e10,
-             "qffl_long": part_qffl_long, "restoration": part_restoration, "loo": part_loo}
-    for name in filter(None, args.parts.split(",")):
-        parts[name](out, args.jobs)
-    rows = collect(out)
+             "qffl_long": part_qffl_long, "restoration": part_restoration, "loo": part_loo,
+             "ldawa_variants": part_ldawa_variants}
+    if args.tables_only:
+        rows = rows_from_csv()
+        known = {r["part"] for r in rows}
+        if out.exists():  # parts run since results.csv was written (e.g. ldawa_variants)
+            rows += [r for r in collect(out) if r["part"] not in known]
+    else:
+        for name in filter(None, args.parts.split(",")):
+            parts[name](out, args.jobs)
+        rows = collect(out)
     with open(HERE / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -14,17 +14,21 @@ A device that uploads often (small gap: its models are fresh) gets up to 1.5/N; 
 has been away long gets down to 0.5/N. For a device's first upload the gap is measured
 from the start of the run (virtual time 0, when every device had the initial model).
 
-The time scale T (``method.time_scale_s``). The paper writes e^(−Δt) with Δt in seconds;
-in a simulation whose jobs take tens or thousands of virtual seconds e^(−Δt) is 0 for
-every upload and β is the constant 0.5/N, so the staleness-awareness silently vanishes.
-The default ``auto`` sets T to the running mean of all gaps observed so far (this one
-included): the typical device then gets e^(−1) ≈ 0.37, β ≈ 0.87/N, and the weight still
-separates fast devices (→ 1.5/N) from slow ones (→ 0.5/N) whatever the units of the
-system profile. A number fixes T in virtual seconds (``1.0`` is the paper's literal
-formula).
+Two forms of β, ``method.beta_mode``:
 
-``method.beta_mode: constant`` gives β = 1.5/N for every arrival, what the public
-notebook of the paper runs (the upper end of the formula, Δt = 0).
+* ``exp`` (default): the staleness-aware formula above. In the public notebook of the
+  paper (``FNN+AFL.ipynb``) this is a commented-out line, e^(−Δt) with Δt in seconds.
+* ``constant``: β = 1.5/N for every arrival — what that notebook actually runs (the upper
+  end of the formula, Δt = 0). It is not staleness-aware.
+
+The time scale T (``method.time_scale_s``, ``exp`` only). The notebook's literal formula
+is ``time_scale_s: 1.0`` (Δt in seconds). In a simulation whose jobs take tens or
+thousands of virtual seconds e^(−Δt/1) is 0 for every upload and β is the constant
+0.5/N, so the staleness-awareness silently vanishes. The default ``auto`` is **our
+choice**, not the paper's: T is the running mean of all gaps observed so far (this one
+included), so the typical device gets e^(−1) ≈ 0.37, β ≈ 0.87/N, and the weight still
+separates fast devices (→ 1.5/N) from slow ones (→ 0.5/N) whatever the units of the
+system profile. Any number fixes T in virtual seconds.
 
 Decisions and what is not reproduced:
 
@@ -54,11 +58,11 @@ from .registry import MethodInfo, MethodParams, register
 
 
 class AFLParams(MethodParams):
-    beta_mode: Literal["staleness", "constant"] = Field(
-        "staleness", description="staleness: β = (0.5 + e^(−Δt/T))/N; constant: β = 1.5/N (the public notebook)"
+    beta_mode: Literal["exp", "constant"] = Field(
+        "exp", description="exp: β = (0.5 + e^(−Δt/T))/N; constant: β = 1.5/N (what the public notebook runs)"
     )
     time_scale_s: Union[float, Literal["auto"]] = Field(
-        "auto", description="T in e^(−Δt/T), virtual seconds; auto: running mean of the observed upload gaps"
+        "auto", description="T in e^(−Δt/T), virtual seconds (1.0: the notebook's literal e^(−Δt)); auto: running mean of the observed upload gaps (ours)"
     )
 
     @field_validator("time_scale_s")
@@ -72,7 +76,7 @@ class AFLParams(MethodParams):
 class AFLStalenessStrategy(MergeStrategy):
     name = "afl_staleness"
 
-    def __init__(self, beta_mode: str = "staleness", time_scale_s: float | str = "auto"):
+    def __init__(self, beta_mode: str = "exp", time_scale_s: float | str = "auto"):
         self.beta_mode, self.time_scale_s = beta_mode, time_scale_s
 
     def init(self, params, buffers, ctx) -> ServerState:

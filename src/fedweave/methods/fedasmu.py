@@ -1,33 +1,45 @@
 """FedASMU — Liu, Jia, Che, Huo, Ren, Zhou, Dai & Dou, "FedASMU: Efficient Asynchronous
 Federated Learning with Dynamic Staleness-aware Model Update", AAAI 2024
-(arXiv:2312.05770). No official code was found; this follows the equations in the
-project's notes (METHODS.md), which are marked unverified, and the decisions below.
+(arXiv:2312.05770); journal extension: Jia, Liu, Huo, Shen, Zhou, Dai & Dou, "Efficient
+Federated Learning with Timely Update Dissemination" (arXiv:2507.06031). No official code
+was found. The equations follow the project's notes (METHODS.md, marked unverified).
+
+Where the defaults come from. The full text of neither paper could be read from this
+project's sources (only their abstracts were reachable), so the meaning of t, the initial
+λ, σ, ι, γ, υ and the meta step sizes are **not taken from the paper**: every default
+below is our choice, stated as such, and the results page (docs/results/async.md) shows
+the sensitivity to ι, the parameter that sets α once λ/√t has decayed.
 
 Server (every arrival is merged at once, ``schedule.mode: async``). Device i's model
 w_i, trained from global version v, arrives when the server is at version V:
 
-    τ = V − v,   t = V + 1                      (t counts global versions, not seconds)
+    τ = V − v,   t = V + 1                      (t counts global versions, not seconds: ours)
     ξ = λ_i / (√t · (τ + 1)^σ_i) + ι_i
-    α = μ ξ / (1 + μ ξ)                          ∈ (0, 1)
+    α = μ ξ / (1 + μ ξ)                          ∈ [0, 1)
     w_g ← (1 − α) w_g + α w_i
 
 * τ + 1 instead of τ: τ = 0 (nothing merged meanwhile) would make τ^σ zero and ξ
   infinite; with τ + 1 a fresh update gets ξ = λ/√t + ι.
-* λ_i, σ_i, ι_i are per device and parameterised as softplus of unconstrained raw values
-  (λ = softplus(r_λ) > 0 ...), so ξ > 0 and α stays in (0, 1) whatever gradient steps do.
+* λ_i, σ_i, ι_i are per device, kept as raw values r with λ = softplus(r_λ) etc. (so
+  they are positive), but **stepped in their own units**: projected gradient descent
+  on the values, v ← max(v − η_meta·clip(∂L/∂v), 1e-6), then r = softplus⁻¹(v). A step
+  on the raw values would be scaled by the softplus slope sigmoid(r) ≈ 0.095 at ι = 0.1,
+  which (with ∂α/∂λ ∝ 1/√t) left the parameters where they started and α at the ι floor
+  μι/(1+μι).
 * Learned by a meta-gradient on the global loss L. At device i's merge the server keeps
-  u_i = w_i − w_g (so ∂w_merged/∂α = u_i) and ∂α/∂r. When device i's *next* upload
-  arrives, its delta Δ_next (from the model it started from) gives the gradient of
+  u_i = w_i − w_g (so ∂w_merged/∂α = u_i) and ∂α/∂(λ, σ, ι). When device i's *next*
+  upload arrives, its delta Δ_next (from the model it started from) gives the gradient of
   L near the merged model, g ≈ −Δ_next / (η · steps) with η = ``ctx.round_lr`` (exact
   for one plain-SGD step on the global loss; an approximation otherwise: several local
   steps, the device's own non-IID loss, later merges in between, momentum). Then
 
-      ∂L/∂α ≈ g · u_i,        r_i ← r_i − η_meta · clip((g · u_i) ∂α/∂r_i)
+      ∂L/∂α ≈ g · u_i,        v_i ← max(v_i − clip(η_meta · (g · u_i) ∂α/∂v_i), 1e-6)
 
-  each coordinate of the step clipped to ±``meta_clip``. The meta step needs two
-  consecutive uploads of the same device, so the server stores one model-sized vector
-  per device that has uploaded, kept in the server's per-client store (`ctx.client_store`),
-  which `executor.state_memory_mb` bounds (spilling to disk) and checkpoints snapshot.
+  each coordinate of the step clipped to ±``meta_clip`` (in the parameter's own units).
+  The meta step needs two consecutive uploads of the same device, so the server stores
+  one model-sized vector per device that has uploaded, kept in the server's per-client
+  store (`ctx.client_store`), which `executor.state_memory_mb` bounds (spilling to disk)
+  and checkpoints snapshot.
 * Uploads staler than ``schedule.max_staleness`` are dropped by the engine before the
   strategy sees them (the paper's staleness bound).
 
@@ -40,10 +52,14 @@ job's compute time) and merges
 
 with t = (fetched version) + 1 and t_start = (version the job started from) + 1, so
 t − t_start is the number of global versions merged while the device trained. γ_i, υ_i
-(softplus-parameterised, in the client state) are learned on the device from the first
+(kept like λ, σ, ι, in the client state) are learned on the device from the first
 minibatch after the merge: with g₁ the gradient of the local loss there,
-∂L/∂β ≈ g₁ · (w_g′ − w_before) and r ← r − η_dev · clip(∂L/∂β · ∂β/∂r). The merged-in
-β is applied to the current job; the learned values serve the device's next job.
+∂L/∂β ≈ g₁ · (w_g′ − w_before), and the same projected step on (γ, υ) with
+``device_meta_lr``. The merged-in β is applied to the current job; the learned values
+serve the device's next job.
+
+Defaults (all ours, see above): μ = μ_β = 1, λ = γ = 1, σ = 0.5, ι = 0.1, υ = 0.5,
+η_meta = 0.1 on both sides, ``meta_clip`` = 0.1; ``fetch_at`` = 0.5.
 
 Decisions:
 
@@ -64,12 +80,11 @@ Decisions:
 * Ablations: ``learn_server: false`` / ``learn_device: false`` keep the initial
   parameters fixed; ``device_merge: false`` turns the fetch off (server side only).
 
-Observed behaviour (docs/results/async.md): with t counting versions, λ/√t soon falls
-below ι and α settles near μι/(1+μι) ≈ 0.1 for any staleness, β near 0.01–0.02; the
-learned and fixed variants give the same accuracy, as does FedAsync with a constant
-α = 0.1. Under non-IID data the meta-gradient's proxy g (the device's own next update)
-points towards the device's optimum, so g · u_i < 0 and the rule tends to raise α for
-every device: it lowers the device's loss, not necessarily the global one.
+Observed behaviour: with t counting versions, λ/√t soon falls below ι, so α is set by ι
+(and by how far the meta step moves it). Under non-IID data the meta-gradient's proxy g
+(the device's own next update) points towards the device's optimum, so g · u_i < 0 and
+the rule tends to raise α for every device: it lowers the device's loss, not
+necessarily the global one. See docs/results/async.md for the measured figures.
 """
 
 from __future__ import annotations
@@ -102,7 +117,7 @@ class FedASMUParams(MethodParams):
     upsilon_init: float = Field(0.5, gt=0, description="initial υ_i (device)")
     learn_device: bool = Field(True, description="learn γ, υ on the device (false: fixed-weight ablation)")
     device_meta_lr: float = Field(0.1, gt=0, description="step size of the device meta-gradient")
-    meta_clip: float = Field(1.0, gt=0, description="largest change of a raw parameter per meta step")
+    meta_clip: float = Field(0.1, gt=0, description="largest change of λ, σ, ι (γ, υ) per meta step, in their own units")
 
 
 def softplus(r: torch.Tensor) -> torch.Tensor:
@@ -148,6 +163,22 @@ def _clip(step: torch.Tensor, limit: float) -> torch.Tensor:
     return step.clamp(-limit, limit)
 
 
+PARAM_FLOOR = 1e-6  # the projection's lower bound (softplus⁻¹(0) is −∞)
+
+
+def projected_step(raw: torch.Tensor, dloss_draw: torch.Tensor, lr: float, clip: float) -> torch.Tensor:
+    """One projected gradient step on the values v = softplus(raw), returned as raw values.
+
+    ``dloss_draw`` is ∂L/∂raw; dividing by the softplus slope sigmoid(raw) gives ∂L/∂v, so
+    the step is taken in the parameters' own units, not shrunk by the slope.
+    """
+    values = softplus(raw)
+    dloss_dv = dloss_draw / torch.sigmoid(raw)
+    new = (values - _clip(lr * dloss_dv, clip)).clamp_min(PARAM_FLOOR)
+    mapped = torch.tensor([inverse_softplus(float(v)) for v in new], dtype=torch.float64)
+    return torch.where(new == values, raw, mapped)  # an unmoved parameter keeps its exact raw value
+
+
 class FedASMUStrategy(MergeStrategy):
     name = "fedasmu"
 
@@ -172,8 +203,8 @@ class FedASMUStrategy(MergeStrategy):
             return None
         g = -update.delta.to(torch.float64) / (lr * update.num_steps)
         dl_dalpha = float(g @ u.to(torch.float64))
-        step = _clip(self.p.server_meta_lr * dl_dalpha * state.extra["dalpha"][cid], self.p.meta_clip)
-        return state.extra["raw"][cid] - step
+        return projected_step(state.extra["raw"][cid], dl_dalpha * state.extra["dalpha"][cid],
+                              self.p.server_meta_lr, self.p.meta_clip)
 
     def on_update(self, update, state: ServerState, ctx) -> ServerState:
         cid = update.client_id
@@ -275,7 +306,7 @@ class FedASMUClient(ClientAlgorithm):
         new_raw = raw
         if self.p.learn_device and jump is not None and first_grad:
             dl_dbeta = float(first_grad[0].to(torch.float64) @ jump.to(torch.float64))
-            new_raw = raw - _clip(self.p.device_meta_lr * dl_dbeta * dbeta, self.p.meta_clip)
+            new_raw = projected_step(raw, dl_dbeta * dbeta, self.p.device_meta_lr, self.p.meta_clip)
         parts = [r for r in (r1, r2) if r is not None and r.steps > 0]
         steps = sum(r.steps for r in parts)
         processed = sum(r.examples_processed for r in parts)

@@ -3,29 +3,40 @@ Backdoor Mitigation in Federated Learning", ICLR 2023 (official code: KaiyuanZh/
 read for the defaults below).
 
 **Client: trigger inversion and hardening.** A benign client keeps, in the client-state
-store, one inverted trigger (mask m, pattern p) per target label it has worked on. In each
-job it first inverts the trigger of the next ``method.targets_per_round`` labels
-(round-robin over the classes, so every label is covered after a few selections) on the
-received global model, warm-starting from its previous trigger for that label
-(Neural-Cleanse style, as the official ``Trigger.generate``):
+store, one inverted trigger (mask m, pattern p) per target label. On its **first job**
+it inverts the trigger of *every* label with ``method.first_inversion_steps`` (400) steps
+each — the official code's warm-up, which inverts all targets at 400 steps the first
+time a client is selected. On later jobs it re-inverts the next
+``method.targets_per_round`` labels (round-robin) with ``method.inversion_steps`` (200,
+the official budget after the warm-up), warm-starting from its stored trigger for that
+label (Neural-Cleanse style, as the official ``Trigger.generate``):
 
     x' = (1 − m) ⊙ x + m ⊙ p,   m = tanh(a)/2 + ½,  p = lo + (hi − lo)(tanh(b)/2 + ½)
     minimise  CE(f(x'), t) + c · ‖m‖₁         over (a, b), Adam(lr 0.1, betas (0.5, 0.9))
 
-on up to ``method.inversion_examples`` of its examples whose label is not t, for
-``method.inversion_steps`` full-batch steps. The cost c starts at ``method.init_cost``
-(1e-3) and adapts: after 5 consecutive steps with attack success ≥ 0.9 it is multiplied by
-1.5, after 5 below it divided by 1.5^1.5; the trigger kept is the smallest-‖m‖₁ one that
-reached 0.9 (the last one when none did — the official code then keeps a zero mask, i.e.
-no hardening for that label; we keep the best effort). The mask is shared by the
-channels. It then trains as usual, except that in every batch a ``method.portion`` (0.5)
-share of the examples get one of its stored triggers (chosen at random; skipped when the
-example's label is that trigger's target) *with their true labels* — the hardening that
-unlearns trigger-like shortcuts.
+on up to ``method.inversion_examples`` of its examples whose label is not t, full-batch.
+The cost c starts at ``method.init_cost`` (1e-3) and adapts: after ``method.patience``
+(10, official) consecutive steps with attack success ≥ 0.9 it is multiplied by 1.5, after
+as many below it divided by 1.5^1.5. Whenever a step reaches 0.9 with a smaller ‖m‖₁
+than the best so far, that trigger becomes the best and the optimisation restarts from
+it plus uniform noise of ±0.01 (as the official code). The trigger kept is the best one;
+when no step reached 0.9 the official code keeps a **zero mask**, which stamps nothing
+(``method.inversion_fallback: zero``, default; ``best_effort`` keeps the last iterate, our
+former behaviour). A stored zero mask is not used as a warm start (a fresh random one is).
+The mask is shared by the channels. The client then trains as usual, except that in
+every batch a ``method.portion`` (0.5) share of the examples get one of its stored
+triggers (chosen at random; skipped when the example's label is that trigger's target)
+*with their true labels* — the hardening that unlearns trigger-like shortcuts.
 
-The official code additionally schedules symmetric source–target pairs after a warm-up
-over all targets; this implementation keeps the universal (all-source) inversion per
-target throughout, which is the warm-up phase of the official code.
+Differences from the official code: it inverts on one example per present class
+(``size_min`` = 1) and interleaves the warm-up inversions with the first minibatches (one
+target per batch); here the inversions run before training on up to
+``inversion_examples`` (64) examples, and the trigger used for a batch is drawn from all
+stored ones. After the warm-up the official code schedules symmetric source–target pairs;
+this implementation keeps the universal (all-source) inversion per target throughout.
+A cheaper budget (e.g. ``first_inversion_steps: 30``, ``inversion_steps: 30``,
+``patience: 5``, fedweave's former defaults) is a **deviation**: short inversions return
+masks covering a quarter of the image, so the hardening becomes noise augmentation.
 
 **Server.** FedAvg (the preset's stages stay overridable).
 
@@ -42,13 +53,14 @@ is the plain trainer.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from ..core.client import ClientAlgorithm
-from ..core.observer import Observer
+from .rejection import RejectionObserver, reject  # noqa: F401  (reject: FLIP's rule, also importable from here)
 from ..core.rng import torch_generator
 from .registry import MethodInfo, MethodParams, Preset, register
 from .threat_adapter import ThreatAdapter
@@ -59,12 +71,19 @@ _EPS = 1e-7
 class FLIPParams(MethodParams):
     threshold: float = Field(0.4, ge=0, le=1, description="τ: reject predictions whose max softmax probability is below it")
     portion: float = Field(0.5, ge=0, le=1, description="share of each batch stamped with an inverted trigger (true labels)")
-    inversion_steps: int = Field(30, ge=1, description="optimisation steps per inverted trigger per job")
+    first_inversion_steps: int = Field(
+        400, ge=1, description="a client's first job: every label's trigger is inverted with this many steps (official warm-up)"
+    )
+    inversion_steps: int = Field(200, ge=1, description="later jobs: steps per re-inverted trigger (official: 200)")
     inversion_examples: int = Field(64, ge=1, description="examples used for one inversion")
     inversion_lr: float = Field(0.1, gt=0)
     init_cost: float = Field(1e-3, ge=0, description="initial weight c of the mask's L1 norm")
     asr_threshold: float = Field(0.9, gt=0, le=1, description="attack success an inverted trigger must reach")
-    targets_per_round: int = Field(1, ge=1, description="labels whose trigger is inverted in each job")
+    targets_per_round: int = Field(1, ge=1, description="later jobs: labels whose trigger is re-inverted in each job")
+    patience: int = Field(10, ge=1, description="steps above/below the success threshold before the cost c changes (official: 10)")
+    inversion_fallback: Literal["zero", "best_effort"] = Field(
+        "zero", description="an inversion that never reaches asr_threshold: zero mask, stamps nothing (official) or keep the last iterate"
+    )
 
 
 def mask_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -77,21 +96,19 @@ def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.T
     return (1 - mask) * x + mask * pattern
 
 
-def reject(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """True where the prediction is rejected: max softmax probability < τ."""
-    return torch.softmax(logits, dim=1).amax(dim=1) < threshold
-
-
 def _atanh_unit(v: torch.Tensor) -> torch.Tensor:
     return torch.atanh((v.clamp(0, 1) - 0.5) * (2 - _EPS))
 
 
-def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 30, lr: float = 0.1, init_cost: float = 1e-3,
+def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 400, lr: float = 0.1, init_cost: float = 1e-3,
                    asr_threshold: float = 0.9, lo: float = 0.0, hi: float = 1.0, init=None,
-                   generator: torch.Generator | None = None, patience: int = 5):
+                   generator: torch.Generator | None = None, patience: int = 10, fallback: str = "zero"):
     """A (mask, pattern) that sends ``x`` to ``target`` with a small mask (see module doc).
 
-    Gradients flow to the trigger only; the model's parameter gradients are not touched.
+    When no step reaches ``asr_threshold``: a zero mask and pattern (``fallback="zero"``,
+    the official behaviour: stamping it changes nothing) or the last iterate
+    (``"best_effort"``). Gradients flow to the trigger only; the model's parameter
+    gradients are not touched.
     """
     shape = mask_shape(tuple(x.shape[1:]))
     if init is None:
@@ -112,7 +129,8 @@ def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 30, lr: fl
     with torch.enable_grad():
         for step in range(steps):
             mask = torch.tanh(a) / (2 - _EPS) + 0.5
-            pattern = lo + (hi - lo) * (torch.tanh(b) / (2 - _EPS) + 0.5)
+            unit_pattern = torch.tanh(b) / (2 - _EPS) + 0.5
+            pattern = lo + (hi - lo) * unit_pattern
             out = module(stamp(x, mask, pattern))
             reg = mask.sum()
             loss = F.cross_entropy(out, y) + cost * reg
@@ -128,6 +146,10 @@ def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 30, lr: fl
             asr = float((out.argmax(dim=1) == y).float().mean())
             if asr >= asr_threshold and reg.item() < best_reg:
                 best, best_reg = (mask.detach().clone(), pattern.detach().clone()), reg.item()
+                # restart from the new best, slightly perturbed (as the official code)
+                with torch.no_grad():
+                    a.copy_(_atanh_unit(mask.detach() + (torch.rand(mask.shape, generator=generator) - 0.5) * 0.02))
+                    b.copy_(_atanh_unit(unit_pattern.detach() + (torch.rand(b.shape, generator=generator) - 0.5) * 0.02))
             if asr >= asr_threshold:
                 up, down = up + 1, 0
             else:
@@ -140,6 +162,8 @@ def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 30, lr: fl
                 cost /= 1.5**1.5
     module.train(was_training)
     if best is None:
+        if fallback == "zero":
+            return torch.zeros(shape), torch.zeros(tuple(x.shape[1:]))
         with torch.no_grad():
             best = (torch.tanh(a) / (2 - _EPS) + 0.5, lo + (hi - lo) * (torch.tanh(b) / (2 - _EPS) + 0.5))
     return best[0].detach(), best[1].detach()
@@ -196,15 +220,23 @@ class FLIPClient(ClientAlgorithm):
                 triggers[int(t)] = (prev["flip_masks"][i], prev["flip_patterns"][i])
         nxt = int(prev.get("flip_next", 0))
         gen = torch_generator(seed, "flip-invert", job.client_id, job.counter)
-        for _ in range(p.targets_per_round):
-            t = nxt % data.num_classes
-            nxt += 1
+        first_job = "flip_next" not in prev
+        if first_job:  # the official warm-up: every label, with the larger budget
+            targets, steps = list(range(data.num_classes)), p.first_inversion_steps
+            nxt = data.num_classes
+        else:
+            targets = [(nxt + i) % data.num_classes for i in range(p.targets_per_round)]
+            steps, nxt = p.inversion_steps, nxt + p.targets_per_round
+        for t in targets:
             pool = torch.nonzero(y != t).flatten()
             if len(pool) == 0:
                 continue
             pick = pool[torch.randperm(len(pool), generator=gen)[: p.inversion_examples]]
-            triggers[t] = invert_trigger(worker.model.module, x[pick], t, p.inversion_steps, p.inversion_lr, p.init_cost,
-                                         p.asr_threshold, lo, hi, triggers.get(t), gen)
+            warm = triggers.get(t)
+            if warm is not None and not bool(warm[0].any()):
+                warm = None  # a failed (zero) trigger is no warm start
+            triggers[t] = invert_trigger(worker.model.module, x[pick], t, steps, p.inversion_lr, p.init_cost,
+                                         p.asr_threshold, lo, hi, warm, gen, p.patience, p.inversion_fallback)
         labels = sorted(triggers)
         if labels and p.portion > 0:
             self._active = (
@@ -224,25 +256,7 @@ class FLIPClient(ClientAlgorithm):
         return out
 
 
-class FlipObserver(Observer):
-    """Clean accuracy with FLIP's rejection rule."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, threshold: float, batch_size: int):
-        self.x, self.y, self.threshold, self.batch_size = x, y, threshold, batch_size
-
-    @torch.no_grad()
-    def evaluate(self, module, state) -> dict:
-        was_training = module.training
-        module.eval()
-        correct = rejected = 0
-        for s in range(0, len(self.y), self.batch_size):
-            logits = module(self.x[s : s + self.batch_size])
-            rej = reject(logits, self.threshold)
-            rejected += int(rej.sum())
-            correct += int(((logits.argmax(dim=1) == self.y[s : s + self.batch_size]) & ~rej).sum())
-        module.train(was_training)
-        n = max(len(self.y), 1)
-        return {"accuracy_with_rejection": correct / n, "rejection_rate": rejected / n}
+FlipObserver = RejectionObserver  # the name earlier versions used
 
 
 def _threshold(config) -> float:
@@ -252,7 +266,7 @@ def _threshold(config) -> float:
 
 def setup_flip(exp) -> None:
     """Set-up: FLIP runs report accuracy under the rejection rule."""
-    exp.observers.append(FlipObserver(exp.data.x_test, exp.data.y_test, _threshold(exp.config), exp.config.eval.batch_size))
+    exp.observers.append(RejectionObserver(exp.data.x_test, exp.data.y_test, _threshold(exp.config), exp.config.eval.batch_size))
 
 
 class FLIPThreats(ThreatAdapter):

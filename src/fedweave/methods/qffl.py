@@ -21,7 +21,8 @@ is only a heuristic scale.
 
 Equivalently w_g ← w_g + Σ_k a_k Δ_k with a_k = L F_k^q / Σ_j h_j. Σ_k a_k, the step
 length relative to averaging the client models, is reported as ``qffl_step_scale`` in
-every evaluation record: for q > 0 the term q F^{q−1} L² ‖Δ_k‖² of h_k makes it small
+every evaluation record, beside ``qffl_mean_local_steps`` (the mean local steps of the
+round's updates): for q > 0 the term q F^{q−1} L² ‖Δ_k‖² of h_k makes it small
 when clients move far (many local steps), so q-FedAvg then progresses much more slowly
 than FedAvg; that is the method's maths (the official code computes the same h_k), not a
 bug. The extra forward pass is not charged to the device's compute
@@ -76,13 +77,16 @@ class QFFLStrategy(Strategy):
         a = qffl_coefficients(deltas, losses, self.q, ctx.round_lr)
         state.params = (state.params.to(torch.float64) + a @ deltas.to(torch.float64)).to(state.params.dtype)
         state.extra["qffl_step_scale"] = float(a.sum())
+        # the step scale shrinks with how far clients move, i.e. with their local steps
+        state.extra["qffl_mean_local_steps"] = sum(u.num_steps for u in updates) / len(updates)
         state.buffers = average_buffers(updates, state)
         state.version += 1
         return state
 
     def metrics(self, state) -> dict:
         # Σ_k a_k: the length of the step relative to averaging the client models (1)
-        return {"qffl_step_scale": state.extra.get("qffl_step_scale")}
+        return {"qffl_step_scale": state.extra.get("qffl_step_scale"),
+                "qffl_mean_local_steps": state.extra.get("qffl_mean_local_steps")}
 
 
 class QFFLClient(ClientAlgorithm):

@@ -15,10 +15,10 @@ Each feature configures itself from the config through an extension of
 from ..models.adversarial import pgd_attack, robust_accuracy
 from .attacks import AttackPlan, configure_attack, malicious_clients
 from .eavesdropper import Eavesdropper, configure_eavesdropper
-from .metrics import configure_robust_accuracy
+from .metrics import configure_rejection, configure_robust_accuracy
 from .triggers import Trigger, make_trigger
 
 __all__ = [
     "AttackPlan", "configure_attack", "malicious_clients", "Eavesdropper", "configure_eavesdropper",
-    "configure_robust_accuracy", "pgd_attack", "robust_accuracy", "Trigger", "make_trigger",
+    "configure_rejection", "configure_robust_accuracy", "pgd_attack", "robust_accuracy", "Trigger", "make_trigger",
 ]

@@ -40,9 +40,15 @@ every attacker of the round sends the same Δ':
   d = σ (``deviation: std``), μ/‖μ‖ (``unit_vec``) or sign(μ) (``sign``), and γ the largest
   value in [0, γ_max] (``attack.scale``, default 10; bisection to 1e-5·γ_max) such that
   min-max: ``max_i ‖Δ' − b_i‖ ≤ max_{i,j} ‖b_i − b_j‖``;
-  min-sum: ``Σ_i ‖Δ' − b_i‖² ≤ max_j Σ_i ‖b_j − b_i‖²`` over b ∈ R. γ = 0 always
-  satisfies both (the mean is no farther than the farthest pair; it minimises the sum of
-  squares), so the search is well defined.
+  min-sum: ``Σ_i ‖Δ' − b_i‖² ≤ min_j Σ_i ‖b_j − b_i‖²`` over b ∈ R. The bound is the
+  *minimum* over the reference updates (``attack.minsum_bound: min``, the default), as in
+  the authors' official code (the NDSS'21 repository's min-sum search compares against the
+  smallest benign score): the malicious update then scores better than every benign one
+  under a Krum-style sum-of-distances rule. ``minsum_bound: max`` uses the largest benign
+  score instead, a weaker constraint (larger γ) that is not the official attack. γ = 0
+  always satisfies every bound (the mean is no farther than the farthest pair; it
+  minimises the sum of squares, so its sum is ≤ every benign one), so the search is well
+  defined.
 
 A method whose uploads are not deltas says through its registration's threat adapter
 (``MethodInfo.threats``, :class:`fedweave.methods.threat_adapter.ThreatAdapter`) which
@@ -153,7 +159,11 @@ def _largest_gamma(ok, gamma_max: float, tol: float = 1e-5) -> float:
     return lo
 
 
-def _min_max_sum(reference: torch.Tensor, kind: str, dev: str, gamma_max: float) -> tuple[torch.Tensor, float]:
+MINSUM_BOUNDS = ("min", "max")
+
+
+def _min_max_sum(reference: torch.Tensor, kind: str, dev: str, gamma_max: float,
+                 minsum_bound: str = "min") -> tuple[torch.Tensor, float]:
     ref = reference.to(torch.float64)
     mu = ref.mean(dim=0)
     d = deviation(ref, dev)
@@ -172,7 +182,11 @@ def _min_max_sum(reference: torch.Tensor, kind: str, dev: str, gamma_max: float)
             return float((rr - 2 * gamma * rd + gamma * gamma * dd).max()) <= bound
 
     else:
-        bound = float(pair.sum(dim=1).max())
+        # each reference update's score: its summed squared distance to the others
+        scores = pair.sum(dim=1)
+        if minsum_bound not in MINSUM_BOUNDS:
+            raise ValueError(f"unknown min-sum bound {minsum_bound!r}; use one of {MINSUM_BOUNDS}")
+        bound = float(scores.min() if minsum_bound == "min" else scores.max())
 
         def ok(gamma: float) -> bool:
             return float((rr - 2 * gamma * rd + gamma * gamma * dd).sum()) <= bound
@@ -186,9 +200,10 @@ def minmax(reference: torch.Tensor, dev: str = "std", gamma_max: float = 10.0) -
     return _min_max_sum(reference, "minmax", dev, gamma_max)
 
 
-def minsum(reference: torch.Tensor, dev: str = "std", gamma_max: float = 10.0) -> tuple[torch.Tensor, float]:
-    """Shejwalkar & Houmansadr's min-sum update and its γ."""
-    return _min_max_sum(reference, "minsum", dev, gamma_max)
+def minsum(reference: torch.Tensor, dev: str = "std", gamma_max: float = 10.0,
+           bound: str = "min") -> tuple[torch.Tensor, float]:
+    """Shejwalkar & Houmansadr's min-sum update and its γ; ``bound`` is ``min`` (official) or ``max``."""
+    return _min_max_sum(reference, "minsum", dev, gamma_max, bound)
 
 
 # -- the plan: the resolved threat model -----------------------------------------------
@@ -211,6 +226,7 @@ class AttackPlan:
     sees_benign: bool = False
     deviation: str = "std"
     z: float | None = None
+    minsum_bound: str = "min"
     _index: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -329,7 +345,7 @@ class CollusionHook:
         elif plan.kind == "minmax":
             new, self.last_gamma = minmax(reference, plan.deviation, plan.s)
         else:
-            new, self.last_gamma = minsum(reference, plan.deviation, plan.s)
+            new, self.last_gamma = minsum(reference, plan.deviation, plan.s, plan.minsum_bound)
         return [dataclasses.replace(u, delta=new.clone()) if i in mal else u for i, u in enumerate(updates)]
 
 
@@ -364,6 +380,8 @@ def make_plan(config, data, method_name: str) -> AttackPlan:
         raise ConfigError(f"attack.scale has no meaning for {kind}; remove it.")
     if a.z is not None and kind != "alie":
         raise ConfigError("attack.z applies to alie only.")
+    if a.minsum_bound != "min" and kind != "minsum":
+        raise ConfigError(f"attack.minsum_bound={a.minsum_bound} applies to minsum only; remove it or set attack.kind=minsum.")
     refusal = threats.attack_refusal(kind)
     if refusal is not None:
         raise ConfigError(refusal)
@@ -378,6 +396,7 @@ def make_plan(config, data, method_name: str) -> AttackPlan:
         num_classes=C, start=a.start_round - 1, end=None if a.end_round is None else a.end_round - 1,
         scale=a.scale, target=a.target, source=a.source, poison_fraction=a.poison_fraction, trigger=trigger,
         dba=a.trigger.kind == "dba", sees_benign=a.sees_benign, deviation=a.deviation, z=a.z,
+        minsum_bound=a.minsum_bound,
     )
 
 

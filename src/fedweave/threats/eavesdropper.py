@@ -14,7 +14,10 @@ keeps its own model from what it saw. It never sees the downlink nor the server'
   With p = 1 this reproduces the server's FedAvg model round by round.
 * ``sees: deltas`` — the uploads are updates only: the eavesdropper adds the
   example-weighted mean of the intercepted deltas to its own model, which starts from its
-  own random initialisation (it does not know the server's).
+  own random initialisation (it does not know the server's; ``init: own``, default) or,
+  with ``init: server``, from the server's initial weights (it knows them, e.g. a public
+  pretrained model). With p = 1 and ``init: server`` it reproduces the server's FedAvg
+  model round by round: the protection of increments is entirely the unknown start.
 
 Its figures: ``eavesdropper_accuracy`` (its model on the test set; the server's is
 ``accuracy`` in the same record) and ``eavesdropper_intercepted`` (messages so far). The eavesdropper sees uplinks as they
@@ -41,7 +44,7 @@ _KEEP_VERSIONS = 64
 class Eavesdropper(Observer):
     def __init__(self, probability: float, sees: str, seed: int, model_factory, roles: dict, task,
                  x_test: torch.Tensor, y_test: torch.Tensor, initial_params: torch.Tensor,
-                 initial_buffers: torch.Tensor, batch_size: int = 2048):
+                 initial_buffers: torch.Tensor, batch_size: int = 2048, init: str = "own"):
         self.p = probability
         self.sees = sees
         self.seed = seed
@@ -53,6 +56,8 @@ class Eavesdropper(Observer):
         self.model = FlatModel(own(), roles)
         self.params = self.model.params.clone()
         self.buffers = self.model.buffers.clone()
+        if init == "server":
+            self.params, self.buffers = initial_params.clone(), initial_buffers.clone()
         self.globals = {0: (initial_params.clone(), initial_buffers.clone())}  # version -> server model (models mode)
         self.pending: list[tuple[torch.Tensor, torch.Tensor, float]] = []
         self.intercepted = 0
@@ -127,10 +132,12 @@ def configure_eavesdropper(exp) -> None:
     e = exp.config.eavesdropper
     if e.probability <= 0:
         return
+    if e.init != "own" and e.sees != "deltas":
+        raise ConfigError("eavesdropper.init applies to sees: deltas (with full models it needs no start); remove it.")
     refusal = get_method(exp.config.method.name).threats.eavesdropper_refusal()
     if refusal is not None:
         raise ConfigError(refusal)
     exp.observers.append(Eavesdropper(
         e.probability, e.sees, exp.config.seed, exp.model_factory, exp.roles, exp.task,
-        exp.data.x_test, exp.data.y_test, exp.initial_params, exp.initial_buffers, exp.config.eval.batch_size,
+        exp.data.x_test, exp.data.y_test, exp.initial_params, exp.initial_buffers, exp.config.eval.batch_size, e.init,
     ))

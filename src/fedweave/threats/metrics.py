@@ -3,9 +3,12 @@
 * ``attack_success_rate`` — backdoor: the share of test inputs whose label is not the
   target that, with the whole trigger stamped, are classified as the target; targeted
   label flip (``attack.source``): the share of the source class classified as the target.
-  Under a method that rejects predictions (FLIP's confidence threshold), a rejected
-  prediction counts as a failed attack (``attack_success_rate_no_rejection`` is the same
-  figure without the rejection rule).
+  Under a rejection rule (FLIP's confidence threshold ``method.threshold``, or
+  ``eval.reject_threshold`` with any method), a rejected prediction counts as a failed
+  attack (``attack_success_rate_no_rejection`` is the same figure without the rule).
+* ``accuracy_with_rejection`` / ``rejection_rate`` (``eval.reject_threshold``, any method)
+  — clean test accuracy counting rejected predictions as wrong, and the share rejected:
+  the rejection rule on its own, e.g. FedAvg + τ as the control for FLIP.
 * ``robust_accuracy`` (``eval.robust_accuracy``) — accuracy under L∞ PGD-k on the first
   ``eval.robust_max_examples`` test examples (:mod:`fedweave.models.adversarial`).
 
@@ -17,15 +20,19 @@ from __future__ import annotations
 
 import torch
 
+from ..core.errors import ConfigError
 from ..core.observer import Observer
 from ..methods import get_method
+from ..methods.rejection import RejectionObserver, reject
 from ..models.adversarial import robust_accuracy
 
 
 def rejection_threshold(config) -> float | None:
-    """The confidence threshold below which the method rejects a prediction (FLIP's
-    rejection rule, from its threat adapter), or None."""
-    return get_method(config.method.name).threats.rejection_threshold(config)
+    """The confidence threshold below which predictions are rejected, or None: the method's
+    own rejection rule (FLIP's ``method.threshold``, from its threat adapter), else
+    ``eval.reject_threshold`` for any other method."""
+    own = get_method(config.method.name).threats.rejection_threshold(config)
+    return own if own is not None else config.eval.reject_threshold
 
 
 @torch.no_grad()
@@ -40,7 +47,7 @@ def success_rate(module, x: torch.Tensor, target: int, threshold: float | None =
         logits = module(x[start : start + batch_size])
         ok = logits.argmax(dim=1) == target
         if threshold is not None:
-            ok &= torch.softmax(logits, dim=1).amax(dim=1) >= threshold
+            ok &= ~reject(logits, threshold)
         hits += int(ok.sum())
     module.train(was_training)
     return hits / len(x)
@@ -111,7 +118,20 @@ def configure_robust_accuracy(exp) -> None:
     """Extension: ``eval.robust_accuracy`` adds PGD robust accuracy to the records."""
     if exp.config.eval.robust_accuracy:
         if exp.task.name != "classification":
-            from ..core.errors import ConfigError
-
             raise ConfigError("eval.robust_accuracy needs a classification task.")
         exp.observers.append(RobustAccuracyObserver(exp))
+
+
+def configure_rejection(exp) -> None:
+    """Extension: ``eval.reject_threshold`` applies FLIP's rejection rule to any method's
+    evaluation (FLIP itself reports it through ``method.threshold``)."""
+    tau = exp.config.eval.reject_threshold
+    if tau is None:
+        return
+    if get_method(exp.config.method.name).threats.rejection_threshold(exp.config) is not None:
+        raise ConfigError(f"Method {exp.config.method.name!r} applies its own rejection threshold "
+                          "(method.threshold); remove eval.reject_threshold (it applies the same rule to other "
+                          "methods, e.g. FedAvg + τ as FLIP's control).")
+    if exp.task.name != "classification":
+        raise ConfigError("eval.reject_threshold needs a classification task (it thresholds the softmax confidence).")
+    exp.observers.append(RejectionObserver(exp.data.x_test, exp.data.y_test, tau, exp.config.eval.batch_size))
