@@ -303,6 +303,8 @@ class EavesdropperConfig(_Section):
 class Config(_Section):
     name: str = "quickstart"
     seed: int = Field(0, description="seed of training: sampling, shuffling, initialisation")
+    plugins: list[str] = Field(default_factory=list, description="your modules to import first (they register "
+                               "methods, stages, models, tasks, data sources); the current folder is importable")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
@@ -316,6 +318,14 @@ class Config(_Section):
     attack: AttackConfig = AttackConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     eavesdropper: EavesdropperConfig = EavesdropperConfig()
+
+    @model_validator(mode="after")
+    def _name_follows_method(self):
+        # the default name is the quickstart's; a run of another method without a name of
+        # its own is named after the method (runs/fedprox-..., not runs/quickstart-...)
+        if "name" not in self.model_fields_set and self.method.name != MethodConfig().name:
+            self.__dict__["name"] = self.method.name
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -95,6 +95,9 @@ class Experiment:
 
 def build_experiment(config: Config, data: FederatedDataset | None = None) -> Experiment:
     """Validate ``config`` against the data and the registries; build every piece."""
+    from .plugins import import_plugins
+
+    import_plugins(config.plugins)  # users' methods, models... register themselves before any name is looked up
     task = make_task(config.task.kind)
     check_trackers(config.output)
     strategy, algorithm = build_method(config)  # config-only checks come before loading data
@@ -195,20 +198,28 @@ def run(
     out: str | Path | None = None,
     overrides: list[str] | None = None,
     progress: Callable[[int, int, dict | None], None] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
-    """Run an experiment end to end and write its run directory."""
+    """Run an experiment end to end and write its run directory.
+
+    ``overwrite=True`` replaces a run already in the output directory (a directory holding
+    anything but a run is never deleted); without it such a directory is refused.
+    """
     cfg = load_config(config, overrides)
     if out is not None:
         cfg.output.dir = str(out)
     exp = build_experiment(cfg)
     run_dir = RunDirectory(cfg.output.dir or default_run_dir(cfg))
-    if (run_dir.path / CONFIG).exists():
+    replace = (run_dir.path / CONFIG).exists()
+    if replace and not overwrite:
         raise ConfigError(
-            f"{str(run_dir.path)!r} already holds a run; choose another output directory, delete it, "
-            "or continue it with `fedweave run --resume DIR`."
+            f"{str(run_dir.path)!r} already holds a run; choose another output directory, replace it with "
+            "--overwrite (overwrite=True), or continue it with `fedweave run --resume DIR`."
         )
     cfg.output.dir = str(run_dir.path)
     start_executor(exp)  # before the directory exists: an unreachable cluster leaves nothing behind
+    if replace:  # only now that everything is valid and started
+        shutil.rmtree(run_dir.path)
     try:
         run_dir.create(cfg.to_yaml())
     except BaseException:

@@ -278,19 +278,78 @@ def _fmt(mean: float | None, std: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def _bold_flags(means: list[float | None], higher: bool, eligible: list[bool] | None = None) -> list[bool]:
-    """Which rows hold the best mean (ties all bold).
+LEAD_ALPHA = 0.05  # one-sided significance level of "the best row leads the runner-up"
 
-    Nothing is bold with fewer than two values, or where every row would be (all equal).
+
+def _ahead(a: dict, b: dict, higher: bool) -> bool:
+    """Is row ``a`` ({seed: value}) better than row ``b`` by more than seed-to-seed noise?
+
+    Paired t-test over the seeds both rows ran (at least two), else Welch's t-test (at
+    least two runs each), one-sided at :data:`LEAD_ALPHA`; a difference with no spread at
+    all (every paired difference equal) counts when it is non-zero. One run per row says
+    nothing about noise: never ahead.
     """
-    eligible = eligible or [True] * len(means)
-    candidates = [m for m, ok in zip(means, eligible) if m is not None and ok]
+    from scipy.stats import t as student_t
+
+    sign = 1.0 if higher else -1.0
+    common = sorted(set(a) & set(b), key=str)
+    if len(common) >= 2:
+        d = sign * (np.array([a[s] for s in common]) - np.array([b[s] for s in common]))
+        sd = float(d.std(ddof=1))
+        if sd == 0.0:
+            return float(d.mean()) > 0
+        stat, df = float(d.mean()) / (sd / math.sqrt(d.size)), d.size - 1
+    elif len(a) >= 2 and len(b) >= 2:
+        xa, xb = np.array(list(a.values())), np.array(list(b.values()))
+        va, vb = xa.var(ddof=1) / xa.size, xb.var(ddof=1) / xb.size
+        diff = sign * float(xa.mean() - xb.mean())
+        if va + vb == 0.0:
+            return diff > 0
+        stat = diff / math.sqrt(va + vb)
+        df = (va + vb) ** 2 / ((va**2 / (xa.size - 1) if va else 0.0) + (vb**2 / (xb.size - 1) if vb else 0.0))
+    else:
+        return False
+    return float(student_t.sf(stat, df)) < LEAD_ALPHA
+
+
+def _bold_flags(samples: list[dict], higher: bool, eligible: list[bool] | None = None) -> list[bool]:
+    """Which rows to bold: the best mean, only where it leads the runner-up beyond the noise.
+
+    ``samples`` holds one {seed: value} per row. The rows sharing the best mean are bold
+    only if each is :func:`_ahead` of the best other row; nothing is bold with fewer than
+    two rows with values, or where every row has the best mean.
+    """
+    eligible = eligible or [True] * len(samples)
+    means = [float(np.mean(list(v.values()))) if v else None for v in samples]
     present = [m is not None for m in means]
+    candidates = [i for i, (m, ok) in enumerate(zip(means, eligible)) if m is not None and ok]
     if sum(present) < 2 or not candidates:
-        return [False] * len(means)
-    best = max(candidates) if higher else min(candidates)
-    flags = [m is not None and ok and math.isclose(m, best, rel_tol=1e-12, abs_tol=0.0) for m, ok in zip(means, eligible)]
-    return [False] * len(means) if flags == present else flags
+        return [False] * len(samples)
+    pick = max if higher else min
+    best = pick(means[i] for i in candidates)
+    leaders = [i for i in candidates if math.isclose(means[i], best, rel_tol=1e-12, abs_tol=0.0)]
+    others = [i for i in candidates if i not in leaders]
+    if not others:
+        # no eligible row to compare with: bold only where eligibility itself set the leaders
+        # apart (time to target: they reached it more often than every other row)
+        return [i in leaders and len(leaders) < sum(present) for i in range(len(samples))]
+    runner_up = pick(others, key=lambda i: means[i])
+    flags = [False] * len(samples)
+    if all(_ahead(samples[i], samples[runner_up], higher) for i in leaders):
+        for i in leaders:
+            flags[i] = True
+    return flags
+
+
+def _samples(runs: list[RunRecord], value) -> dict:
+    """{seed: value(run)} over the runs whose value is a finite number (unseeded runs keyed by position)."""
+    out = {}
+    for pos, r in enumerate(runs):
+        v = value(r)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            seed = r.get("seed")
+            out[seed if seed is not None and seed not in out else ("run", pos)] = float(v)
+    return out
 
 
 def _values(runs: list[RunRecord], key: str) -> list[float]:
@@ -333,8 +392,9 @@ def summary_table(runset: RunSet) -> SummaryTable:
     columns.append(runs_col)
 
     for key in ("final_metric", "best_metric"):
-        stats = [mean_std(_values(g.completed, key)) for g in groups]
-        bold = _bold_flags([m for m, _ in stats], higher)
+        samples = [_samples(g.completed, lambda r, key=key: r.get(key)) for g in groups]
+        stats = [mean_std(list(v.values())) for v in samples]
+        bold = _bold_flags(samples, higher)
         columns.append([Cell(_fmt(m, s, 4), b) for (m, s), b in zip(stats, bold)])
 
     if show_time:
@@ -343,24 +403,29 @@ def summary_table(runset: RunSet) -> SummaryTable:
         else:
             target_text = "target"
         headers.append(f"time to {target_text} (s)")
-        stats, shares, counts = [], [], []
+        stats, shares, counts, samples = [], [], [], []
         for g in groups:
-            reached = _values(g.completed, "time_to_target_s")
-            stats.append(mean_std(reached))
+            reached = _samples(g.completed, lambda r: r.get("time_to_target_s"))
+            samples.append(reached)
+            stats.append(mean_std(list(reached.values())))
             counts.append(f"{len(reached)}/{len(g.completed)}")
             shares.append(len(reached) / len(g.completed) if g.completed else 0.0)
         top = max(shares, default=0.0)
-        bold = _bold_flags([m for m, _ in stats], False, [top > 0 and s == top for s in shares])
+        bold = _bold_flags(samples, False, [top > 0 and s == top for s in shares])
         columns.append([Cell(f"{_fmt(m, s, 1)} ({c})", b) for (m, s), c, b in zip(stats, counts, bold)])
 
     headers.append("MB up+down")
-    stats = []
+    stats, samples = [], []
+
+    def total_mb(r: RunRecord) -> float | None:
+        if r.get("bytes_up") is None and r.get("bytes_down") is None:
+            return None
+        return (float(r.get("bytes_up") or 0) + float(r.get("bytes_down") or 0)) / 1e6
+
     for g in groups:
-        totals = [float(r.get("bytes_up") or 0) + float(r.get("bytes_down") or 0) for r in g.completed
-                  if r.get("bytes_up") is not None or r.get("bytes_down") is not None]
-        m, s = mean_std(totals)
-        stats.append((m / 1e6 if m is not None else None, s / 1e6 if s is not None else None))
-    bold = _bold_flags([m for m, _ in stats], False)
+        samples.append(_samples(g.completed, total_mb))
+        stats.append(mean_std(list(samples[-1].values())))
+    bold = _bold_flags(samples, False)
     columns.append([Cell(_fmt(m, s, 2), b) for (m, s), b in zip(stats, bold)])
 
     rows = [[col[i] for col in columns] for i in range(len(groups))]
@@ -368,8 +433,10 @@ def summary_table(runset: RunSet) -> SummaryTable:
     notes = [
         "Each cell: mean ± sample standard deviation (ddof=1) over the completed runs of the row (one per seed); "
         "a single run shows no ±. Diverged, failed and unfinished runs are counted in `runs` and left out of the statistics.",
-        f"**Bold**: the best mean of each column ({better} is better for {metric}; lower is better for time and bytes); "
-        "no bold where all rows are equal.",
+        f"**Bold**: the best mean of each column ({better} is better for {metric}; lower is better for time and bytes), "
+        "only where its lead over the next row is beyond the seed-to-seed noise: a one-sided paired t-test over the "
+        f"seeds both rows ran (Welch's t-test where they share fewer than two), p < {LEAD_ALPHA}. No bold with one run "
+        "per row (no measure of noise) or where all rows are equal.",
         f"final = the run's final {metric} (mean of its last `eval.final_window` evaluations); "
         f"best = its best evaluation.",
     ]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import unknown_name
+from .registration import claim
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ TASKS: dict[str, tuple[type[Task], str]] = {
 }
 
 
-def register_task(kind: str, cls: type[Task], description: str) -> None:
-    """Make a task available as ``task.kind: <kind>``."""
+def register_task(kind: str, cls: type[Task], description: str, *, replace: bool = False) -> None:
+    """Make a task available as ``task.kind: <kind>`` (``replace=True`` re-registers it)."""
+    claim("task", kind, TASKS, replace)
     TASKS[kind] = (cls, description)
 
 

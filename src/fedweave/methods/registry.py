@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..aggregate import make_server_optimizer
 from ..errors import ConfigError, unknown_name
+from ..registration import claim
 from .base import ClientAlgorithm, Strategy
 from .stages import StagedStrategy, WithStageClients, get_combiner, get_weighting, make_stage, stage_params
 
@@ -55,9 +56,9 @@ class MethodInfo:
 _REGISTRY: dict[str, MethodInfo] = {}
 
 
-def register(info: MethodInfo) -> MethodInfo:
-    if info.name in _REGISTRY:
-        raise ValueError(f"method {info.name!r} registered twice")
+def register(info: MethodInfo, *, replace: bool = False) -> MethodInfo:
+    """Make ``info.name`` available as ``method.name`` (``replace=True`` re-registers it)."""
+    claim("method", info.name, _REGISTRY, replace)
     if (info.preset is None) == (info.build is None):
         raise ValueError(f"method {info.name!r} needs exactly one of preset / build")
     _REGISTRY[info.name] = info

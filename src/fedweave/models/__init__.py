@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from fedweave.errors import ConfigError, FedweaveError, ModelError, unknown_name
+from fedweave.registration import claim
 from fedweave.models.zoo import (
     build_cnn,
     build_lenet5,
@@ -52,10 +53,11 @@ MODELS: dict[str, str] = {
 EXTRA_MODELS: dict[str, tuple[Any, str]] = {}
 
 
-def register_model(name: str, factory: Any, description: str) -> None:
-    """Make ``factory`` buildable as ``model.name: <name>``."""
-    if name in MODELS or name in EXTRA_MODELS:
-        raise ValueError(f"model {name!r} registered twice")
+def register_model(name: str, factory: Any, description: str, *, replace: bool = False) -> None:
+    """Make ``factory`` buildable as ``model.name: <name>`` (``replace=True`` re-registers it)."""
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is built in and cannot be replaced; choose another name.")
+    claim("model", name, EXTRA_MODELS, replace)
     EXTRA_MODELS[name] = (factory, description)
 
 
