@@ -199,15 +199,21 @@ def run(
     overrides: list[str] | None = None,
     progress: Callable[[int, int, dict | None], None] | None = None,
     overwrite: bool = False,
+    plugins: list[str] | None = None,
+    on_start: Callable[[Path], None] | None = None,
 ) -> RunResult:
     """Run an experiment end to end and write its run directory.
 
     ``overwrite=True`` replaces a run already in the output directory (a directory holding
     anything but a run is never deleted); without it such a directory is refused.
+    ``plugins`` are modules of yours to import first (added to the config's ``plugins``,
+    so ``--resume`` imports them too). ``on_start(path)`` is called once the run directory exists.
     """
     cfg = load_config(config, overrides)
     if out is not None:
         cfg.output.dir = str(out)
+    if plugins:
+        cfg.plugins = list(dict.fromkeys([*cfg.plugins, *plugins]))
     exp = build_experiment(cfg)
     run_dir = RunDirectory(cfg.output.dir or default_run_dir(cfg))
     replace = (run_dir.path / CONFIG).exists()
@@ -225,6 +231,8 @@ def run(
     except BaseException:
         exp.executor.close()
         raise
+    if on_start is not None:
+        on_start(run_dir.path)
     return _execute(exp, run_dir, None, progress, executor_started=True)
 
 
@@ -285,7 +293,7 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
         status, message = "diverged", str(exc)
     except KeyboardInterrupt:
         run_dir.save_checkpoint(sim.checkpoint_dict())
-        summary = _write_summary(exp, run_dir, sim, "interrupted", "stopped by the user; continue with `fedweave run --resume DIR`")
+        summary = _write_summary(exp, run_dir, sim, "interrupted", f"stopped by the user; continue with `fedweave run --resume {run_dir.path}`")
         close_trackers(trackers, summary)
         raise
     finally:
@@ -300,6 +308,20 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
     return RunResult(run_dir.path, summary, c.history, c.state.params, c.state.buffers)
 
 
+def headline_metric(cfg: Config, task: Task) -> tuple[str, bool]:
+    """The figure a run is judged by, and whether higher is better.
+
+    The task's own metric (accuracy, perplexity, PSNR...) of the global model, except
+    with ``eval.personalized``: then the mean personalized accuracy over the clients, the
+    figure personalization methods are compared on. ``summary.json``'s ``metric_name`` and
+    ``final_metric``, the progress display, ``results.csv``, ``table.md``, the report and
+    the trackers all show this one.
+    """
+    if cfg.eval.personalized:
+        return "personalized_acc_mean", task.higher_is_better
+    return task.metric_name, task.higher_is_better
+
+
 def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, message: str | None) -> dict[str, Any]:
     cfg, task, c = exp.config, exp.task, sim.committed
     summary: dict[str, Any] = {
@@ -311,12 +333,18 @@ def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, mes
         "rounds": cfg.schedule.rounds,
         "seed": cfg.seed,
     }
-    summary.update(summarize(c.history, metric_name=task.metric_name, higher_is_better=task.higher_is_better,
+    name, higher = headline_metric(cfg, task)
+    summary.update(summarize(c.history, metric_name=name, higher_is_better=higher,
                              final_window=cfg.eval.final_window, target=cfg.eval.target))
-    summary["higher_is_better"] = task.higher_is_better
+    summary["higher_is_better"] = higher
+    if name != task.metric_name:  # the global model's figure stays beside the headline one
+        own = summarize(c.history, metric_name=task.metric_name, higher_is_better=task.higher_is_better,
+                        final_window=cfg.eval.final_window, target=None)
+        summary[f"final_global_{task.metric_name}"] = own["final_metric"]
+        summary[f"best_global_{task.metric_name}"] = own["best_metric"]
     if task.name == "classification":
-        summary["final_accuracy"] = summary["final_metric"]
-        summary["best_accuracy"] = summary["best_metric"]
+        summary["final_accuracy"] = summary.get("final_global_accuracy", summary["final_metric"])
+        summary["best_accuracy"] = summary.get("best_global_accuracy", summary["best_metric"])
     summary.update({
         "virtual_time_s": c.clock,
         "wall_time_s": c.wall_time_s,

@@ -39,9 +39,9 @@ def origin(kind: str, name: str) -> str | None:
 
 
 def user_modules() -> list[str]:
-    """Modules outside fedweave that registered something, in registration order."""
+    """Modules outside fedweave that registered something and are still loaded, in registration order."""
     seen: dict[str, None] = {}
     for module in ORIGINS.values():
-        if module != "__main__" and module != "fedweave" and not module.startswith("fedweave."):
+        if module in sys.modules and module != "__main__" and module != "fedweave" and not module.startswith("fedweave."):
             seen.setdefault(module)
     return list(seen)
