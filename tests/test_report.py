@@ -171,3 +171,32 @@ def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ConfigError, match=r"fedweave\[plot\]"):
         write_report([fake_sweep(tmp_path / "sw")], tmp_path / "r.html")
+
+
+def test_plots_facet_by_the_keys_beside_the_method(tmp_path):
+    from fedweave.report import _panels, facets, make_figures
+
+    # fake_sweep varies only the method; add a second key (alpha) by hand
+    for method in ("fedavg", "fedprox"):
+        for alpha in (0.1, 1.0):
+            for seed in (0, 1):
+                fake_run(tmp_path / f"{method}-{alpha}" / f"s{seed}", method=method, seed=seed, final=0.5 + alpha / 10,
+                         best=0.6, alpha=alpha)
+    runset = load_runs([tmp_path])
+    assert sorted(runset.label_keys) == ["data.partition.alpha", "method.name"]
+    assert facets(runset) == ("method.name", ["data.partition.alpha"])
+    panels, line = _panels(runset)
+    assert [(title, sorted(line[g.title] for g in groups)) for title, groups in panels] == [
+        ("alpha=0.1", ["fedavg", "fedprox"]), ("alpha=1.0", ["fedavg", "fedprox"])]
+    fig = make_figures(runset)["metric-vs-round"]
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 2 and [ax.get_title() for ax in visible] == ["alpha=0.1", "alpha=1.0"]
+    assert all(len(ax.get_lines()) == 2 for ax in visible) and len(fig.legends) == 1
+
+
+def test_many_unrelated_runs_get_a_warning(tmp_path):
+    for i in range(12):
+        fake_run(tmp_path / f"m{i}", method=f"m{i}", seed=0, final=0.5, best=0.5)
+    result = write_report([tmp_path], tmp_path / "r.html")
+    assert result.warnings and "12 lines share one panel" in result.warnings[0]
+    assert "12 lines share one panel" in result.html.read_text()

@@ -362,6 +362,8 @@ def report(
     except FedweaveError as exc:
         _fail(exc)
     out.print(f"report: {result.html} ({len(result.runset.runs)} runs, {len(result.images)} plots)")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 # -- deployment (fedweave.deploy): serve, join, tokens -----------------------------------------

@@ -535,33 +535,86 @@ def _interpolated(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200
     return grid, np.stack([np.interp(grid, x, y) for x, y in curves])
 
 
-def _curve_figure(groups: list[Group], metric: str, x_of, xlabel: str, align: str):
+#: lines in one panel beyond which a plot stops being readable: the page warns
+MAX_LINES = 10
+
+
+def facets(runset: RunSet) -> tuple[str | None, list[str]]:
+    """How the curve plots are laid out: the label key drawn as lines (the method name where
+    it varies, else the first key) and the keys whose value combinations get a panel each."""
+    keys = list(runset.label_keys)
+    if not keys:
+        return None, []
+    series = "method.name" if "method.name" in keys else keys[0]
+    return series, [k for k in keys if k != series]
+
+
+def _panels(runset: RunSet) -> tuple[list[tuple[str, list[Group]]], dict[str, str]]:
+    """[(panel title, its groups)] and each group's line label (the series key's value)."""
+    series, facet_keys = facets(runset)
+    panels: dict[str, list[Group]] = {}
+    line: dict[str, str] = {}
+    for g in runset.groups():
+        values = dict(g.label)
+        title = ", ".join(f"{k.rsplit('.', 1)[-1] if not k.endswith('.name') else k[:-5]}={values.get(k, '')}"
+                          for k in facet_keys)
+        panels.setdefault(title, []).append(g)
+        line[g.title] = values.get(series, g.title) if series else g.title
+    return list(panels.items()), line
+
+
+def _curve_figure(runset: RunSet, metric: str, x_of, xlabel: str, align: str):
+    panels, line = _panels(runset)
     Figure = _figure_class()
-    fig = Figure(figsize=(7.5, 4.6), layout="constrained")
-    ax = fig.add_subplot()
-    drawn = False
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4.6 * cols + 2.4, 3.5 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
+    names = list(dict.fromkeys(line[g.title] for _, groups in panels for g in groups))
+    color_of = dict(zip(names, _colors(len(names))))
     styles = ["-", "--", "-.", ":"]  # lines that coincide stay visible
-    for i, (group, color) in enumerate(zip(groups, _colors(len(groups)))):
-        curves = [c for c in (_series(r, metric, x_of) for r in group.curve_runs()) if len(c[0])]
-        if not curves:
-            continue
-        grid, ys = _by_round(curves) if align == "round" else _interpolated(curves)
-        if not len(grid):
-            continue
-        n = len(curves)
-        ax.plot(grid, ys.mean(axis=0), color=color, lw=1.8, ls=styles[i % len(styles)], label=f"{group.title} (n={n})",
-                marker="o" if len(grid) == 1 else None)
-        if n > 1:
-            ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.18, lw=0)
-        drawn = True
+    drawn = False
+    handles: dict[str, Any] = {}
+    for ax, (title, groups) in zip(axes, panels):
+        for group in groups:
+            curves = [c for c in (_series(r, metric, x_of) for r in group.curve_runs()) if len(c[0])]
+            if not curves:
+                continue
+            grid, ys = _by_round(curves) if align == "round" else _interpolated(curves)
+            if not len(grid):
+                continue
+            name = line[group.title]
+            i = names.index(name)
+            (h,) = ax.plot(grid, ys.mean(axis=0), color=color_of[name], lw=1.8, ls=styles[i % len(styles)],
+                           marker="o" if len(grid) == 1 else None)
+            handles.setdefault(name, h)
+            if len(curves) > 1:
+                ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color_of[name], alpha=0.18, lw=0)
+            drawn = True
+        if title:
+            ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     if not drawn:
         return None
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"{metric} vs {xlabel.split(' (')[0]} — mean over seeds, band: min–max", fontsize=10)
+    for ax in axes[::cols]:
+        ax.set_ylabel(metric)
+    # the legend beside the panels, never over the curves
+    fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside right upper")
+    fig.suptitle(f"{metric} vs {xlabel.split(' (')[0]} — mean over seeds, band: min–max", fontsize=10)
     return fig
+
+
+def plot_warnings(runset: RunSet) -> list[str]:
+    """What makes the plots hard to read: too many lines in a panel (unrelated runs)."""
+    panels, _ = _panels(runset)
+    crowded = max((len(groups) for _, groups in panels), default=0)
+    if crowded <= MAX_LINES:
+        return []
+    return [f"{crowded} lines share one panel (groups by {', '.join(runset.label_keys)}); the plots are hard to "
+            "read. Report fewer runs at a time, or runs that differ in fewer config keys."]
 
 
 def _client_figure(groups: list[Group], metric: str):
@@ -601,10 +654,10 @@ def make_figures(runset: RunSet) -> dict[str, Any]:
     """The report's matplotlib figures, by name (plots without data are left out)."""
     groups, metric = runset.groups(), runset.metric_name
     figures = {
-        "metric-vs-round": _curve_figure(groups, metric, lambda r: r.get("round"), "round", "round"),
-        "metric-vs-time": _curve_figure(groups, metric, lambda r: r.get("virtual_time_s"), "virtual time (s)", "interp"),
+        "metric-vs-round": _curve_figure(runset, metric, lambda r: r.get("round"), "round", "round"),
+        "metric-vs-time": _curve_figure(runset, metric, lambda r: r.get("virtual_time_s"), "virtual time (s)", "interp"),
         "metric-vs-bytes": _curve_figure(
-            groups, metric,
+            runset, metric,
             lambda r: (r.get("bytes_up", 0) + r.get("bytes_down", 0)) / 1e6 if "bytes_up" in r or "bytes_down" in r else None,
             "bytes communicated, up + down (MB)", "interp"),
         "client-scores": _client_figure(groups, metric),
@@ -625,6 +678,7 @@ figure{margin:1.5em 0}
 figure img{max-width:100%}
 figcaption{font-size:13px;color:#555}
 code{background:#f3f3f3;padding:0 3px}
+p.warn{background:#fff4e0;border-left:4px solid #e69500;padding:6px 10px}
 """
 
 
@@ -633,6 +687,7 @@ class ReportResult:
     html: Path
     images: list[Path]
     runset: RunSet
+    warnings: list[str] = field(default_factory=list)
 
 
 def _default_out(sources: list[Path]) -> Path:
@@ -667,6 +722,8 @@ def write_report(paths: Iterable[str | Path], out: str | Path | None = None) -> 
         for r in runset.runs
     )
     sources = ", ".join(f"<code>{html.escape(str(s))}</code>" for s in runset.sources)
+    warnings = plot_warnings(runset)
+    warn_html = "".join(f'<p class="warn">⚠ {html.escape(w)}</p>' for w in warnings)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fedweave report</title><style>{_CSS}</style></head>
 <body>
@@ -675,7 +732,7 @@ def write_report(paths: Iterable[str | Path], out: str | Path | None = None) -> 
 <h2>Summary</h2>
 {html_table(table, len(runset.label_keys))}
 <h2>Plots</h2>
-{''.join(blocks) or '<p>No evaluation records to plot.</p>'}
+{warn_html}{''.join(blocks) or '<p>No evaluation records to plot.</p>'}
 <h2>Runs</h2>
 <details><summary>{len(runset.runs)} runs</summary>
 <table><thead><tr><th>run directory</th><th>label</th><th>status</th><th>final {html.escape(runset.metric_name)}</th></tr></thead>
@@ -683,7 +740,7 @@ def write_report(paths: Iterable[str | Path], out: str | Path | None = None) -> 
 </body></html>
 """
     out.write_text(page)
-    return ReportResult(out, images, runset)
+    return ReportResult(out, images, runset, warnings)
 
 
 __all__ = ["RunRecord", "RunSet", "Group", "SummaryTable", "Cell", "load_runs", "summary_table", "markdown_table",
