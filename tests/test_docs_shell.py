@@ -1,6 +1,7 @@
 """Every shell block marked runnable in README.md and docs/howto/*.md runs as written.
 
-A block is runnable when its fence reads ```` ```bash runnable ````. The blocks of one page
+A block is runnable when its fence reads ```` ```bash runnable ```` (```` ```bash runnable
+slow ```` for one that takes minutes, e.g. starting Ray: run by ``make test-slow``). The blocks of one page
 run in order, in one temporary folder that holds the repository's ``examples/``, with the
 environment's ``fedweave`` first on ``PATH``. Commands that train are shortened — every
 ``fedweave run``, ``sweep`` and ``serve`` gets ``--set schedule.rounds=2 --set
@@ -20,13 +21,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "howto").glob("*.md"))]
-FENCE = re.compile(r"^```bash runnable[^\n]*\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^```bash runnable( slow)?[^\n]*\n(.*?)^```", re.S | re.M)
 SHORTEN = " --set schedule.rounds=2 --set client.epochs=1"
 TRAINS = re.compile(r"^(\s*(?:\S+=\S+\s+)*fedweave (?:run|sweep|serve)\b(?!.*--resume).*?)(\s*&)?(\s*#.*)?$")
 
 
-def runnable_blocks(page: Path) -> list[str]:
-    return [m.group(1) for m in FENCE.finditer(page.read_text())]
+def runnable_blocks(page: Path, slow: bool | None = None) -> list[str]:
+    """The page's runnable blocks (only the slow ones, or only the others, when ``slow`` is given)."""
+    return [m.group(2) for m in FENCE.finditer(page.read_text()) if slow is None or bool(m.group(1)) == slow]
 
 
 def shortened(block: str) -> str:
@@ -40,6 +42,8 @@ def shortened(block: str) -> str:
 
 
 PAGES_WITH_BLOCKS = [p for p in PAGES if runnable_blocks(p)]
+CASES = [pytest.param(p, False, id=p.name) for p in PAGES if runnable_blocks(p, slow=False)] + [
+    pytest.param(p, True, id=f"{p.name}-slow", marks=pytest.mark.slow) for p in PAGES if runnable_blocks(p, slow=True)]
 
 
 def test_runnable_blocks_exist_in_the_how_tos():
@@ -47,12 +51,12 @@ def test_runnable_blocks_exist_in_the_how_tos():
     assert {"run-an-experiment.md", "personalization.md", "compare-methods.md", "byo.md"} <= names, names
 
 
-@pytest.mark.parametrize("page", PAGES_WITH_BLOCKS, ids=[p.name for p in PAGES_WITH_BLOCKS])
-def test_shell_blocks_run_as_written(page, tmp_path):
+@pytest.mark.parametrize("page,slow", CASES)
+def test_shell_blocks_run_as_written(page, slow, tmp_path):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p))
-    for i, block in enumerate(runnable_blocks(page)):
+    for i, block in enumerate(runnable_blocks(page, slow)):
         script = "set -euo pipefail\n" + shortened(block)
         res = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=600)
