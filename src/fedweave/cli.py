@@ -233,12 +233,22 @@ def datasets():
 
 
 @app.command()
-def models():
-    """List the built-in models."""
-    from .models import MODELS
+def models(imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP)):
+    """List every model: built in, registered by tasks and methods (and your --import modules)."""
+    from . import tasks  # noqa: F401  (task bundles register their models: srnet, transformer...)
+    from .methods import registered
+    from .models import EXTRA_MODELS, MODELS
 
-    for name, desc in MODELS.items():
-        out.print(f"[bold]{name:10}[/] {desc}", highlight=False)
+    try:
+        _import(imports)
+    except FedweaveError as exc:
+        _fail(exc)
+    registered()  # method modules register theirs (FedIns's ssf_pool)
+    rows = [*MODELS.items(), *((name, desc) for name, (_, desc) in EXTRA_MODELS.items())]
+    for name, desc in rows:
+        out.print(f"[bold]{name:12}[/] {escape(desc)}", highlight=False)
+    out.print(f"[bold]{'module:factory':12}[/] your own: a function factory(input_shape, num_classes, width=..., "
+              "**model.kwargs) in an importable module (the current folder is importable)", highlight=False)
 
 
 @app.command()
@@ -477,7 +487,25 @@ def tokens_new(
                   "client its line.", highlight=False)
 
 
+def _show_config_warnings() -> None:
+    """Config warnings as one yellow line each, not Python's file:line format."""
+    import warnings
+
+    from .config import ConfigWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
+    _show_config_warnings()
     try:
         app()
     except FedweaveError as exc:  # errors raised outside a command body

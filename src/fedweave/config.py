@@ -334,6 +334,53 @@ class Config(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# -- keys that do not apply ----------------------------------------------------------------
+
+# (section path, key) -> (the setting that makes the key apply, is it on for this config?)
+_APPLIES: dict[tuple[str, str], tuple[str, Any]] = {
+    ("data.partition", "alpha"): ("partition.kind dirichlet", lambda c: c.data.partition.kind == "dirichlet"),
+    ("data.partition", "min_size"): ("partition.kind dirichlet or quantity",
+                                     lambda c: c.data.partition.kind in ("dirichlet", "quantity")),
+    ("data.partition", "shards_per_client"): ("partition.kind shards", lambda c: c.data.partition.kind == "shards"),
+    ("data.partition", "classes_per_client"): ("partition.kind classes", lambda c: c.data.partition.kind == "classes"),
+    ("data.partition", "sigma"): ("partition.kind quantity", lambda c: c.data.partition.kind == "quantity"),
+    ("schedule", "deadline_s"): ("schedule.mode sync", lambda c: c.schedule.mode == "sync"),
+    ("schedule", "over_select"): ("schedule.mode sync", lambda c: c.schedule.mode == "sync"),
+    ("schedule", "concurrency"): ("schedule.mode async or buffered", lambda c: c.schedule.mode != "sync"),
+    ("schedule", "buffer_size"): ("schedule.mode buffered", lambda c: c.schedule.mode == "buffered"),
+    ("schedule", "max_staleness"): ("schedule.mode async or buffered", lambda c: c.schedule.mode != "sync"),
+    ("schedule", "max_arrivals"): ("schedule.mode async or buffered", lambda c: c.schedule.mode != "sync"),
+    ("schedule", "sampling_rate"): ("schedule.sampling poisson", lambda c: c.schedule.sampling == "poisson"),
+    ("system", "sigma"): ("system.profile lognormal", lambda c: c.system.profile == "lognormal"),
+    ("system", "tiers"): ("system.profile tiers", lambda c: c.system.profile == "tiers"),
+    ("system", "trace"): ("system.profile trace", lambda c: c.system.profile == "trace"),
+    ("system", "period_s"): ("system.availability periodic", lambda c: c.system.availability == "periodic"),
+    ("system", "on_fraction"): ("system.availability periodic", lambda c: c.system.availability == "periodic"),
+    ("client", "lr_decay"): ("client.lr_schedule step or exponential",
+                             lambda c: c.client.lr_schedule in ("step", "exponential")),
+    ("client", "lr_step_rounds"): ("client.lr_schedule step", lambda c: c.client.lr_schedule == "step"),
+    ("client", "lr_min"): ("client.lr_schedule cosine", lambda c: c.client.lr_schedule == "cosine"),
+}
+
+
+def inapplicable_keys(cfg: "Config") -> list[str]:
+    """Keys given a value other than their default that this config's settings ignore, each
+    with the setting that would use it (``partition.alpha`` with an ``iid`` partition...)."""
+    out = []
+    for (path, key), (needs, applies) in _APPLIES.items():
+        section = cfg
+        for part in path.split("."):
+            section = getattr(section, part)
+        default = type(section).model_fields[key].get_default(call_default_factory=True)
+        if getattr(section, key) != default and not applies(cfg):
+            out.append(f"{path}.{key}={getattr(section, key)!r} has no effect: it is used only with {needs}.")
+    return out
+
+
+class ConfigWarning(UserWarning):
+    """A config that is valid but probably not what was meant (a key that does not apply)."""
+
+
 # -- loading ---------------------------------------------------------------------------
 
 

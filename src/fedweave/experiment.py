@@ -9,6 +9,7 @@ half-written directory that looks like a finished run.
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import Config, load_config, read_yaml
+from .config import Config, ConfigWarning, inapplicable_keys, load_config, read_yaml
 from .data.federated import FederatedDataset, build_federated
 from .errors import ConfigError, DivergedError, FedweaveError, ModelError
 from .methods import build_method
@@ -98,6 +99,8 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     from .plugins import import_plugins
 
     import_plugins(config.plugins)  # users' methods, models... register themselves before any name is looked up
+    for problem in inapplicable_keys(config):
+        warnings.warn(problem, ConfigWarning, stacklevel=2)
     task = make_task(config.task.kind)
     check_trackers(config.output)
     strategy, algorithm = build_method(config)  # config-only checks come before loading data
