@@ -235,11 +235,22 @@ def _require_root(name: str, root) -> Path:
     return Path(os.fspath(root)).expanduser()
 
 
+#: where each file-based source's files come from (fedweave never downloads them itself)
+WHERE_TO_GET = {
+    "mnist": "the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+             "t10k-labels-idx1-ubyte, optionally .gz) from the MNIST page (yann.lecun.com/exdb/mnist or a mirror)",
+    "fashion_mnist": "the four IDX files of Fashion-MNIST (github.com/zalandoresearch/fashion-mnist, data/fashion)",
+    "cifar10": "the 'CIFAR-10 python version' archive (www.cs.toronto.edu/~kriz/cifar.html), unpacked: the folder "
+               "cifar-10-batches-py with data_batch_1..5 and test_batch",
+}
+
+
 def _require_dir(name: str, root: Path) -> Path:
     if not root.exists():
+        where = f" It should hold {WHERE_TO_GET[name]}." if name in WHERE_TO_GET else ""
         raise DataError(
             f"The data folder {root} for source {name!r} does not exist. Check data.root, "
-            f"or download the data set there first."
+            f"or download the data set there first.{where} See docs/howto/data-and-partitions.md."
         )
     if not root.is_dir():
         raise DataError(
