@@ -12,7 +12,7 @@ What is measured, in one process:
   job, plus ``wake``/``failed`` if any), counted by wrapping ``EventQueue.pop``;
 * ``train s``: time inside ``executor.collect`` (the client's local training: the work
   the simulator exists to run), measured by wrapping ``SerialExecutor.collect``;
-* ``eval s``: time inside ``Simulator._evaluate``;
+* ``eval s``: time inside ``RoundLedger.evaluate``;
 * ``engine s`` = the engine's own ``summary["wall_time_s"]`` − train − eval: everything
   else (dispatch, the idle scan, scheduling, the strategy's merge, bookkeeping);
 * ``overhead per event`` = engine s / events (target < 1 ms) and the events per second.
@@ -55,7 +55,7 @@ if str(ROOT / "src") not in sys.path:
 import torch  # noqa: E402
 
 import fedweave  # noqa: E402
-from fedweave.sim import engine as engine_mod  # noqa: E402
+from fedweave.sim import ledger as ledger_mod  # noqa: E402
 from fedweave.sim.events import EventQueue  # noqa: E402
 from fedweave.sim.executors import SerialExecutor  # noqa: E402
 
@@ -90,7 +90,7 @@ class Timers:
         self.train_s = self.eval_s = 0.0
         self.events = 0
         self.collects = 0
-        self._orig = (SerialExecutor.collect, engine_mod.Simulator._evaluate, EventQueue.pop)
+        self._orig = (SerialExecutor.collect, ledger_mod.RoundLedger.evaluate, EventQueue.pop)
         collect, evaluate, pop = self._orig
         timers = self
 
@@ -114,11 +114,11 @@ class Timers:
             return pop(q)
 
         SerialExecutor.collect = timed_collect
-        engine_mod.Simulator._evaluate = timed_evaluate
+        ledger_mod.RoundLedger.evaluate = timed_evaluate
         EventQueue.pop = counted_pop
 
     def close(self):
-        SerialExecutor.collect, engine_mod.Simulator._evaluate, EventQueue.pop = self._orig
+        SerialExecutor.collect, ledger_mod.RoundLedger.evaluate, EventQueue.pop = self._orig
 
 
 def run_once(args, trace: bool) -> dict:

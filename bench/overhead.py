@@ -320,6 +320,7 @@ def profile_fedweave(npz: Path, w: dict, rounds: int, threads: int, tmp: Path, p
     import fedweave.experiment as fx
     import fedweave.messages as fm
     import fedweave.sim.engine as fe
+    import fedweave.sim.ledger as fl
     import fedweave.sim.worker as fwk
     import fedweave.train as ft
     from fedweave.rng import derive_seed
@@ -340,7 +341,7 @@ def profile_fedweave(npz: Path, w: dict, rounds: int, threads: int, tmp: Path, p
             _timed(ft, "local_train", b, "    local_train (forward/backward/step loop)"),
             _timed(torch, "manual_seed", b, "    torch.manual_seed (global seeding, where called)"),
             _timed(fm.Update, "is_finite", b, "  Update.is_finite (per update)"),
-            _timed(fe.Simulator, "_evaluate", b, "  final evaluation (_evaluate)")]
+            _timed(fl.RoundLedger, "evaluate", b, "  final evaluation (RoundLedger.evaluate)")]
     try:
         r = fedweave_once(npz, rounds, threads, tmp, "prof-breakdown")
     finally:

@@ -10,7 +10,7 @@ import torch
 import fedweave
 from fedweave import ConfigError, build_experiment, load_config
 from fedweave.methods.base import ClientAlgorithm
-from fedweave.sim.engine import Simulator
+from fedweave.sim.ledger import RoundLedger
 
 
 def metrics(run_dir):
@@ -207,7 +207,7 @@ def test_interrupt_during_evaluation_resumes_exactly(tiny, tmp_path, monkeypatch
     cfg = resume_cfg(tiny)
     ref = fedweave.run(cfg, out=tmp_path / "ref")
     out = tmp_path / "mid"
-    orig = Simulator._evaluate
+    orig = RoundLedger.evaluate
     fired = {"done": False}
 
     def evaluate(self, state, round_, *args, **kwargs):
@@ -216,7 +216,7 @@ def test_interrupt_during_evaluation_resumes_exactly(tiny, tmp_path, monkeypatch
             raise KeyboardInterrupt
         return orig(self, state, round_, *args, **kwargs)
 
-    monkeypatch.setattr(Simulator, "_evaluate", evaluate)
+    monkeypatch.setattr(RoundLedger, "evaluate", evaluate)
     with pytest.raises(KeyboardInterrupt):
         fedweave.run(cfg, out=out)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)

@@ -119,3 +119,32 @@ def test_method_examples_run(doc, tmp_path):
         for table, before in saved:
             table.clear()
             table.update(before)
+
+
+def test_add_a_method_walkthrough_test_runs(tmp_path, tiny):
+    """The test that docs/howto/add-a-method.md tells a contributor to write sits where
+    pytest collects it, and passes against the walk-through's method."""
+    from fedweave.methods import registry, stages
+
+    path = ROOT / "docs" / "howto" / "add-a-method.md"
+    blocks = _python_blocks(path)
+    (test_block,) = [b for b in blocks if "doc-test: test" in b]
+    target = re.match(r"# (\S+)", test_block).group(1)
+    assert (ROOT / target).parent.is_dir() and re.fullmatch(r"tests/test_\w+\.py", target), target
+    registered()
+    saved = [(table, dict(table)) for table in (registry._REGISTRY, stages.WEIGHTINGS, stages.COMBINERS,
+                                                 stages.STAGE_PARAMS)]
+    try:
+        namespace: dict = {}
+        for block in blocks:
+            if "doc-test: method" in block:
+                exec(compile(block, str(path), "exec"), namespace)
+        exec(compile(test_block, target, "exec"), namespace)
+        tests = {k: v for k, v in namespace.items() if k.startswith("test_")}
+        assert len(tests) == 2, sorted(tests)
+        namespace["test_inverse_loss_weights_by_size_over_loss"]()
+        namespace["test_inverse_loss_runs"](tmp_path, tiny)
+    finally:
+        for table, before in saved:
+            table.clear()
+            table.update(before)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import fedweave
+from fedweave.contributions import leave_one_out
 from fedweave.data.federated import build_federated
 from fedweave.experiment import _execute, build_experiment
-from fedweave.methods.fedce import combine_contributions, leave_others_cosines, leave_one_out, minus_model, pearson
+from fedweave.methods.fedce import combine_contributions, leave_others_cosines, minus_model, pearson
 from fedweave.rundir import RunDirectory
 
 FULL = {"data": {"partition": {"num_clients": 4}}, "schedule": {"clients_per_round": 4}, "method": {"name": "fedce"}}

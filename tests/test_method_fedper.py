@@ -40,7 +40,7 @@ def test_head_is_personal_and_server_state_has_only_shared_params(tiny, tmp_path
     assert all(h.numel() == 16 * 10 + 10 for h in heads)
     assert all(not torch.equal(heads[0], h) for h in heads[1:])  # each client trained its own head
     # the evaluation model's head is still the initial one: personal segments never reach the server
-    assert torch.equal(sim.eval_model.personal, sim._initial_personal["personal"])
+    assert torch.equal(sim.eval_model.personal, sim.ledger.initial_personal["personal"])
     # bytes: the head never travels (down: P floats + version; up: P floats + 4 ids + loss)
     totals = sim.committed.totals
     assert totals.bytes_down == 2 * 5 * (spec.num_params * 4 + 8)

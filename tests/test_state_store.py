@@ -106,14 +106,14 @@ def test_strategy_per_client_state_is_bounded_too(tmp_path):
     from fedweave.config import load_config
     from fedweave.experiment import _execute, build_experiment
     from fedweave.rundir import RunDirectory
-    from fedweave.sim import engine
+    from fedweave.sim.ledger import RoundLedger
 
     a = fedweave.run(None, out=tmp_path / "a", overrides=ov)
     seen = {}
-    real_snapshot = engine.Simulator._snapshot
+    real_commit = RoundLedger.commit
 
     def spy(self, **live):
-        real_snapshot(self, **live)
+        real_commit(self, **live)
         seen["spills"] = self.server_store.spills
         seen["bytes"] = self.server_store.memory_bytes
 
@@ -121,10 +121,10 @@ def test_strategy_per_client_state_is_bounded_too(tmp_path):
     exp = build_experiment(cfg)
     run_dir = RunDirectory(tmp_path / "b")
     run_dir.create(cfg.to_yaml())
-    engine.Simulator._snapshot = spy
+    RoundLedger.commit = spy
     try:
         b = _execute(exp, run_dir, None, None)
     finally:
-        engine.Simulator._snapshot = real_snapshot
+        RoundLedger.commit = real_commit
     assert seen["spills"] > 0 and seen["bytes"] <= 0.05 * 2**20
     assert torch.equal(a.params, b.params)

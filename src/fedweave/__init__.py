@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first access, PEP 562)
 _LAZY = {
     "Config": "config", "load_config": "config",
-    "FedweaveError": "errors", "ConfigError": "errors", "DataError": "errors", "ModelError": "errors",
-    "DivergedError": "errors",
+    "FedweaveError": "core.errors", "ConfigError": "core.errors", "DataError": "core.errors",
+    "ModelError": "core.errors", "DivergedError": "core.errors",
     "run": "experiment", "resume": "experiment", "build_experiment": "experiment", "RunResult": "experiment",
     "sweep": "sweep", "import_plugins": "plugins",
 }

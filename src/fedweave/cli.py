@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import FedweaveError
+from .core.errors import FedweaveError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="Federated learning where aggregation comes first.")
 console = Console(stderr=True)

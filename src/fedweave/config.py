@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 
 class _Section(BaseModel):

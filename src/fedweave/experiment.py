@@ -18,20 +18,22 @@ from typing import Any, Callable
 import torch
 
 from .config import Config, ConfigWarning, inapplicable_keys, load_config, read_yaml
+from .core.client import ClientAlgorithm
+from .core.errors import ConfigError, DivergedError, FedweaveError, ModelError
+from .core.params import FlatModel, ParamSpec
+from .core.rng import derive_seed
+from .core.strategy import Strategy
+from .core.task import Task
 from .data.federated import FederatedDataset, build_federated
-from .errors import ConfigError, DivergedError, FedweaveError, ModelError
 from .methods import build_method
 from .methods.registry import method_roles
-from .methods.base import ClientAlgorithm, Strategy
 from .metrics import summarize
 from .models import build_model
-from .params import FlatModel, ParamSpec
-from .rng import derive_seed
 from .rundir import CHECKPOINT, CONFIG, RunDirectory
 from .sim.devices import DeviceFleet, make_fleet
-from .sim.executors import Executor, make_executor
+from .sim.executors import Executor, check_executor, check_executor_fits, make_executor
 from .sim.worker import WorkerSetup
-from .tasks import Task, make_task
+from .tasks import make_task
 from .tracking import check_trackers, close_trackers, make_trackers, track_progress
 from .train import TrainSettings
 
@@ -104,11 +106,7 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     task = make_task(config.task.kind)
     check_trackers(config.output)
     strategy, algorithm = build_method(config)  # config-only checks come before loading data
-    if config.executor.kind == "ray":
-        from .sim.ray_executor import _import_ray, check_address
-
-        _import_ray()
-        check_address(config.executor.address)
+    check_executor(config.executor)  # Ray installed and reachable, before loading data
     data = data if data is not None else build_federated(config.data)
     sched = config.schedule
     if sched.sampling != "poisson" and sched.clients_per_round > data.num_clients:
@@ -141,14 +139,8 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     if flat.spec.num_params == 0:
         raise ModelError(f"Model {m.name!r} has no trainable shared parameters under model.roles "
                          f"and the roles of method {config.method.name!r}: {roles}.")
-    if config.executor.kind == "vectorized":
-        from .sim.vectorized import unsupported_reason
-
-        reason = unsupported_reason(WorkerSetup(factory, roles, task.name, data, algorithm, config.seed),
-                                    flat, config.client.optimizer)
-        if reason:
-            raise ConfigError(f"executor.kind=vectorized cannot run this experiment: {reason}. "
-                              "Use executor.kind=serial, or auto to vectorize where possible.")
+    check_executor_fits(config.executor, WorkerSetup(factory, roles, task.name, data, algorithm, config.seed),
+                        flat, config.client.optimizer)
     exp = Experiment(
         config=config, task=task, data=data, model_factory=factory, roles=roles, spec=flat.spec,
         initial_params=flat.params.clone(), initial_buffers=flat.buffers.clone(), strategy=strategy,
@@ -160,21 +152,20 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
 
 
 def extensions() -> tuple[Callable[[Experiment], None], ...]:
-    """Features that configure themselves from the config (each may wrap the client
-    algorithm, add cohort hooks or observers, or refuse a combination)."""
-    from .methods.fedins import configure_ssf_pool
-    from .methods.flip import configure_flip
-    from .methods.fltrust import configure_fltrust
-    from .methods.frl import configure_frl
-    from .methods.ferret import configure_ferret
-    from .methods.plora import configure_plora
+    """Set-up steps run on the built experiment, in order: the model's and the method's
+    own set-up hooks (from their registrations), then the features that configure
+    themselves from their config sections (each may wrap the client algorithm, add cohort
+    hooks or observers, or refuse a combination)."""
+    from .methods.registry import setup_method
+    from .models import setup_model
     from .privacy import configure_privacy
     from .threats import configure_attack, configure_eavesdropper, configure_robust_accuracy
 
-    # order matters: method set-up first, then privacy (wraps strategy and client), then
-    # the attack (wraps the client outermost: attackers skip DP's client-side clipping)
-    return (configure_ssf_pool, configure_frl, configure_plora, configure_ferret, configure_fltrust, configure_flip,
-            configure_privacy, configure_attack, configure_eavesdropper, configure_robust_accuracy)
+    # order matters: model and method set-up first (they may swap the model), then
+    # privacy (wraps strategy and client), then the attack (wraps the client outermost:
+    # attackers skip DP's client-side clipping)
+    return (setup_model, setup_method, configure_privacy, configure_attack, configure_eavesdropper,
+            configure_robust_accuracy)
 
 
 @dataclass
@@ -266,14 +257,7 @@ def start_executor(exp: Experiment) -> None:
     """Start the configured executor in ``exp.executor`` (vectorized/auto fall back or refuse)."""
     cfg = exp.config
     torch.set_num_threads(cfg.executor.threads)
-    if cfg.executor.kind in ("vectorized", "auto"):
-        from .sim.vectorized import make_vectorized
-
-        exp.executor = make_vectorized(exp.worker_setup(), cfg.client.optimizer, cfg.executor.max_cohort,
-                                       auto=cfg.executor.kind == "auto", kernel=cfg.executor.vectorized_kernel)
-    else:
-        exp.executor = make_executor(cfg.executor.kind, cfg.executor)
-        exp.executor.start(exp.worker_setup())
+    exp.executor = make_executor(cfg.executor, exp.worker_setup(), cfg.client.optimizer)
 
 
 def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .params import FlatModel
-from .rng import derive_seed, torch_generator
+from .core.params import FlatModel
+from .core.rng import derive_seed, torch_generator
 from .tasks import make_task
 from .train import TrainSettings, local_train
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import yaml
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"

@@ -1,34 +1,5 @@
-"""Stable derivation of random seeds.
+"""Compatibility path: seed derivation lives in :mod:`fedweave.core.rng`."""
 
-Every random choice in fedweave draws from a generator whose seed is derived from
-``(run seed, purpose, client id, that client's job counter)`` through a stable hash
-(BLAKE2b), never Python's ``hash()``, which changes from process to process. A client's
-training therefore draws the same numbers whichever executor, process or machine runs it,
-and in whatever order jobs are executed.
-"""
+from .core.rng import derive_seed, numpy_rng, torch_generator
 
-from __future__ import annotations
-
-import hashlib
-
-import numpy as np
-import torch
-
-_MASK63 = (1 << 63) - 1
-
-
-def derive_seed(seed: int, purpose: str, *keys: int) -> int:
-    """A 63-bit seed determined by ``seed``, a purpose string and integer keys."""
-    text = f"{int(seed)}|{purpose}|" + "|".join(str(int(k)) for k in keys)
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & _MASK63
-
-
-def numpy_rng(seed: int, purpose: str, *keys: int) -> np.random.Generator:
-    return np.random.default_rng(derive_seed(seed, purpose, *keys))
-
-
-def torch_generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
-    gen = torch.Generator()
-    gen.manual_seed(derive_seed(seed, purpose, *keys))
-    return gen
+__all__ = ["derive_seed", "numpy_rng", "torch_generator"]

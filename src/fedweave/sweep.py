@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from .config import deep_merge, load_config, parse_overrides, read_yaml, set_dotted
-from .errors import ConfigError, FedweaveError
+from .core.errors import ConfigError, FedweaveError
 from .rundir import CONFIG, SUMMARY, atomic_write_text
 
 SWEEP_FILE = "sweep.json"
@@ -291,7 +291,7 @@ def plan_sweep(
     from .data.federated import build_federated
     from .experiment import build_experiment
     from .plugins import import_plugins
-    from .registration import user_modules
+    from .core.registration import user_modules
 
     axes = parse_grid(grid)
     if isinstance(config, dict):
@@ -365,7 +365,7 @@ def plan_sweep(
 
 def _registered_in_main(cfg) -> str | None:
     """The first name this config uses that only ``__main__`` registered, as "kind 'name'"."""
-    from .registration import origin
+    from .core.registration import origin
 
     used = [("method", cfg.method.name), ("weighting", cfg.method.weighting), ("combiner", cfg.method.combiner),
             ("model", cfg.model.name), ("task", cfg.task.kind), ("source", cfg.data.dataset)]

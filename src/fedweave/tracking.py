@@ -39,7 +39,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 EXTRA_HINT = 'pip install "fedweave[tracking]"'
 

@@ -20,8 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .params import FlatModel
-from .tasks import Task
+from .core.params import FlatModel
+from .core.task import Task
 
 GradHook = Callable[[torch.Tensor, torch.Tensor], None]  # (flat grad, flat trained) -> None, in place
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -269,3 +269,54 @@ def test_every_source_is_listed():
     assert set(DATASETS) == {
         "digits", "mnist5k", "mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "npz", "leaf", "hf", "pydocs",
     }
+
+
+@pytest.fixture
+def restore_sources():
+    from fedweave.data import sources
+
+    saved = dict(sources._SOURCES), dict(DATASETS)
+    yield
+    sources._SOURCES.clear()
+    sources._SOURCES.update(saved[0])
+    DATASETS.clear()
+    DATASETS.update(saved[1])
+
+
+def test_register_source_makes_a_new_dataset_one_call(restore_sources):
+    """A source registered from outside the package loads by name, sees the data.* options,
+    is listed, and runs through build_experiment like a built-in one."""
+    import fedweave
+    from fedweave.data import DataSource, register_source
+
+    seen = []
+
+    def factory(name, options):
+        seen.append((name, options.seed, options.root))
+        x = torch.arange(60, dtype=torch.float32).reshape(30, 2)
+        y = torch.arange(30, dtype=torch.int64) % 3
+        return DataSource(name, x, y, None, None, 3, (2,))
+
+    register_source("toy_rows", factory, description="30 rows, 3 classes", pattern=r"toy_rows(:\d+)?")
+    src = load_source("toy_rows:7", seed=5, root="/nowhere")
+    assert seen == [("toy_rows:7", 5, "/nowhere")]
+    assert src.name == "toy_rows:7" and src.x_train[29].tolist() == [58.0, 59.0] and src.y_train[:4].tolist() == [0, 1, 2, 0]
+    assert DATASETS["toy_rows"] == "30 rows, 3 classes"
+    with pytest.raises(ConfigError, match="Unknown dataset 'toy_rows:x'"):
+        load_source("toy_rows:x")  # outside the claimed pattern
+    exp = fedweave.build_experiment(fedweave.load_config(
+        {"data": {"dataset": "toy_rows", "partition": {"kind": "iid", "num_clients": 3}, "test_fraction": 0.2},
+         "model": {"name": "logistic"}, "schedule": {"clients_per_round": 3}}))
+    assert exp.data.num_classes == 3 and exp.data.input_shape == (2,)
+    held = sum(len(i) for i in exp.data.client_train) + sum(len(i) for i in exp.data.client_val)
+    assert held + len(exp.data.y_test) == 30 and len(exp.data.y_test) == 6  # 20 % of 30
+
+
+def test_register_source_refuses_a_second_registration_unless_replace(restore_sources):
+    from fedweave.data import register_source
+
+    with pytest.raises(ValueError, match="'digits' registered twice"):
+        register_source("digits", lambda name, o: None)
+    digits = load_source("digits")
+    register_source("digits", lambda name, o: digits, replace=True)  # unlisted now: no description
+    assert load_source("digits") is digits and "digits" not in DATASETS

@@ -152,7 +152,7 @@ def execute(name: str, cfg_dict: dict) -> dict:
     run_dir.create(cfg.to_yaml())
     torch.set_num_threads(cfg.executor.threads)
     t0 = time.time()
-    exp.executor = make_executor("serial", cfg.executor)
+    exp.executor = make_executor("serial")
     exp.executor.start(exp.worker_setup())
     sim = Simulator(exp, run_dir, None)
     sim.run()
@@ -163,11 +163,11 @@ def execute(name: str, cfg_dict: dict) -> dict:
     broadcast = Broadcast(state.version, state.params, state.buffers)
 
     def personal(cid):
-        exp.algorithm.personalize(sim.eval_model, broadcast, sim.store.get(cid), sim._initial_personal)
+        exp.algorithm.personalize(sim.eval_model, broadcast, sim.store.get(cid), sim.ledger.initial_personal)
         return sim.eval_model.module
 
     pers = client_perplexities(exp, personal)
-    sim._load_eval_model(state)
+    sim.ledger.load_eval_model(state)
     glob = client_perplexities(exp, lambda cid: sim.eval_model.module)
     rounds = summary["rounds_completed"]
     last = sim.committed.history[-1]

@@ -171,8 +171,9 @@ def _fedce_run(cfg, data, path: Path):
 def part_loo(out: Path, jobs: int) -> None:
     import torch
 
+    from fedweave.contributions import leave_one_out
     from fedweave.data.federated import build_federated
-    from fedweave.methods.fedce import leave_one_out, pearson
+    from fedweave.methods.fedce import pearson
 
     results = {}
     # 1. mnist5k, Dirichlet 0.5, replicate 0: FedCE's estimates from its run in `main`

@@ -37,7 +37,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from fedweave.errors import ConfigError, unknown_name
+from fedweave.core.errors import ConfigError, unknown_name
 
 State = dict[str, Tensor]
 

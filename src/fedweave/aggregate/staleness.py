@@ -15,8 +15,13 @@ All are 1 at τ = 0, never increase with τ, and stay in (0, 1]. ``polynomial`` 
 ``a = 0.5`` is FedBuff's ``1/√(1 + τ)``; FedAsync's experiments use ``a = 0.5`` for
 polynomial and ``a = 10, b = 4`` for hinge.
 
-The functions are pure and take a Python number or a NumPy array of staleness values
-(elementwise); a scalar input gives a float.
+:func:`staleness` is the one definition of τ: the round ledger
+(:mod:`fedweave.sim.ledger`) calls it to admit an arrival (``schedule.max_staleness``)
+and to count it, and every staleness-aware strategy (FedAsync, FedBuff, FedASMU) calls
+it for its weights, so τ is the same number everywhere.
+
+The staleness functions are pure and take a Python number or a NumPy array of
+staleness values (elementwise); a scalar input gives a float.
 """
 
 from __future__ import annotations
@@ -34,7 +39,18 @@ STALENESS_FUNCTIONS: dict[str, str] = {
     "hinge": "s(τ) = 1 if τ ≤ b else 1 / (a (τ − b) + 1)",
 }
 
-__all__ = ["STALENESS_FUNCTIONS", "constant", "polynomial", "hinge", "staleness_weight"]
+__all__ = ["STALENESS_FUNCTIONS", "staleness", "constant", "polynomial", "hinge", "staleness_weight"]
+
+
+def staleness(update, state) -> int:
+    """τ of an update against the global ``state`` it is admitted to and merged into:
+    the versions merged since the version it was trained from,
+    ``τ = state.version − update.base_version``.
+
+    In buffered mode the global version only moves when a buffer is merged, so every
+    update of a buffer has the same τ at its arrival as at the merge.
+    """
+    return state.version - update.base_version
 
 
 def _scalar_tau(tau) -> float | None:

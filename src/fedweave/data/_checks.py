@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from fedweave.errors import ConfigError
+from fedweave.core.errors import ConfigError
 
 
 def as_labels(labels, what: str = "labels") -> np.ndarray:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..rng import derive_seed
+from ..core.errors import ConfigError
+from ..core.rng import derive_seed
 from .partition import partition
 from .sources import DataSource, load_source
 from .splits import balanced_holdout, client_validation_split, stratified_holdout

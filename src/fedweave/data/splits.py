@@ -17,7 +17,7 @@ from fedweave.data._checks import (
     largest_remainder,
     round_half_up,
 )
-from fedweave.errors import ConfigError
+from fedweave.core.errors import ConfigError
 
 
 def _available(labels: np.ndarray, exclude) -> np.ndarray:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedweave.core.errors import DataError
 from fedweave.data._checks import as_labels, check_int
-from fedweave.errors import DataError
 
 
 def label_histograms(labels, parts: list[np.ndarray], num_classes: int) -> np.ndarray:

@@ -13,7 +13,7 @@ See docs/deployment.md and docs/howto/deploy.md.
 
 from __future__ import annotations
 
-from ..errors import FedweaveError
+from ..core.errors import FedweaveError
 
 
 def require_grpc() -> None:

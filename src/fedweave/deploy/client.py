@@ -3,7 +3,7 @@
 ``fedweave join`` connects to a server, joins with its token (bound to one client id),
 receives the run's config, builds the same :class:`~fedweave.sim.worker.Worker` the
 simulator uses, and then repeats: long-poll for a task, train it exactly as the simulator
-would — a :class:`~fedweave.methods.base.ClientJob` with the client id, the job counter
+would — a :class:`~fedweave.core.client.ClientJob` with the client id, the job counter
 and the round the server sent, and the round's learning rate — and upload the Update.
 The worker's random generators are keyed by ``(seed, client id, job counter)``, so the
 update is the one the simulation computes.
@@ -31,8 +31,8 @@ import torch
 import yaml
 
 from ..config import Config, load_config
-from ..errors import ConfigError, DataError, FedweaveError
-from ..methods.base import ClientJob
+from ..core.client import ClientJob
+from ..core.errors import ConfigError, DataError, FedweaveError
 from .wire import (
     DEFAULT_FRAME_BYTES, MAX_MESSAGE_BYTES, PROTOCOL, Assembler, WireError, decode_broadcast, encode_update,
 )

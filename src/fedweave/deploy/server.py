@@ -7,11 +7,13 @@ strategy, hand every selected client its task (the broadcast, the round, the cli
 counter and the round's learning rate), collect the updates until every selected client
 has answered, the first K have (over-selection), or ``schedule.deadline_s`` wall-clock
 seconds have passed, then aggregate the accepted updates **in client-id order**, evaluate
-and write the same run directory as a simulation. The bookkeeping (totals, evaluation
-records, snapshots, checkpoints) is the simulator's own: the server drives a
-:class:`~fedweave.sim.engine.Simulator` whose clock is the wall clock. So with the same
-config and seed, and every client connected, a deployment ends with the same global model
-as the simulation.
+and write the same run directory as a simulation. The server keeps the transport (streams,
+tasks, waiting, deadlines); the bookkeeping — admission, aggregation, divergence,
+evaluation on the ``eval.every`` / ``eval.every_s`` grid, commits — is the simulator's own
+:class:`~fedweave.sim.ledger.RoundLedger`, on the wall clock. So with the same config and
+seed, and every client connected, a deployment ends with the same global model as the
+simulation, and ends the same way (``diverged`` when every update of a round was
+non-finite).
 
 Every update is validated before it can touch the model (see :meth:`DeployServer._validate`),
 and the server checkpoints atomically after every aggregation, so a server killed at any
@@ -20,9 +22,7 @@ moment continues with ``--resume`` from the last completed round.
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import signal
 import threading
 import time
@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
-from ..errors import ConfigError, DivergedError, FedweaveError
-from ..messages import Broadcast, Update
+from ..core.errors import ConfigError, DivergedError, FedweaveError
+from ..core.messages import Broadcast, Update
+from ..core.observer import Observer
 from ..rundir import METRICS, RunDirectory, atomic_write_text, dumps
-from ..sim.engine import Observer, Simulator, _copy_state
 from ..sim.events import WallClock
-from ..sim.sampling import select_clients
+from ..sim.ledger import MERGED, RoundLedger
 from .tokens import TokenStore
 from .wire import (
     DEFAULT_FRAME_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_TENSORS, PROTOCOL, Assembler, Encoded, WireError,
@@ -69,7 +69,7 @@ class _ResumableWallClock(WallClock):
         super().__init__()
         self._start -= start
 
-    def advance_to(self, t: float) -> None:  # the simulator's bookkeeping may call it
+    def advance_to(self, t: float) -> None:  # wall-clock time moves by itself
         pass
 
 
@@ -122,15 +122,15 @@ class _Task:
 class _Round:
     round: int
     tasks: dict[int, _Task]
-    keep: int
+    keep: int  # sync: accepted updates that close the round; async: 0 (no limit)
     deadline: float | None  # time.monotonic() value
     started: float
     received: set[int] = field(default_factory=set)  # one update per client per round, valid or not
-    finished: set[int] = field(default_factory=set)  # received and judged (accepted, invalid or broken off)
+    finished: set[int] = field(default_factory=set)  # received and judged (accepted, invalid, late or broken off)
     accepted: dict[int, Update] = field(default_factory=dict)
-    arrivals: list[Update] = field(default_factory=list)  # decoded updates, in arrival order
-    events: list[tuple[int, Update | None, bool]] = field(default_factory=list)  # (client, update, valid) as they came
-    invalid: int = 0
+    # (client, update or None if the stream broke off, well-formed) of every upload that
+    # finished in time, in arrival order: what the ledger admits
+    events: list[tuple[int, Update | None, bool]] = field(default_factory=list)
     closed: bool = False
 
 
@@ -201,18 +201,16 @@ class DeployServer:
 
         self.wire = WireStats()
         exp.observers.append(self.wire)
-        self.sim = Simulator(exp, run_dir)
+        self.ledger = RoundLedger(exp, run_dir, _ResumableWallClock(), wall_clock=True)
         self.registry: dict[int, dict[str, Any]] = {}
         if checkpoint is not None:
-            self.sim.restore(checkpoint)
-            self.sim.server_store.load_state_dict(self.sim.committed.server_client_states)
+            self.ledger.restore(checkpoint)
             self.registry = dict(checkpoint.get("deploy", {}).get("clients", {}))
             # the records covered by the checkpoint, whatever the file held when the server died
-            atomic_write_text(run_dir.path / METRICS, "".join(dumps(r) + "\n" for r in self.sim.committed.history))
-        self.clock = _ResumableWallClock(self.sim.committed.clock)
-        self.sim.clock = self.clock
-        self.sim.ctx.clock = self.clock
-        state = self.sim.committed.state
+            atomic_write_text(run_dir.path / METRICS, "".join(dumps(r) + "\n" for r in self.ledger.committed.history))
+        self.clock = _ResumableWallClock(self.ledger.committed.clock)
+        self.ledger.set_clock(self.clock)
+        state = self.ledger.committed.state
         self._expected = (tuple(state.params.shape), state.params.dtype, tuple(state.buffers.shape), state.buffers.dtype)
         model_bytes = state.params.numel() * state.params.element_size() + state.buffers.numel() * state.buffers.element_size()
         # the update itself, payloads up to a few model sizes (control variates, gradients...), alignment
@@ -285,16 +283,16 @@ class DeployServer:
 
         if self._grpc is None:
             self.start()
-        cfg, sim = self.cfg, self.sim
+        cfg, ledger = self.cfg, self.ledger
         torch.set_num_threads(cfg.executor.threads)
         trackers = make_trackers(cfg, self.run_dir.path)
         progress = track_progress(self.progress, trackers)
-        sim._t_start = time.perf_counter()
+        ledger.start()
         status, message = "completed", None
         try:
             if cfg.schedule.mode == "sync":
-                for r in range(sim.committed.round, cfg.schedule.rounds):
-                    if cfg.schedule.max_time_s is not None and self.clock.now() >= cfg.schedule.max_time_s:
+                for r in range(ledger.committed.round, cfg.schedule.rounds):
+                    if ledger.budget_spent():
                         break
                     record = self._sync_round(r)
                     if progress:
@@ -311,9 +309,9 @@ class DeployServer:
         if status == "interrupted":
             self._checkpoint()  # the last completed round (already saved; this adds the latest wire figures)
         self._shutdown("done" if status != "interrupted" else "stopping")
-        summary = _write_summary(self.exp, self.run_dir, sim, status, message)
+        summary = _write_summary(self.exp, self.run_dir, ledger, status, message)
         close_trackers(trackers, summary)
-        c = sim.committed
+        c = ledger.committed
         log.info("run %s after %d rounds: %s", status, c.round, self.run_dir.path)
         return RunResult(self.run_dir.path, summary, c.history, c.state.params, c.state.buffers)
 
@@ -358,32 +356,19 @@ class DeployServer:
                 self._cv.wait(0.25)
 
     def _sync_round(self, r: int) -> dict | None:
-        exp, cfg, sim = self.exp, self.cfg, self.sim
-        sched, ctx, c = cfg.schedule, sim.ctx, sim.committed
-        state = c.state
-        sim._settings(r)  # sets ctx.round_lr, as the simulator does before configure
+        sched, ledger = self.cfg.schedule, self.ledger
         online = self._wait_for_clients()
-        k = sched.clients_per_round
-        dispatch_k = math.ceil((1 + sched.over_select) * k) if sched.over_select else k
-        selected = select_clients(sched.sampling, r, ctx.num_clients, dispatch_k, cfg.seed, ctx.client_sizes,
-                                  sched.sampling_rate, np.asarray(online, dtype=np.int64))
-        keep = k if sched.over_select else len(selected)
-        broadcasts = exp.strategy.configure(selected, state, ctx)
-        counters = c.counters.copy()
+        book = ledger.open_round(r, np.asarray(online, dtype=np.int64))
+        selected = book.selected
         encoded: dict[int, Encoded] = {}
         tasks: dict[int, _Task] = {}
         for cid in selected:
-            b = broadcasts[cid]
+            b = book.broadcasts[cid]
             if id(b) not in encoded:  # a broadcast shared by the cohort is serialized once
                 encoded[id(b)] = encode_broadcast(b)
-            tasks[cid] = _Task(cid, int(counters[cid]), r, b, encoded[id(b)], float(ctx.round_lr))
-            counters[cid] += 1
-        totals = copy.copy(c.totals)
-        participation = c.participation.copy()
-        for cid in selected:
-            totals.bytes_down += broadcasts[cid].num_bytes()
+            tasks[cid] = _Task(cid, book.job_counters[cid], r, b, encoded[id(b)], book.lr)
         now = time.monotonic()
-        rnd = _Round(r, tasks, keep, now + sched.deadline_s if sched.deadline_s is not None else None, now)
+        rnd = _Round(r, tasks, book.keep, now + sched.deadline_s if sched.deadline_s is not None else None, now)
         with self._cv:
             self._round = rnd
             self._phase = "running"
@@ -395,52 +380,30 @@ class DeployServer:
                 if self._stop.is_set():
                     rnd.closed = True
                     raise _Stopped
-                if (keep and len(rnd.accepted) >= keep) or len(rnd.finished) >= len(selected):
+                if (rnd.keep and len(rnd.accepted) >= rnd.keep) or len(rnd.finished) >= len(selected):
                     break
                 if rnd.deadline is not None and time.monotonic() >= rnd.deadline:
                     break
                 left = None if rnd.deadline is None else rnd.deadline - time.monotonic()
                 self._cv.wait(0.25 if left is None else max(0.0, min(0.25, left)))
             rnd.closed = True
-            accepted = sorted(rnd.accepted.values(), key=lambda u: u.client_id)
-            arrivals = list(rnd.arrivals)
+            events = list(rnd.events)
             missing = [cid for cid in selected if cid not in rnd.received]
             for cid in missing:
                 if cid in self._clients:
                     self._clients[cid].away = True
-            invalid = rnd.invalid
-        # the simulator's bookkeeping of the round, on what really arrived
-        totals.arrivals += len(arrivals)
-        totals.bytes_up += sum(u.num_bytes() for u in arrivals)
-        totals.dropped_updates += invalid
-        totals.late_updates += len(missing)
-        totals.client_updates += len(accepted)
-        for u in accepted:
-            participation[u.client_id] += 1
-        for u in arrivals:
-            for obs in exp.observers:
-                obs.on_upload(u, r)
-        losses = [u.metrics.get("loss", float("nan")) for u in accepted]
-        for hook in exp.cohort_hooks:
-            accepted = hook(accepted, state, r, ctx)
-        new_state = exp.strategy.aggregate(accepted, _copy_state(state), ctx)
-        sim._check_finite(new_state, f"round {r + 1}")
-        new_state.round = r + 1
-        for obs in exp.observers:
-            obs.on_round_end(new_state, r)
-        history, record = c.history, None
-        if (r + 1) % cfg.eval.every == 0 or r + 1 == sched.rounds:
-            record = sim._evaluate(new_state, r + 1, totals, losses)
-            record["round_wall_s"] = time.monotonic() - rnd.started
-            history = history + [record]
-        sim._snapshot(round=r + 1, state=new_state, counters=counters, totals=totals, history=history,
-                      participation=participation)
-        if record is not None:
-            self.run_dir.append_metrics(record)
+        # the ledger's bookkeeping of the round, on what arrived in time, in arrival order
+        for _, update, well_formed in events:
+            if update is not None:
+                ledger.arrive(book, update)
+            ledger.admit(book, update, well_formed)
+        ledger.late(book, len(selected) - len(events))  # no upload finished in time
+        new_state = ledger.aggregate_round(book)
+        record = ledger.commit_round(book, new_state, {"round_wall_s": time.monotonic() - rnd.started})
         self._checkpoint()
-        metric = exp.task.metric_name
+        metric = self.exp.task.metric_name
         log.info("round %d/%d done in %.2f s: %d accepted, %d rejected, %d missing%s", r + 1, sched.rounds,
-                 time.monotonic() - rnd.started, len(accepted), invalid, len(missing),
+                 time.monotonic() - rnd.started, len(book.accepted), len(events) - len(book.accepted), len(missing),
                  f", {metric} {record[metric]:.4f}" if record is not None else "")
         return record
 
@@ -449,81 +412,52 @@ class DeployServer:
         ``concurrency`` clients busy (an idle connected client picked with the simulator's
         dispatch rule fills each free slot), every valid arrival merged at once
         (``on_update``) or buffered and merged ``buffer_size`` at a time in client-id
-        order; staleness = versions elapsed since the client's base version. Jobs in flight
-        when the server stops are not in the checkpoint: after ``--resume`` they are
-        dispatched anew (arrival order is wall-clock order, so these modes are not
-        bit-reproducible anyway)."""
-        from ..sim.sampling import pick_idle
-
-        exp, cfg, sim = self.exp, self.cfg, self.sim
-        sched, ctx, c = cfg.schedule, sim.ctx, sim.committed
-        if c.done:
+        order, evaluation every ``eval.every`` versions or on the ``eval.every_s``
+        (wall-clock seconds) grid — the ledger's rules. Jobs in flight when the server
+        stops are not in the checkpoint: after ``--resume`` they are dispatched anew
+        (arrival order is wall-clock order, so these modes are not bit-reproducible
+        anyway)."""
+        cfg, ledger = self.cfg, self.ledger
+        sched, ctx = cfg.schedule, ledger.ctx
+        if ledger.committed.done:
             return
-        buffered = sched.mode == "buffered"
         concurrency = min(sched.concurrency or sched.clients_per_round, ctx.num_clients)
-        buffer_size = sched.buffer_size or sched.clients_per_round
         max_arrivals = sched.max_arrivals or (None if sched.max_time_s else sched.rounds * sched.clients_per_round)
-        every_s = cfg.eval.every_s  # wall-clock seconds here
-        live = dict(round=c.round, state=c.state, counters=c.counters.copy(), totals=copy.copy(c.totals),
-                    history=list(c.history), participation=c.participation.copy(), busy=[], buffer=list(c.buffer),
-                    dispatches=c.dispatches, next_eval_s=c.next_eval_s, done=False, pending_losses=list(c.pending_losses))
-        totals = live["totals"]
         rnd = _Round(-1, {}, 0, None, time.monotonic())
         with self._cv:
             self._round = rnd
 
-        def commit() -> None:
-            with self._cv:
-                live["busy"] = sorted(rnd.tasks)
-            sim._snapshot(**live)
+        live = ledger.begin_async()
+        live.busy = set()  # jobs in flight before a restart are not waited for: always rnd.tasks' clients
+        totals = live.totals
 
-        def evaluate() -> None:
-            record = sim._evaluate(live["state"], live["round"], totals, live["pending_losses"])
-            live["pending_losses"].clear()
-            live["history"].append(record)
-            commit()
-            self.run_dir.append_metrics(record)
+        def evaluate(at: float | None = None) -> None:
+            record = ledger.evaluate_live(live, at)
             if progress:
                 progress(totals.arrivals, max_arrivals or 0, record)
-
-        def merged(new_state) -> None:
-            if sim._advance_version(live, new_state):
-                evaluate()
-            else:
-                commit()
-            self._checkpoint()
 
         def dispatch() -> None:
             with self._cv:
                 online = self._online()
-                busy = set(rnd.tasks)
-                while len(busy) < concurrency:
-                    idle = [i for i in online if i not in busy]
+                while len(rnd.tasks) < concurrency:
+                    idle = [i for i in online if i not in rnd.tasks]
                     if not idle:
                         return
-                    cid = pick_idle(cfg.seed, live["dispatches"], idle)
-                    live["dispatches"] += 1
-                    state = live["state"]
-                    sim._settings(live["round"])
-                    b = exp.strategy.configure([cid], state, ctx)[cid]
-                    rnd.tasks[cid] = _Task(cid, int(live["counters"][cid]), live["round"], b, encode_broadcast(b),
-                                           float(ctx.round_lr))
-                    live["counters"][cid] += 1
-                    totals.bytes_down += b.num_bytes()
-                    busy.add(cid)
+                    cid, counter, b, _ = ledger.dispatch(live, idle)
+                    rnd.tasks[cid] = _Task(cid, counter, live.round, b, encode_broadcast(b), float(ctx.round_lr))
                 self._cv.notify_all()
 
         self._wait_for_clients()
         with self._cv:
             self._phase = "running"
         log.info("%s mode: %d clients busy at a time%s", sched.mode, concurrency,
-                 f", merging every {buffer_size} arrivals" if buffered else "")
+                 f", merging every {sched.buffer_size or sched.clients_per_round} arrivals"
+                 if sched.mode == "buffered" else "")
         while max_arrivals is None or totals.arrivals < max_arrivals:
-            if sched.max_time_s is not None and self.clock.now() >= sched.max_time_s:
+            if ledger.budget_spent():
                 break
-            if every_s is not None and self.clock.now() >= live["next_eval_s"]:
-                live["next_eval_s"] += every_s
-                evaluate()
+            while (at := ledger.next_grid_point(live, self.clock.now())) is not None:
+                evaluate(at)
             dispatch()
             with self._cv:
                 if self._stop.is_set():
@@ -533,30 +467,30 @@ class DeployServer:
                 events, rnd.events = rnd.events, []
                 for cid, _, _ in events:  # the slot is free; the client may take a new task
                     rnd.tasks.pop(cid, None)
+                    live.busy.discard(cid)
                     rnd.received.discard(cid)
                     rnd.finished.discard(cid)
                     rnd.accepted.pop(cid, None)
-            for cid, update, valid in events:
+            for cid, update, well_formed in events:
                 if update is not None:
-                    totals.arrivals += 1
-                    totals.bytes_up += update.num_bytes()
-                    for obs in exp.observers:
-                        obs.on_upload(update, live["round"])
-                sim._admit_arrival(update, valid, live, buffered, buffer_size, merged)
+                    ledger.arrive(live, update)
+                if ledger.admit_async(live, update, well_formed) == MERGED:
+                    if ledger.evaluation_due(live):
+                        evaluate()
+                    else:
+                        ledger.commit_live(live)
+                    self._checkpoint()
                 if max_arrivals is not None and totals.arrivals >= max_arrivals:
                     break
         with self._cv:
             rnd.closed = True  # jobs still in flight arrive late
-        live["done"] = True
-        last = live["history"][-1] if live["history"] else None
-        if last is None or last.get("version") != live["state"].version:
-            evaluate()
-        else:
-            commit()
+        record = ledger.finish_async(live)
+        if record is not None and progress:
+            progress(totals.arrivals, max_arrivals or 0, record)
         self._checkpoint()
 
     def _checkpoint(self) -> None:
-        d = self.sim.checkpoint_dict()
+        d = self.ledger.checkpoint_dict()
         with self._cv:
             for cid, info in self._clients.items():
                 self.registry[cid] = {"num_examples": info.num_examples, "joins": info.joins}
@@ -579,13 +513,13 @@ class DeployServer:
 
     def _bound(self, cid: int) -> int:
         explicit = self.tokens.max_examples(cid)
-        return explicit if explicit is not None else int(self.sim.ctx.client_sizes[cid])
+        return explicit if explicit is not None else int(self.ledger.ctx.client_sizes[cid])
 
     def health(self):
         from . import fedweave_pb2 as pb2
 
         with self._cv:
-            return pb2.HealthReply(status=self._phase, round=self.sim.committed.round, rounds=self.cfg.schedule.rounds,
+            return pb2.HealthReply(status=self._phase, round=self.ledger.committed.round, rounds=self.cfg.schedule.rounds,
                                    clients_connected=len(self._online()), protocol=PROTOCOL)
 
     def join(self, cid: int, request, context):
@@ -693,6 +627,7 @@ class DeployServer:
         rnd: _Round | None = None
         reason: str | None = None
         update: Update | None = None
+        well_formed = False  # decoded and valid for its task; finiteness is the ledger's to judge too
         try:
             first = next(it, None)
             if first is None:
@@ -711,21 +646,23 @@ class DeployServer:
                 header, data = a.done()
                 update = decode_update(header, data, sent_params=task.broadcast.params)
                 reason = self._validate(cid, update, task)
+                well_formed = reason is None
+                if well_formed and not update.is_finite():
+                    reason = "the update holds non-finite values (NaN or infinity)"
         except WireError as exc:
             reason = f"malformed update: {exc}"
         finally:
             self.wire.add(up=a.wire_bytes)
             if task is not None:
                 with self._cv:
-                    if update is not None:
-                        rnd.arrivals.append(update)
-                    rnd.events.append((cid, update, reason is None and update is not None))
-                    if reason is not None or update is None:  # invalid, or the stream broke off
-                        rnd.invalid += 1
-                    elif rnd.closed:
-                        reason = f"late: round index {task.round} closed (deadline, enough updates or the run's end) before this update arrived"
+                    if rnd.closed or (rnd.keep and len(rnd.accepted) >= rnd.keep):
+                        # the round is over or has its K updates: not counted in it (the ledger counts it late)
+                        if reason is None and update is not None:
+                            reason = f"late: round index {task.round} closed (deadline, enough updates or the run's end) before this update arrived"
                     else:
-                        rnd.accepted[cid] = update
+                        rnd.events.append((cid, update, well_formed))
+                        if reason is None and update is not None:
+                            rnd.accepted[cid] = update
                     rnd.finished.add(cid)
                     self._cv.notify_all()
         if reason is not None:
@@ -756,7 +693,9 @@ class DeployServer:
         return None
 
     def _validate(self, cid: int, u: Update, task: _Task) -> str | None:
-        """Why an update must not touch the model, or None when it may."""
+        """Why an update does not fit its task (version, shapes, dtypes, example count), or
+        None. Finiteness is checked after this: a non-finite update is rejected too, and
+        the ledger counts it as one (a round of nothing else has diverged)."""
         p_shape, p_dtype, b_shape, b_dtype = self._expected
         if u.base_version != task.broadcast.version:
             return f"the update claims base version {u.base_version}; the task sent version {task.broadcast.version}"
@@ -769,8 +708,6 @@ class DeployServer:
         elif tuple(u.buffers.shape) != b_shape or u.buffers.dtype != b_dtype:
             return (f"the buffers have shape {tuple(u.buffers.shape)} and dtype {u.buffers.dtype}; expected {b_shape} "
                     f"and {b_dtype}")
-        if not u.is_finite():
-            return "the update holds non-finite values (NaN or infinity)"
         bound = self._bound(cid)
         if not 1 <= u.num_examples <= bound:
             return f"the update claims {u.num_examples} training examples; the bound registered for client {cid} is 1..{bound}"

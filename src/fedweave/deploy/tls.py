@@ -6,7 +6,7 @@ import datetime as _dt
 import ipaddress
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 
 def _read(path: str | Path, what: str) -> bytes:

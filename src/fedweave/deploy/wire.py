@@ -28,8 +28,8 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from ..errors import FedweaveError
-from ..messages import Broadcast, Update
+from ..core.errors import FedweaveError
+from ..core.messages import Broadcast, Update
 
 PROTOCOL = "fedweave-deploy/1"
 MAX_HEADER_BYTES = 1 << 20  # 1 MiB of JSON is far more than any legitimate header

@@ -39,9 +39,10 @@ Which methods run
 -----------------
 Flower provides parameters, example counts and metrics. A method that needs more is
 refused when the strategy is built, with a message naming what is missing. What a
-method needs is read from a ``needs`` attribute (a set of strings) on its registry
-entry, its strategy or its client algorithm, and otherwise inferred (see
-:data:`NEEDS`):
+method needs is the method's own account (:mod:`fedweave.methods.needs`): what its
+registration declares (``MethodInfo.needs``) joined with what its strategy and client
+algorithm show; a strategy given directly may carry a ``needs`` attribute (a set of the
+names below) instead (see :data:`NEEDS`):
 
 * ``num_steps`` -- the number of local steps: each ClientApp sends metric ``num-steps``;
 * ``round_lr`` -- the clients' learning rate: pass ``client_lr=``;
@@ -51,8 +52,9 @@ entry, its strategy or its client algorithm, and otherwise inferred (see
 * ``payload:<key>`` -- an extra client upload: each ClientApp sends metric
   ``payload.<key>`` (a number or a list of numbers, e.g. a label histogram);
 * ``client_logic`` -- fedweave client-side training code (a client algorithm that
-  overrides ``train``/``grad_hooks``/``loss_fn``/``upload_payload``/``next_state``
-  without declaring ``needs``): refused, a Flower ClientApp runs its own training;
+  overrides ``train``/``grad_hooks``/``loss_fn``/``upload_payload``/``build_update``/
+  ``next_state`` without declaring ``needs``): refused, a Flower ClientApp runs its own
+  training;
 * ``client_state`` -- per-client state kept by fedweave between rounds: refused;
 * ``broadcast`` -- data beyond the global model sent to clients, or per-client
   messages (a strategy overriding ``configure``/``broadcast_payload``, a stage with a
@@ -88,10 +90,10 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
-from ..errors import ConfigError, DivergedError, FedweaveError
-from ..messages import Update
-from ..methods.base import ClientAlgorithm, ServerContext, ServerState, Strategy
-from ..params import ParamSpec, Segment
+from ..core.errors import ConfigError, DivergedError, FedweaveError
+from ..core.messages import Update
+from ..core.params import ParamSpec, Segment
+from ..core.strategy import ServerContext, ServerState, Strategy
 
 __all__ = [
     "DEFAULT_BUFFER_KEYS",
@@ -143,31 +145,6 @@ _REFUSED_WHY = {
     "({detail}), which the adapter cannot send",
     "server_training": "training on the server's own data with fedweave's trainer, which the adapter does not set up",
 }
-
-# What some methods registered without a ``needs`` declaration need. By class (strategy,
-# stage, client algorithm or stage client; replaces the inference for that part):
-_KNOWN_CLASS_NEEDS: dict[str, frozenset[str]] = {
-    "fedweave.methods.fednova.FedNovaStrategy": frozenset({"num_steps", "round_lr"}),
-    "fedweave.methods.fedlaw.FedLAWStrategy": frozenset({"server_data", "model_factory"}),
-    "fedweave.methods.feddisco.LabelHistogramClient": frozenset({"payload:label_hist"}),
-}
-# By method name, checked before the method is built (its build checks fedweave's own
-# schedule and data settings, which mean nothing under Flower):
-_KNOWN_METHOD_NEEDS: dict[str, frozenset[str]] = {
-    "fedlaw": frozenset({"server_data", "model_factory"}),
-    "fedce": frozenset({"broadcast", "client_logic"}),
-    "fltrust": frozenset({"server_training"}),
-}
-_KNOWN_DETAIL = {
-    "fedce": {
-        "broadcast": "each client's contribution score is sent to it",
-        "client_logic": "each client scores the model on its validation split",
-    }
-}
-
-_CLIENT_HOOKS = ("train", "grad_hooks", "loss_fn", "upload_payload", "next_state")
-_BROADCAST_HOOKS = ("configure", "broadcast_payload")
-
 
 class FlowerAdapterError(FedweaveError):
     """The Flower adapter cannot do what it was asked (bad replies, bad arrays...)."""
@@ -283,85 +260,24 @@ class FlowerSupport:
         return f"Method {self.method!r} runs as a Flower strategy. Each ClientApp must: {duties}."
 
 
-def _declared(obj) -> set[str] | None:
-    """The needs ``obj`` declares (attribute ``needs``), or that are known for its class."""
-    if obj is None:
-        return None
-    needs = getattr(obj, "needs", None)
-    if needs is None:
-        cls = type(obj)
-        needs = _KNOWN_CLASS_NEEDS.get(f"{cls.__module__}.{cls.__qualname__}")
-    return None if needs is None else {str(n) for n in needs}
-
-
-def _overrides(obj, base, hooks) -> list[str]:
-    return [h for h in hooks if getattr(type(obj), h, None) is not getattr(base, h, None)]
-
-
-def _client_needs(client, needs: set[str], detail: dict[str, str]) -> None:
-    """Needs of a client algorithm, or of one wrapped with its stages' client parts."""
-    if client is None:
-        return
-    inner, parts = getattr(client, "inner", None), getattr(client, "parts", None)
-    if inner is not None and parts is not None and not isinstance(client, ClientAlgorithm):
-        _client_needs(inner, needs, detail)  # WithStageClients: the algorithm plus stage uploads
-        for part in parts:
-            declared = _declared(part)
-            if getattr(part, "stateful", False):
-                needs.add("client_state")
-            if declared is not None:
-                needs |= declared
-            else:
-                needs.add("client_logic")
-                detail.setdefault("client_logic", f"{type(part).__name__} computes an upload on the client")
-        return
-    declared = _declared(client)
-    if declared is not None:
-        needs |= declared
-    if getattr(client, "stateful", False):
-        needs.add("client_state")
-    hooks = _overrides(client, ClientAlgorithm, _CLIENT_HOOKS)
-    if hooks and declared is None:
-        needs.add("client_logic")
-        detail.setdefault("client_logic", f"{type(client).__name__} overrides {', '.join(hooks)}")
-
-
-def _strategy_needs(strategy: Strategy, needs: set[str], detail: dict[str, str]) -> None:
-    declared = _declared(strategy)
-    if declared is not None:
-        needs |= declared
-        return
-    from ..methods.stages import StagedStrategy
-
-    if isinstance(strategy, StagedStrategy) and not _overrides(strategy, StagedStrategy, _BROADCAST_HOOKS):
-        for attr in ("weighting", "combiner"):
-            stage = getattr(strategy, attr, None)
-            stage_declared = _declared(stage)
-            if stage_declared is not None:
-                needs |= stage_declared
-            elif hasattr(stage, "broadcast_payload"):
-                needs.add("broadcast")
-                detail.setdefault("broadcast", f"the {attr} stage {type(stage).__name__} sends per-client extras")
-        return
-    hooks = _overrides(strategy, Strategy, _BROADCAST_HOOKS)
-    if hooks:
-        needs.add("broadcast")
-        detail.setdefault("broadcast", f"{type(strategy).__name__} overrides {', '.join(hooks)}")
-
-
 def method_needs(info, strategy: Strategy, client) -> tuple[frozenset[str], dict[str, str]]:
-    """What a method needs beyond arrays and example counts (see :data:`NEEDS`), and
-    details for messages. A ``needs`` attribute on the registry entry replaces the
-    inference; on a strategy, stage, client algorithm or stage client it replaces the
-    inference for that part."""
-    needs: set[str] = set()
-    detail: dict[str, str] = {}
-    info_declared = _declared(info)
-    if info_declared is not None:
-        return frozenset(info_declared), detail
-    _strategy_needs(strategy, needs, detail)
-    _client_needs(client, needs, detail)
-    return frozenset(needs), detail
+    """What a method needs beyond arrays and example counts, as the names of :data:`NEEDS`,
+    and details for messages: the method's own account
+    (:func:`fedweave.methods.needs.method_needs`: its registration's declaration joined
+    with what its strategy and client show). Needs that only matter to fedweave's own
+    runners (a personal model for personalized evaluation) are left out."""
+    from ..methods.needs import method_needs as own_needs
+
+    needs = own_needs(info, strategy, client)
+    return _flower_names(needs), _details(needs)
+
+
+def _flower_names(needs) -> frozenset[str]:
+    return needs.names() - {"personal_model", "mid_training_fetch"}
+
+
+def _details(needs) -> dict[str, str]:
+    return {k: v for k, v in (("client_logic", needs.client_logic), ("broadcast", needs.broadcast)) if v}
 
 
 def _assess(name, needs, detail, client, *, client_lr, has_server_data, has_model_factory) -> FlowerSupport:
@@ -452,11 +368,11 @@ def _resolve(method, params, client, *, client_lr, has_server_data, has_model_fa
             f"Method {info.name!r} runs only with schedule.mode {' or '.join(info.modes)}, and Flower's rounds are "
             f"synchronous; use a synchronous method, or run it with `fedweave run`."
         )
-    known = _declared(info)
-    if known is None and info.name in _KNOWN_METHOD_NEEDS:
-        pre = _assess(info.name, _KNOWN_METHOD_NEEDS[info.name], _KNOWN_DETAIL.get(info.name, {}), None, **flags)
-        if not pre.supported:
-            raise UnsupportedMethodError(pre.message())
+    # what the registration declares is checked before building: a method's build may
+    # check fedweave's own schedule and data settings, which mean nothing under Flower
+    pre = _assess(info.name, _flower_names(info.needs), _details(info.needs), None, **flags)
+    if not pre.supported:
+        raise UnsupportedMethodError(pre.message())
     strategy, algorithm = build_method(cfg)
     needs, detail = method_needs(info, strategy, algorithm)
     return info, strategy, algorithm, cfg, _assess(info.name, needs, detail, algorithm, **flags)

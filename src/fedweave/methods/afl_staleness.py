@@ -46,8 +46,9 @@ from typing import Literal, Union
 import torch
 from pydantic import Field, field_validator
 
-from .base import MergeStrategy, ServerState
+from ..core.strategy import ServerState
 from .fedasync import FullModelClient
+from .merge import MergeStrategy
 from .registry import MethodInfo, MethodParams, register
 
 

@@ -40,7 +40,7 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from .base import ClientAlgorithm
+from ..core.client import ClientAlgorithm
 from .registry import MethodInfo, MethodParams, Preset, register
 
 

@@ -4,7 +4,7 @@ Guarantee", ICML 2023. No official code was found; this follows the paper's algo
 **Client.** At every local step the client crafts L∞ PGD adversarial examples of its
 minibatch with its *current* local model (ε = ``method.eps``, ``method.steps`` steps of size
 ``method.step_size``, default 2.5·ε/steps, random start, clipped to the data's value range;
-see :mod:`fedweave.threats.pgd`) and takes the gradient step on the adversarial batch
+see :mod:`fedweave.models.adversarial`) and takes the gradient step on the adversarial batch
 only (the paper's inner max / outer min; no clean term). The model is in eval mode while
 the examples are crafted.
 
@@ -22,8 +22,8 @@ from typing import Optional
 
 from pydantic import Field
 
-from ..threats.pgd import pgd_attack
-from .base import ClientAlgorithm
+from ..core.client import ClientAlgorithm
+from ..models.adversarial import pgd_attack
 from .registry import MethodInfo, MethodParams, Preset, register
 
 

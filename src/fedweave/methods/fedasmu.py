@@ -80,8 +80,11 @@ import math
 import torch
 from pydantic import Field
 
+from ..aggregate.staleness import staleness
+from ..core.client import ClientAlgorithm, JobResult
+from ..core.strategy import ServerState
 from ..train import local_train
-from .base import ClientAlgorithm, JobResult, MergeStrategy, ServerState, mix
+from .merge import MergeStrategy, mix
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -182,7 +185,7 @@ class FedASMUStrategy(MergeStrategy):
                 raw = raw.clone()  # never in place: the engine's snapshots share tensors
                 raw[cid] = new_row
                 extra["raw"] = raw
-        tau = state.version - update.base_version
+        tau = staleness(update, state)
         t = state.version + 1
         alpha, dalpha = server_alpha(raw[cid], t, tau, self.p.mu)
         x_new = update.params if update.params is not None else state.params + update.delta

@@ -6,7 +6,7 @@ Every arriving client model is merged at once (``schedule.mode: async``):
     x_t ← (1 − α_t) x_{t−1} + α_t x_new,      α_t = α · s(τ),   τ = t − v
 
 where ``x_new`` is the client's new model, trained from global version ``v`` (the
-engine's staleness τ = state.version − update.base_version), ``α ∈ (0, 1]`` the mixing
+staleness τ of aggregate.staleness.staleness), ``α ∈ (0, 1]`` the mixing
 hyperparameter (``method.alpha``, default 0.6: the paper's experiments use 0.6–0.9) and
 ``s`` a staleness function (``method.staleness``, see
 :mod:`fedweave.aggregate.staleness`): ``constant`` 1, ``polynomial`` (τ+1)^−a, ``hinge``
@@ -32,8 +32,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..aggregate.staleness import staleness_weight
-from .base import ClientAlgorithm, MergeStrategy, ServerState
+from ..aggregate.staleness import staleness, staleness_weight
+from ..core.client import ClientAlgorithm
+from ..core.strategy import ServerState
+from .merge import MergeStrategy
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -54,7 +56,7 @@ class FedAsyncStrategy(MergeStrategy):
         return self.alpha * float(staleness_weight(self.staleness, tau, self.a, self.b))
 
     def on_update(self, update, state: ServerState, ctx) -> ServerState:
-        tau = state.version - update.base_version
+        tau = staleness(update, state)
         alpha_t = self.mixing_weight(tau)
         self.merge(state, update, alpha_t)
         state.version += 1

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .fedper import personal_roles
 from .registry import MethodInfo, Preset, register
 

@@ -8,7 +8,7 @@ of K = ``schedule.buffer_size`` arrivals and, when it is full, applies
     w_g, m ← server_opt.step(w_g, Δ̄)                   (heavy-ball SGD, lr η_g, momentum β)
 
 with Δ_k = w_k − w_base the client's delta from the version it trained on and τ_k its
-staleness when it arrived (the engine's τ = state.version − base_version at arrival:
+staleness when it arrived (aggregate.staleness.staleness, τ = version − base_version:
 every arrival in one buffer is measured against the same global version, the one the
 buffer is applied to). The server step is fedweave's ``sgd`` server optimizer
 (FedAvgM's heavy ball, :mod:`fedweave.aggregate.server_opt`): ``m ← β m − Δ̄;
@@ -34,8 +34,9 @@ import torch
 from pydantic import Field
 
 from ..aggregate import make_server_optimizer
-from ..aggregate.staleness import staleness_weight
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, stack_deltas
+from ..aggregate.staleness import staleness, staleness_weight
+from ..core.client import ClientAlgorithm
+from ..core.strategy import ServerState, Strategy, average_buffers, stack_deltas
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -61,7 +62,7 @@ class FedBuffStrategy(Strategy):
 
     def weights(self, updates, state: ServerState) -> torch.Tensor:
         """s(τ_k) / K for every update of the buffer."""
-        taus = [state.version - u.base_version for u in updates]
+        taus = [staleness(u, state) for u in updates]
         s = torch.tensor([float(staleness_weight(self.staleness, t, self.a, self.b)) for t in taus], dtype=torch.float64)
         return s / len(updates)
 

@@ -52,24 +52,24 @@ Decisions, and where they follow the paper or the code:
 Every evaluation record carries ``fedce_contribution`` (c, one entry per client), and the
 two components ``fedce_gradient`` (G) and ``fedce_data`` (M).
 
-:func:`leave_one_out` retrains the federation without each client in turn (opt-in,
-N + 1 runs) and :func:`pearson` correlates its contributions with FedCE's estimates.
+:func:`fedweave.contributions.leave_one_out` retrains the federation without each client
+in turn (opt-in, N + 1 runs) and :func:`pearson` correlates its contributions with FedCE's
+estimates.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError
-from .base import stack_deltas
+from ..core.errors import ConfigError
+from ..core.strategy import stack_deltas
 from .fedlaw import named_tensors
+from .needs import MethodNeeds
 from .registry import MethodInfo, Preset, register
 from .stages import StageClient, register_weighting
 
@@ -240,11 +240,15 @@ METHOD = register(
         summary="aggregation by estimated client contributions (gradient + data space); reports them every round",
         citation="Jiang et al., CVPR 2023",
         preset=Preset(weighting="fedce", combiner="mean", server_opt="replace"),
+        # declared, not only derived: the build checks fedweave's own schedule and data
+        # settings, so a runner that cannot provide these must know before building
+        needs=MethodNeeds(broadcast="each client's contribution score is sent to it",
+                          client_logic="each client scores the model on its validation split"),
     )
 )
 
 
-# -- leave-one-out contributions (opt-in, N + 1 runs) ------------------------------------------
+# -- comparing with leave-one-out contributions (fedweave.contributions.leave_one_out) -------
 
 
 def pearson(a, b) -> float:
@@ -255,56 +259,3 @@ def pearson(a, b) -> float:
     x, y = x - x.mean(), y - y.mean()
     den = math.sqrt(float((x * x).sum() * (y * y).sum()))
     return float((x * y).sum() / den) if den > 0 else float("nan")
-
-
-def _without(data, k: int):
-    """The federated dataset with client k removed (its examples are used by nobody)."""
-    import dataclasses
-
-    keep = [i for i in range(data.num_clients) if i != k]
-    return dataclasses.replace(
-        data, client_train=[data.client_train[i] for i in keep], client_val=[data.client_val[i] for i in keep],
-    )
-
-
-def _final_metric(cfg, data, out: Path) -> float:
-    from ..experiment import _execute, build_experiment
-    from ..rundir import RunDirectory
-
-    exp = build_experiment(cfg, data=data)
-    run_dir = RunDirectory(out)
-    cfg.output.dir = str(run_dir.path)
-    run_dir.create(cfg.to_yaml())
-    return _execute(exp, run_dir, None, None).summary["final_metric"]
-
-
-def leave_one_out(config, overrides: list[str] | None = None, data=None, out: str | Path | None = None) -> dict[str, Any]:
-    """Leave-one-out contributions: retrain without each client in turn (N + 1 runs, opt-in).
-
-    ``config`` (a Config, dict or YAML path, plus ``overrides``) is run once with all N
-    clients and once without each client k, with the same seed and data; client k's
-    leave-one-out contribution is ``final(all) − final(all but k)`` of the task's primary
-    metric (higher is better for accuracy and PSNR). When every client takes part every
-    round in ``config``, the runs without a client keep full participation
-    (``clients_per_round`` = N − 1); otherwise ``clients_per_round`` is capped at N − 1.
-    Returns ``{"full": value, "without": [N values], "contribution": [N values]}``.
-    """
-    from ..config import load_config
-    from ..data.federated import build_federated
-
-    cfg = load_config(config, overrides)
-    data = data if data is not None else build_federated(cfg.data)
-    n = data.num_clients
-    if n < 2:
-        raise ConfigError("Leave-one-out contributions need at least two clients.")
-    full_participation = cfg.schedule.clients_per_round >= n
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(out) if out is not None else Path(tmp)
-        full = _final_metric(cfg.model_copy(deep=True), data, root / "all")
-        without = []
-        for k in range(n):
-            c = cfg.model_copy(deep=True)
-            c.schedule.clients_per_round = n - 1 if full_participation else min(cfg.schedule.clients_per_round, n - 1)
-            c.data.partition.num_clients = n - 1 if c.data.partition.kind != "natural" else c.data.partition.num_clients
-            without.append(_final_metric(c, _without(data, k), root / f"without-{k}"))
-    return {"full": full, "without": without, "contribution": [full - w for w in without]}

@@ -39,8 +39,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError
-from ..messages import Update
+from ..core.errors import ConfigError
+from ..core.messages import Update
+from .needs import MethodNeeds
 from .registry import MethodInfo, Preset, register
 from .stages import StageClient, register_weighting
 
@@ -88,6 +89,8 @@ def disco_weights(sizes: torch.Tensor, hists: torch.Tensor, a: float = 0.5, b: f
 
 class LabelHistogramClient(StageClient):
     """Adds the class histogram of the client's training split to its upload."""
+
+    needs = MethodNeeds(upload=frozenset({HIST_KEY}))  # a payload entry, no other client logic
 
     def upload(self, job, worker, update, state):
         data = worker.data

@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
 from ..models import register_model
-from .base import ClientAlgorithm
 from .registry import MethodInfo, MethodParams, Preset, register
 
 MODEL_NAME = "ssf_pool"
@@ -131,16 +131,8 @@ def build_ssf_pool(input_shape, num_classes, width: int = 16, hidden=None, pool_
             f"Unexpected option(s) for model {MODEL_NAME!r}: {', '.join(sorted(unused))}. "
             f"Its options: model.hidden, model.kwargs.pool_size, top_k, pretrain."
         )
-    pretrain_settings(pretrain)  # validated here, used by configure_ssf_pool
+    pretrain_settings(pretrain)  # validated here, used by setup_ssf_pool
     return SSFPoolNet(input_shape, num_classes, tuple(hidden) if hidden else (200, 200), pool_size, top_k)
-
-
-register_model(
-    MODEL_NAME,
-    build_ssf_pool,
-    "frozen MLP backbone (pretrained on the server split) + SSF pools with keys and a pooled head (FedIns); "
-    "kwargs pool_size, top_k, pretrain",
-)
 
 
 def pretrain_settings(value: dict | None):
@@ -199,14 +191,13 @@ class _PretrainReport:
         pass
 
 
-def configure_ssf_pool(exp) -> None:
-    """Extension: an ``ssf_pool`` model gets a backbone pretrained on the server-held split."""
+def setup_ssf_pool(exp) -> None:
+    """Model set-up: an ``ssf_pool`` model gets a backbone pretrained on the server-held
+    split, whatever the method (FedAvg on the same backbone is FedIns' baseline)."""
     from ..pretrain import accuracy, pretrain
-    from ..rng import derive_seed
+    from ..core.rng import derive_seed
 
     cfg = exp.config
-    if cfg.model.name != MODEL_NAME:
-        return
     server = exp.data.server_data()
     if server is None:
         raise ConfigError(
@@ -230,6 +221,15 @@ def configure_ssf_pool(exp) -> None:
         "pretrain_test_accuracy": accuracy(net, exp.data.x_test, exp.data.y_test),
         "pretrain_examples": float(len(server[0])),
     }))
+
+
+register_model(
+    MODEL_NAME,
+    build_ssf_pool,
+    "frozen MLP backbone (pretrained on the server split) + SSF pools with keys and a pooled head (FedIns); "
+    "kwargs pool_size, top_k, pretrain",
+    setup=setup_ssf_pool,
+)
 
 
 class FedInsParams(MethodParams):

@@ -35,10 +35,12 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..errors import ConfigError
-from ..rng import torch_generator
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.rng import torch_generator
+from ..core.strategy import ServerState, Strategy, average_buffers, size_weights, stack_deltas
 from ..tasks import make_task
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from .needs import MethodNeeds
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -156,5 +158,7 @@ METHOD = register(
         citation="Li et al., ICML 2023",
         build=_build,
         params=FedLAWParams,
+        # the weights are fitted on the server's proxy set, evaluating candidate aggregates
+        needs=MethodNeeds(server_data=True, server_model=True),
     )
 )

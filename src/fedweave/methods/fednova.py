@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.strategy import ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from .needs import MethodNeeds
 from .registry import MethodInfo, register
 
 
@@ -37,6 +39,8 @@ def local_aggregation_norm(steps: int, momentum: float = 0.0, lr: float = 0.0, m
 
 class FedNovaStrategy(Strategy):
     name = "fednova"
+    # a_k needs each client's number of local steps and the round's client learning rate
+    needs = MethodNeeds(num_steps=True, round_lr=True)
 
     def __init__(self, server_lr: float, momentum: float, mu: float):
         self.server_lr, self.momentum, self.mu = server_lr, momentum, mu

@@ -29,7 +29,7 @@ from typing import Optional, Union
 
 from pydantic import Field
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .registry import MethodInfo, MethodParams, Preset, register
 
 

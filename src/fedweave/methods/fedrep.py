@@ -25,7 +25,7 @@ from dataclasses import replace
 import torch
 from pydantic import Field
 
-from .base import ClientAlgorithm, JobResult
+from ..core.client import ClientAlgorithm, JobResult
 from .fedper import HeadParams, head_roles
 from .registry import MethodInfo, Preset, register
 

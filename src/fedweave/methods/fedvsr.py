@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError
-from .base import ClientAlgorithm
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
 from .registry import MethodInfo, MethodParams, Preset, register
 from .stages import register_weighting
 

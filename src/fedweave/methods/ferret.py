@@ -59,10 +59,11 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from ..errors import ConfigError
-from ..messages import Update
-from ..rng import torch_generator
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, size_weights
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.messages import Update
+from ..core.rng import torch_generator
+from ..core.strategy import ServerState, Strategy, average_buffers, size_weights
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -187,12 +188,10 @@ def _build(config, params: FerretParams):
 _MODEL_POISONING = ("sign_flip", "gaussian", "scaling", "alie", "minmax", "minsum")
 
 
-def configure_ferret(exp) -> None:
-    """Extension: check Ferret's block size against the model, and refuse features that
+def setup_ferret(exp) -> None:
+    """Set-up: check Ferret's block size against the model, and refuse features that
     need the clients' deltas (Ferret uploads coefficients only)."""
     cfg = exp.config
-    if cfg.method.name != "ferret":
-        return
     p = _params(cfg)
     size = exp.spec.num_params
     if p.block_size > size:
@@ -224,5 +223,6 @@ METHOD = register(
         build=_build,
         params=FerretParams,
         stage_keys=("server_lr",),
+        setup=setup_ferret,
     )
 )

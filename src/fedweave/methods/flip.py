@@ -47,10 +47,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..rng import torch_generator
-from ..sim.engine import Observer
-from .base import ClientAlgorithm
+from ..core.client import ClientAlgorithm
+from ..core.observer import Observer
+from ..core.rng import torch_generator
 from .registry import MethodInfo, MethodParams, Preset, register
+from .threat_adapter import ThreatAdapter
 
 _EPS = 1e-7
 
@@ -244,13 +245,21 @@ class FlipObserver(Observer):
         return {"accuracy_with_rejection": correct / n, "rejection_rate": rejected / n}
 
 
-def configure_flip(exp) -> None:
-    """Extension: FLIP runs report accuracy under the rejection rule."""
-    if exp.config.method.name != "flip":
-        return
-    extras = {k: v for k, v in exp.config.method.extras().items() if k in FLIPParams.model_fields}
-    tau = FLIPParams.model_validate(extras).threshold
-    exp.observers.append(FlipObserver(exp.data.x_test, exp.data.y_test, tau, exp.config.eval.batch_size))
+def _threshold(config) -> float:
+    extras = {k: v for k, v in config.method.extras().items() if k in FLIPParams.model_fields}
+    return FLIPParams.model_validate(extras).threshold
+
+
+def setup_flip(exp) -> None:
+    """Set-up: FLIP runs report accuracy under the rejection rule."""
+    exp.observers.append(FlipObserver(exp.data.x_test, exp.data.y_test, _threshold(exp.config), exp.config.eval.batch_size))
+
+
+class FLIPThreats(ThreatAdapter):
+    """The attack figures count a rejected prediction as no attack success."""
+
+    def rejection_threshold(self, config) -> float | None:
+        return float(_threshold(config))
 
 
 def _client(config, params: FLIPParams) -> FLIPClient:
@@ -264,5 +273,7 @@ METHOD = register(
         citation="Zhang et al., ICLR 2023",
         preset=Preset(weighting="size", combiner="mean", server_opt="replace", client=_client),
         params=FLIPParams,
+        setup=setup_flip,
+        threats=FLIPThreats(),
     )
 )

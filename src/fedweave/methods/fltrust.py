@@ -28,10 +28,12 @@ import torch
 from pydantic import Field
 
 from ..aggregate import cosine_similarity_rows
-from ..errors import ConfigError
-from ..params import FlatModel
-from ..rng import torch_generator
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, stack_deltas
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.params import FlatModel
+from ..core.rng import torch_generator
+from ..core.strategy import ServerState, Strategy, average_buffers, stack_deltas
+from .needs import MethodNeeds
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -57,7 +59,7 @@ class FLTrustStrategy(Strategy):
     def __init__(self, server_lr: float = 1.0, root_steps: int | None = None):
         self.server_lr = server_lr
         self.root_steps = root_steps
-        self._trainer = None  # (FlatModel, task, settings_fn), attached by configure_fltrust
+        self._trainer = None  # (FlatModel, task, settings_fn), attached by setup_fltrust
 
     def attach(self, model_factory, roles, task, settings_fn) -> None:
         self._trainer = (model_factory, roles, task, settings_fn)
@@ -107,14 +109,10 @@ def _build(config, params: FLTrustParams):
     return FLTrustStrategy(server_lr, params.root_steps), ClientAlgorithm(config.client.objective, config.client.mu)
 
 
-def configure_fltrust(exp) -> None:
-    """Extension: give FLTrust's server the model and the training settings for its root set."""
-    if isinstance(exp.strategy, FLTrustStrategy):
-        exp.strategy.attach(exp.model_factory, exp.roles, exp.task, exp.train_settings)
-    elif exp.config.method.name == "fltrust":  # wrapped by another feature
-        inner = getattr(exp.strategy, "inner", None)
-        if isinstance(inner, FLTrustStrategy):
-            inner.attach(exp.model_factory, exp.roles, exp.task, exp.train_settings)
+def setup_fltrust(exp) -> None:
+    """Set-up: give FLTrust's server the model and the training settings for its root set
+    (the method's own set-up runs before privacy or attacks wrap the strategy)."""
+    exp.strategy.attach(exp.model_factory, exp.roles, exp.task, exp.train_settings)
 
 
 METHOD = register(
@@ -124,5 +122,8 @@ METHOD = register(
         citation="Cao et al., NDSS 2021",
         build=_build,
         params=FLTrustParams,
+        setup=setup_fltrust,
+        # the server trains on its root set with fedweave's trainer (Flower's adapter cannot)
+        needs=MethodNeeds(server_training=True),
     )
 )

@@ -28,13 +28,21 @@ that knows the initial scores rebuilds the global ones from the global ranking).
 
 **Differences from the official code.** The official forward pass masks by ``|score|``
 while ranking by the signed score; we use the signed score for both (top-k edges "with the
-highest scores", as the paper describes), so the vote order and the mask agree. Under
-attack, malicious clients submit the reverse of an aggregate ranking (see
-:mod:`fedweave.threats.attacks`, ``attack.kind: sign_flip``).
+highest scores", as the paper describes), so the vote order and the mask agree.
+
+**Threats** (:class:`FRLThreats`, the registration's threat adapter). FRL's uploads are
+rankings, so of the update attacks only ``attack.kind: sign_flip`` has a meaning: it is
+the paper's (and the official code's) attack, carried out on the cohort — the attackers
+sum the rank positions of a reference set R (the round's benign uploads with
+``attack.sees_benign``, else their own honest ones) and every attacker submits the reverse
+of that aggregate ranking. ``gaussian``, ``scaling`` and the delta-colluding attacks
+(``alie``, ``minmax``, ``minsum``) are refused, and so is the eavesdropper: it rebuilds
+models from deltas, which FRL never sends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -44,12 +52,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
-from ..messages import SCALAR_BYTES, Broadcast, Update, tensor_bytes
-from ..params import FlatModel
-from ..rng import derive_seed
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.messages import Broadcast, SCALAR_BYTES, Update, tensor_bytes
+from ..core.params import FlatModel
+from ..core.rng import derive_seed
+from ..core.strategy import ServerState, Strategy, average_buffers
 from .registry import MethodInfo, MethodParams, register
+from .threat_adapter import ThreatAdapter
 
 
 class FRLParams(MethodParams):
@@ -259,11 +269,9 @@ def _build(config, params: FRLParams):
     return FRLStrategy(), FRLClient(config.client.objective, config.client.mu)
 
 
-def configure_frl(exp) -> None:
-    """Extension: FRL trains a supermask version of the configured model."""
+def setup_frl(exp) -> None:
+    """Set-up: FRL trains a supermask version of the configured model."""
     cfg = exp.config
-    if cfg.method.name != "frl":
-        return
     keep = FRLParams.model_validate({k: v for k, v in cfg.method.extras().items() if k in FRLParams.model_fields}).sparsity
     factory = FRLModelFactory(exp.model_factory, keep, cfg.seed)
     module = factory()
@@ -279,6 +287,28 @@ def configure_frl(exp) -> None:
     exp.use_model(factory, flat)
 
 
+class FRLThreats(ThreatAdapter):
+    """What the threat models mean for rank uploads (see the module docstring)."""
+
+    cohort_attacks = {"sign_flip": "FRL's reversed ranking"}
+
+    def attack_refusal(self, kind: str) -> str | None:
+        if kind in ("gaussian", "scaling", "alie", "minmax", "minsum"):
+            return (f"FRL clients upload rankings, not updates: attack.kind={kind} is undefined there. "
+                    "Use sign_flip (FRL's reversed-ranking attack) or a data-poisoning attack.")
+        return None
+
+    def collude(self, kind: str, updates: list, reference: list[int], malicious: list[int]) -> list | None:
+        if not is_rank_update(updates[malicious[0]]):
+            return None
+        ranking = reversed_aggregate_ranking([updates[i] for i in reference])
+        return [dataclasses.replace(u, payload={**u.payload, "ranking": [r.clone() for r in ranking]}) if i in malicious
+                else u for i, u in enumerate(updates)]
+
+    def eavesdropper_refusal(self) -> str | None:
+        return "The eavesdropper rebuilds models from uplink updates; FRL uploads rankings instead."
+
+
 METHOD = register(
     MethodInfo(
         name="frl",
@@ -286,5 +316,7 @@ METHOD = register(
         citation="Mozaffari et al., USENIX Security 2023",
         build=_build,
         params=FRLParams,
+        setup=setup_frl,
+        threats=FRLThreats(),
     )
 )

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..errors import ConfigError
-from ..params import FlatModel
-from .base import ClientAlgorithm, JobResult
+from ..core.client import ClientAlgorithm, JobResult
+from ..core.errors import ConfigError
+from ..core.params import FlatModel
 from .fedper import HeadParams, head_roles
 from .registry import MethodInfo, Preset, register
 

@@ -1,4 +1,4 @@
-"""PGFed and PGFedMo — Luo & Wu, "PGFed: Personalize Each Client's Global Objective for
+"""PGFed — Luo & Wu, "PGFed: Personalize Each Client's Global Objective for
 Federated Learning", ICCV 2023 (official code: github.com/ljaiverson/pgfed).
 
 Each client i minimises a *personalized global objective*: its own risk plus a learned,
@@ -37,8 +37,8 @@ official code divides by the number selected, the same without drop-outs). a sta
 
 Personalized model: θ_i, the client's model after its last local training, kept in the
 client state (the official code evaluates each client's own model); a client that never
-trained is scored with the global model. ``pgfedmo`` is PGFed with ``beta`` 0.5; ``pgfed``
-is β = 0. Defaults μ = 0.1, λ = 0.01 (the README's CIFAR-10 command). The official code
+trained is scored with the global model. ``pgfed`` is β = 0; ``pgfedmo``
+(:mod:`fedweave.methods.pgfedmo`) is PGFed with ``beta`` 0.5. Defaults μ = 0.1, λ = 0.01 (the README's CIFAR-10 command). The official code
 uses SGD with momentum 0.9 for every method; fedweave uses the run's ``client`` settings
 for all methods alike. All extra vectors and scalars travel as payload and are counted in
 bytes (uplink +P floats and K+1 scalars, downlink +2P floats and 2K scalars). The gradient
@@ -52,9 +52,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..errors import ConfigError
-from ..messages import Broadcast
-from .base import ClientAlgorithm, JobResult, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from ..core.client import ClientAlgorithm, JobResult
+from ..core.errors import ConfigError
+from ..core.messages import Broadcast
+from ..core.strategy import ServerState, Strategy, average_buffers, size_weights, stack_deltas
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -62,10 +63,6 @@ class PGFedParams(MethodParams):
     mu: float = Field(0.1, ge=0, description="μ: weight of the other clients' risk estimates")
     lam: float = Field(0.01, ge=0, description="λ: step size of the a_ij updates")
     beta: float = Field(0.0, ge=0, lt=1, description="momentum on the correction c_i (PGFedMo: 0.5)")
-
-
-class PGFedMoParams(PGFedParams):
-    beta: float = Field(0.5, ge=0, lt=1, description="momentum on the correction c_i (PGFedMo: 0.5)")
 
 
 class PGFedStrategy(Strategy):
@@ -226,7 +223,8 @@ def full_gradient(model, task, x, y, idx, batch_size: int) -> tuple[torch.Tensor
     return grad, total / len(idx), len(idx)
 
 
-def _build(config, p):
+def build_pgfed(config, p):
+    """(strategy, client) of PGFed or PGFedMo, from their parameters ``p``."""
     if config.schedule.sampling == "poisson":
         raise ConfigError("PGFed initialises a_ij to 1/K with K = schedule.clients_per_round; use uniform or weighted sampling.")
     return (PGFedStrategy(p.mu, config.schedule.clients_per_round),
@@ -238,17 +236,7 @@ METHOD = register(
         name="pgfed",
         summary="personalized global objectives: gradient correction μΣ_j a_ij g_j, learned a_ij (method.mu, lam)",
         citation="Luo & Wu, ICCV 2023",
-        build=_build,
+        build=build_pgfed,
         params=PGFedParams,
-    )
-)
-
-METHOD_MO = register(
-    MethodInfo(
-        name="pgfedmo",
-        summary="PGFed with momentum β on the correction term (method.beta, default 0.5)",
-        citation="Luo & Wu, ICCV 2023",
-        build=_build,
-        params=PGFedMoParams,
     )
 )

@@ -58,10 +58,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
-from ..params import FlatModel
-from ..rng import derive_seed, torch_generator
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.params import FlatModel
+from ..core.rng import derive_seed, torch_generator
+from ..core.strategy import ServerState, Strategy, average_buffers, size_weights, stack_deltas
 from .registry import MethodInfo, MethodParams, register
 
 A_PATTERN = "*.lora_A.*"
@@ -199,11 +200,9 @@ def _build(config, params: PLoRAParams):
     return PLoRAStrategy(params.share), PLoRAClient(config.client.objective, config.client.mu, params.a_init, config.seed)
 
 
-def configure_plora(exp) -> None:
-    """Extension: pLoRA trains LoRA adapters on the configured (frozen) model."""
+def setup_plora(exp) -> None:
+    """Set-up: pLoRA trains LoRA adapters on the configured (frozen) model."""
     cfg = exp.config
-    if cfg.method.name != "plora":
-        return
     p = _params(cfg)
     probe = exp.model_factory()
     targets = select_targets(probe, p.target, f"model {cfg.model.name!r}")
@@ -224,5 +223,6 @@ METHOD = register(
         citation="FedVLM / pLoRA, 2025",
         build=_build,
         params=PLoRAParams,
+        setup=setup_plora,
     )
 )

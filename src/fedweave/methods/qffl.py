@@ -33,8 +33,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..errors import ConfigError
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, stack_deltas
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.strategy import ServerState, Strategy, average_buffers, stack_deltas
 from .registry import MethodInfo, MethodParams, register
 
 LOSS_KEY = "qffl_loss"

@@ -4,6 +4,13 @@ A method is either a *preset* of stages (FedAvg, FedProx, FedAvgM, FedAdam...) w
 stages each stay overridable from the config, or a full strategy whose maths does not
 decompose (SCAFFOLD, FedNova). Each method may declare its own parameters (a pydantic
 model); ``method.*`` keys are validated against it, so a misspelt parameter is an error.
+
+A registration carries everything the rest of fedweave must know about the method: its
+set-up hook (``setup(exp)``: a model swap, pretraining, checks against the built
+experiment), what it needs from whoever runs it (``needs``, see
+:mod:`fedweave.methods.needs`) and what the generic threats mean for it (``threats``, see
+:mod:`fedweave.methods.threat_adapter`). Code outside ``methods/`` reads these and never
+names a method.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..aggregate import make_server_optimizer
-from ..errors import ConfigError, unknown_name
-from ..registration import claim
-from .base import ClientAlgorithm, Strategy
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError, unknown_name
+from ..core.registration import claim
+from ..core.strategy import Strategy
+from .needs import NOTHING, MethodNeeds
 from .stages import StagedStrategy, WithStageClients, get_combiner, get_weighting, make_stage, stage_params
+from .threat_adapter import DELTA_UPLOADS, ThreatAdapter
 
 
 class MethodParams(BaseModel):
@@ -51,6 +61,18 @@ class MethodInfo:
     # model's segments (FedPer's personal head, FedBN's normalisation layers); may raise
     # ConfigError when the model does not suit the method. See `method_roles`.
     roles: Optional[Callable[[Any, Any, Any], dict[str, str]]] = None
+    # (experiment) -> None: the method's set-up once the experiment is built, before
+    # privacy and threats wrap it (FRL's supermask model, pLoRA's adapters, FLTrust's
+    # server trainer); may swap the model (Experiment.use_model), add observers, or raise
+    # ConfigError. See `setup_method`.
+    setup: Optional[Callable[[Any], None]] = None
+    # what the method needs beyond plain client SGD that its code does not show and that a
+    # runner must know before building it (FedLAW's server data, FLTrust's server
+    # training); joined with what its built strategy and client show or declare (see
+    # fedweave.methods.needs.method_needs)
+    needs: MethodNeeds = NOTHING
+    # what attacks and eavesdroppers mean for this method's messages
+    threats: ThreatAdapter = DELTA_UPLOADS
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -66,8 +88,8 @@ def register(info: MethodInfo, *, replace: bool = False) -> MethodInfo:
 
 
 def registered() -> dict[str, MethodInfo]:
-    from . import _load_all  # noqa: F401  (imports every method module once)
-
+    """Every registered method (the package :mod:`fedweave.methods` imports each method
+    module, which registers itself, before anything can ask)."""
     return dict(_REGISTRY)
 
 
@@ -131,6 +153,13 @@ def method_roles(config, module) -> dict[str, str]:
     for pattern, role in info.roles(config, params, module).items():
         roles.setdefault(pattern, role)
     return roles
+
+
+def setup_method(exp) -> None:
+    """Run the set-up hook of the experiment's method (``MethodInfo.setup``), if it has one."""
+    info = get_method(exp.config.method.name)
+    if info.setup is not None:
+        info.setup(exp)
 
 
 def _stages(info: MethodInfo, m) -> list[tuple[str, str]]:

@@ -1,24 +1,14 @@
-"""Byzantine-robust aggregation: median, trimmed mean, Krum, Multi-Krum, Bulyan, norm
-clipping — each both a combiner stage (``method.combiner: krum``, composing with any
-weighting and server optimizer) and a method of its own (``method.name: krum``: size
-weighting, this combiner, server optimizer ``replace``).
+"""Byzantine-robust combiners, shared by the methods named after them.
 
-The maths is in :mod:`fedweave.aggregate` (pure functions, tested against hand-computed
-values); this module binds the defender's assumptions and checks them at config time:
-
-* ``median`` — coordinate-wise median (Yin et al., ICML 2018); tolerates f < K/2.
-* ``trimmed_mean`` — drop the b largest and b smallest values of each coordinate and
-  average the rest (Yin et al. 2018). ``method.trim_beta`` β gives b = ⌊βK⌋; without it,
-  b = f when ``method.num_malicious`` f > 0, else β = 0.2. Needs b ≥ f and K > 2b.
-* ``krum`` — the update with the smallest sum of squared distances to its K − f − 2
-  nearest neighbours (Blanchard et al., NeurIPS 2017); needs K > 2f + 2.
-* ``multikrum`` — the mean of the m best-scored updates (``method.num_selected``,
-  default K − f); needs K > 2f + 2.
-* ``bulyan`` — Krum selection of θ = K − 2f updates, then the coordinate-wise mean of the
-  β = θ − 2f values closest to the median (El Mhamdi et al., ICML 2018); needs K ≥ 4f + 3.
-* ``normclip`` — clip every update to norm M (``method.clip_norm``; default: the median
-  norm of the round's updates) and take the weighted mean (Sun et al. 2019, "Can You
-  Really Backdoor Federated Learning?").
+Each rule is a module of its own — :mod:`~fedweave.methods.median`,
+:mod:`~fedweave.methods.trimmed_mean`, :mod:`~fedweave.methods.krum`,
+:mod:`~fedweave.methods.multikrum`, :mod:`~fedweave.methods.bulyan`,
+:mod:`~fedweave.methods.normclip` — which registers it both as a combiner stage
+(``method.combiner: krum``, composing with any weighting and server optimizer) and as a
+method (``method.name: krum``: size weighting, this combiner, server optimizer
+``replace``). The maths is in :mod:`fedweave.aggregate` (pure functions, tested against
+hand-computed values); this module binds the defender's assumptions and checks them at
+config time:
 
 ``method.num_malicious`` is f, what the defense *assumes* (default 0); it never reads
 ``attack.*``. **Weights**: median, trimmed mean, Krum, Multi-Krum and Bulyan ignore the
@@ -38,9 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..aggregate import bulyan, clip_by_norm, krum, median, trimmed_mean, weighted_mean
-from ..errors import ConfigError
-from .registry import MethodInfo, Preset, register
-from .stages import register_combiner
+from ..core.errors import ConfigError
 
 
 class _Params(BaseModel):
@@ -143,7 +131,10 @@ class RobustCombiner:
         raise ValueError(f"unknown robust combiner {kind!r}")
 
 
-def _factory(kind: str):
+def robust_combiner(kind: str):
+    """The combiner-stage factory ``(config, params) -> RobustCombiner`` for ``kind``;
+    refuses at config time a cohort too small for the assumed f."""
+
     def build(config, params) -> RobustCombiner:
         f = getattr(params, "num_malicious", 0)
         beta = getattr(params, "trim_beta", None)
@@ -161,25 +152,3 @@ def _factory(kind: str):
         return RobustCombiner(kind, f, beta, getattr(params, "num_selected", None), getattr(params, "clip_norm", None))
 
     return build
-
-
-_SPECS = {
-    "median": (FParams, "coordinate-wise median (Yin et al. 2018); ignores weights", "Yin et al., ICML 2018"),
-    "trimmed_mean": (TrimParams, "coordinate-wise trimmed mean (Yin et al. 2018); ignores weights", "Yin et al., ICML 2018"),
-    "krum": (FParams, "Krum: the most central update (Blanchard et al. 2017); ignores weights", "Blanchard et al., NeurIPS 2017"),
-    "multikrum": (MultiKrumParams, "Multi-Krum: mean of the m most central updates; ignores weights", "Blanchard et al., NeurIPS 2017"),
-    "bulyan": (FParams, "Bulyan: Krum selection + trimmed median (El Mhamdi et al. 2018); ignores weights", "El Mhamdi et al., ICML 2018"),
-    "normclip": (NormClipParams, "weighted mean of updates clipped to norm M (Sun et al. 2019)", "Sun et al., arXiv:1911.07963, 2019"),
-}
-
-METHODS = {}
-for _name, (_params, _summary, _citation) in _SPECS.items():
-    register_combiner(_name, _factory(_name), _summary, params=_params)
-    METHODS[_name] = register(
-        MethodInfo(
-            name=_name,
-            summary=_summary,
-            citation=_citation,
-            preset=Preset(weighting="size", combiner=_name, server_opt="replace"),
-        )
-    )

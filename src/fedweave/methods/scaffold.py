@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, stack_deltas
+from ..core.client import ClientAlgorithm
+from ..core.errors import ConfigError
+from ..core.strategy import ServerState, Strategy, average_buffers, stack_deltas
 from .registry import MethodInfo, register
 
 

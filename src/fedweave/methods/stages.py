@@ -26,10 +26,10 @@ from typing import Any, Callable
 import torch
 
 from ..aggregate import weighted_mean
-from ..errors import ConfigError, unknown_name
-from ..registration import claim
-from ..messages import Update
-from .base import ServerContext, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from ..core.errors import ConfigError, unknown_name
+from ..core.messages import Update
+from ..core.registration import claim
+from ..core.strategy import ServerContext, ServerState, Strategy, average_buffers, size_weights, stack_deltas
 
 Weighting = Callable[[list[Update], ServerState, ServerContext], torch.Tensor]
 # (deltas [K, P], weights [K], server state, context) -> combined delta [P]
@@ -91,7 +91,6 @@ def register_combiner(name: str, fn: Combiner, description: str, params=None, *,
 
 def stage_params(kind: str, name: str):
     """The parameter model of stage ``name`` of ``kind`` (weighting / combiner), or None."""
-    _registered()
     return STAGE_PARAMS.get((kind, name))
 
 
@@ -151,21 +150,13 @@ class WithStageClients:
         return out
 
 
-def _registered() -> None:
-    from .registry import registered
-
-    registered()  # method modules register their stages on import
-
-
 def get_weighting(name: str) -> Weighting:
-    _registered()
     if name not in WEIGHTINGS:
         raise unknown_name("weighting", name, WEIGHTINGS)
     return WEIGHTINGS[name][0]
 
 
 def get_combiner(name: str) -> Combiner:
-    _registered()
     if name not in COMBINERS:
         raise unknown_name("combiner", name, COMBINERS)
     return COMBINERS[name][0]

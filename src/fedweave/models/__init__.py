@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import nn
 
-from fedweave.errors import ConfigError, FedweaveError, ModelError, unknown_name
-from fedweave.registration import claim
+from fedweave.core.errors import ConfigError, FedweaveError, ModelError, unknown_name
+from fedweave.core.registration import claim
 from fedweave.models.zoo import (
     build_cnn,
     build_lenet5,
@@ -51,14 +51,30 @@ MODELS: dict[str, str] = {
 #: :data:`MODELS` because they are not classifiers (fedweave.restoration's ``srnet`` maps
 #: images to images): name -> (factory(input_shape, num_classes, width=..., **kwargs), description).
 EXTRA_MODELS: dict[str, tuple[Any, str]] = {}
+#: Set-up hooks of registered models, ``(experiment) -> None``, run by
+#: ``fedweave.experiment.build_experiment`` before the method's own set-up whatever the
+#: method (``ssf_pool`` pretrains its frozen backbone on the server's split).
+MODEL_SETUPS: dict[str, Any] = {}
 
 
-def register_model(name: str, factory: Any, description: str, *, replace: bool = False) -> None:
-    """Make ``factory`` buildable as ``model.name: <name>`` (``replace=True`` re-registers it)."""
+def register_model(name: str, factory: Any, description: str, setup: Any = None, replace: bool = False) -> None:
+    """Make ``factory`` buildable as ``model.name: <name>``; ``setup(experiment)``, if
+    given, runs once the experiment that uses the model is built (pretraining...).
+    Registering a name twice is an error unless ``replace`` is true (a built-in model
+    cannot be replaced)."""
     if name in MODELS:
-        raise ValueError(f"model {name!r} is built in and cannot be replaced; choose another name.")
+        raise ValueError(f"model {name!r} registered twice: it is built in and cannot be replaced; choose another name.")
     claim("model", name, EXTRA_MODELS, replace)
     EXTRA_MODELS[name] = (factory, description)
+    if setup is not None:
+        MODEL_SETUPS[name] = setup
+
+
+def setup_model(exp) -> None:
+    """Run the set-up hook of the experiment's model (see :func:`register_model`), if any."""
+    setup = MODEL_SETUPS.get(exp.config.model.name)
+    if setup is not None:
+        setup(exp)
 
 
 #: Models that need ``(channels, height, width)`` input.

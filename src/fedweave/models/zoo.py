@@ -39,7 +39,7 @@ from math import prod
 import torch
 from torch import nn
 
-from fedweave.errors import ModelError
+from fedweave.core.errors import ModelError
 
 
 def build_logistic(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

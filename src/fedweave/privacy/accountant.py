@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 
 def _accountant():

@@ -33,10 +33,10 @@ from __future__ import annotations
 import torch
 
 from ..aggregate import clip_by_norm
-from ..errors import ConfigError
-from ..methods.base import Strategy, stack_deltas
-from ..rng import torch_generator
-from ..sim.engine import Observer
+from ..core.errors import ConfigError
+from ..core.observer import Observer
+from ..core.rng import torch_generator
+from ..core.strategy import Strategy, stack_deltas
 from .accountant import check_accountant, dp_epsilon
 
 

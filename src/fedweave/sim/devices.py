@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from ..rng import numpy_rng
+from ..core.errors import DataError
+from ..core.rng import numpy_rng
 
 MBPS = 1e6 / 8  # bytes per second in one megabit per second
 INF = float("inf")

@@ -1,69 +1,27 @@
-"""Executors decide *where* client jobs run; the engine decides *when* they happen.
+"""Every executor kind, and the one place that picks and builds one: :func:`make_executor`.
 
-The engine submits a job as soon as everything it needs is known (at dispatch, or after
-its intermediate fetch) and collects the result when the job's virtual compute ends.
-An executor may run submitted jobs at once, lazily, or in batches; every executor gives
-the same numbers, because a job's randomness is keyed by ``(seed, client id, job
-counter)``, never by the worker that runs it or when.
+==============  ===========================================================================
+``serial``      in-process, one reused model: the reference (:mod:`.executor_base`)
+``vectorized``  a cohort of same-shape clients trained at once (:mod:`.vectorized`)
+``auto``        vectorized where that applies and pays, serial otherwise (it says why)
+``ray``         long-lived Ray actors on this machine or a cluster (:mod:`.ray_executor`)
+==============  ===========================================================================
+
+Whatever the kind, the numbers are those of ``serial`` (within float tolerance for
+``vectorized``; bit for bit for ``ray`` at the same ``executor.threads``). A new kind is
+an :class:`~fedweave.sim.executor_base.Executor` subclass in its own module, a line in
+:data:`EXECUTORS` and a branch here (and its name in ``ExecutorConfig.kind``).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any
-
-from ..errors import unknown_name
-from ..methods.base import ClientJob, JobResult
-from .worker import Worker, WorkerSetup
-
-
-class Executor(ABC):
-    @abstractmethod
-    def start(self, setup: WorkerSetup) -> None: ...
-
-    @abstractmethod
-    def submit(self, job: ClientJob) -> Any:
-        """Hand over a job whose inputs are final; returns a handle for :meth:`collect`."""
-
-    @abstractmethod
-    def collect(self, handle: Any) -> JobResult:
-        """The result of a submitted job (blocking until it is done)."""
-
-    def cancel(self, handle: Any) -> None:
-        """The engine no longer needs this job (an over-selected straggler)."""
-
-    def run(self, jobs: list[ClientJob]) -> list[JobResult]:
-        handles = [self.submit(job) for job in jobs]
-        return [self.collect(h) for h in handles]
-
-    def close(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        """What ran the jobs, for the run's summary (``executor.kind: auto`` says which)."""
-        return type(self).__name__.removesuffix("Executor").lower()
-
-
-class SerialExecutor(Executor):
-    """In-process, one reused model; runs a job when its result is collected."""
-
-    fallback_reason: str | None = None  # set when executor.kind=auto chose serial
-
-    def __init__(self):
-        self.worker: Worker | None = None
-
-    def describe(self) -> str:
-        return f"serial (auto: {self.fallback_reason})" if self.fallback_reason else "serial"
-
-    def start(self, setup: WorkerSetup) -> None:
-        self.worker = Worker(setup)
-
-    def submit(self, job: ClientJob) -> ClientJob:
-        return job
-
-    def collect(self, handle: ClientJob) -> JobResult:
-        return self.worker.run(handle)
-
+from ..config import ExecutorConfig
+from ..core.errors import ConfigError, unknown_name
+from ..core.params import FlatModel
+from .executor_base import Executor, SerialExecutor
+from .ray_executor import RayExecutor, check_address, import_ray
+from .vectorized import make_vectorized, unsupported_reason
+from .worker import WorkerSetup
 
 EXECUTORS = {
     "serial": "in-process, one reused model (the reference)",
@@ -73,12 +31,52 @@ EXECUTORS = {
 }
 
 
-def make_executor(kind: str, executor_cfg=None) -> Executor:
-    if kind == "serial":
-        return SerialExecutor()
-    if kind == "ray":
-        from .ray_executor import RayExecutor
+def check_executor(executor_cfg: ExecutorConfig) -> None:
+    """What can be refused from ``executor.*`` alone, before any data is loaded: Ray not
+    installed, an unreachable ``executor.address``."""
+    if executor_cfg.kind == "ray":
+        import_ray()
+        check_address(executor_cfg.address)
 
-        cfg = executor_cfg
-        return RayExecutor(cfg.address if cfg else None, cfg.num_workers if cfg else None, cfg.threads if cfg else 1)
-    raise unknown_name("executor", kind, EXECUTORS)
+
+def check_executor_fits(executor_cfg: ExecutorConfig, setup: WorkerSetup, model: FlatModel, optimizer: str) -> None:
+    """Refuse ``executor.kind: vectorized`` for an experiment it cannot run (``auto``
+    falls back to serial instead), before the run directory exists."""
+    if executor_cfg.kind != "vectorized":
+        return
+    reason = unsupported_reason(setup, model, optimizer)
+    if reason:
+        raise ConfigError(f"executor.kind=vectorized cannot run this experiment: {reason}. "
+                          "Use executor.kind=serial, or auto to vectorize where possible.")
+
+
+def make_executor(executor: ExecutorConfig | str, setup: WorkerSetup | None = None, optimizer: str = "sgd") -> Executor:
+    """The executor of ``executor.kind`` (an ``executor`` config section, or a kind name
+    for its defaults), started with ``setup`` when one is given.
+
+    ``vectorized`` and ``auto`` look at the model before they decide what they can run,
+    so they need ``setup`` and ``optimizer`` (``client.optimizer``) and come back started;
+    ``auto`` may come back as a :class:`SerialExecutor` whose ``fallback_reason`` says why.
+    """
+    if isinstance(executor, str):
+        if executor not in EXECUTORS:
+            raise unknown_name("executor", executor, EXECUTORS)
+        executor = ExecutorConfig(kind=executor)
+    kind = executor.kind
+    if kind in ("vectorized", "auto"):
+        if setup is None:
+            raise ValueError(f"executor.kind={kind} decides from the model what it can run: pass the worker setup")
+        return make_vectorized(setup, optimizer, executor.max_cohort, auto=kind == "auto",
+                               kernel=executor.vectorized_kernel)
+    if kind == "serial":
+        ex: Executor = SerialExecutor()
+    elif kind == "ray":
+        ex = RayExecutor(executor.address, executor.num_workers, executor.threads)
+    else:
+        raise unknown_name("executor", kind, EXECUTORS)
+    if setup is not None:
+        ex.start(setup)
+    return ex
+
+
+__all__ = ["EXECUTORS", "Executor", "SerialExecutor", "check_executor", "check_executor_fits", "make_executor"]

@@ -17,13 +17,13 @@ import socket
 from dataclasses import replace
 from typing import Any
 
-from ..errors import ConfigError
-from ..methods.base import ClientJob, JobResult
-from .executors import Executor
+from ..core.client import ClientJob, JobResult
+from ..core.errors import ConfigError
+from .executor_base import Executor
 from .worker import Worker, WorkerSetup
 
 
-def _import_ray():
+def import_ray():
     try:
         import ray
     except ImportError:
@@ -78,7 +78,7 @@ class _RayWorkerImpl:
 
 class RayExecutor(Executor):
     def __init__(self, address: str | None = None, num_workers: int | None = None, threads: int = 1):
-        self.ray = _import_ray()
+        self.ray = import_ray()
         self.address = address
         self.num_workers = num_workers
         self.threads = threads

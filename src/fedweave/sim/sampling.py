@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..rng import numpy_rng
+from ..core.rng import numpy_rng
 
 
 def select_clients(

@@ -48,14 +48,15 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..errors import ConfigError
-from ..messages import Update
-from ..methods.base import ClientAlgorithm, ClientJob, JobResult
-from ..params import FlatModel
-from ..rng import torch_generator
+from ..core.client import ClientJob, JobResult
+from ..core.errors import ConfigError
+from ..core.messages import Update
+from ..core.params import FlatModel
+from ..core.rng import torch_generator
+from ..methods.needs import client_needs
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders
-from .executors import Executor, SerialExecutor
+from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup
 
 KERNELS = ("auto", "func")
@@ -63,18 +64,14 @@ COHORT_BYTES = 1 << 30  # a cohort's stacked tensors stay under this (see Vector
 GATHER_BYTES = 4 * 2**20  # a cohort's minibatches are gathered from the dataset this much at a time
 
 
-# the client hooks a method may not override for its clients to be vectorized (it may set
-# ``upload_full_model``, as FedAsync's client does: that only changes what is sent)
-_STANDARD_CLIENT = ("train", "grad_hooks", "loss_fn", "upload_payload", "build_update", "next_state",
-                    "fetch_fraction", "personalize")
-
-
 def unsupported_reason(setup: WorkerSetup, model: FlatModel, settings_optimizer: str) -> str | None:
-    """Why this run cannot be vectorized, or None if it can."""
-    algorithm = type(setup.algorithm)
-    if setup.algorithm.stateful or any(getattr(algorithm, name) is not getattr(ClientAlgorithm, name)
-                                       for name in _STANDARD_CLIENT):
-        return f"the method's client algorithm ({algorithm.__name__}) customises training"
+    """Why this run cannot be vectorized, or None if it can.
+
+    Clients must need nothing beyond plain local SGD and the standard upload (see
+    :func:`fedweave.methods.needs.client_needs`); ``upload_full_model`` is fine, as in
+    FedAsync's client: it only changes what is sent."""
+    if client_needs(setup.algorithm).client_side:
+        return f"the method's client algorithm ({type(setup.algorithm).__name__}) customises training"
     spec = model.spec
     if spec.num_buffers or spec.num_personal_buffers or any(s.role == "int_buffer" for s in spec.segments):
         return "the model has buffers (e.g. BatchNorm statistics); use GroupNorm or the serial executor"

@@ -9,13 +9,14 @@ do not depend on which worker ran the job, or when — and returns the Update.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from ..methods.base import ClientAlgorithm, ClientJob, JobResult
-from ..params import FlatModel
-from ..rng import derive_seed, torch_generator
+from ..core.client import ClientAlgorithm, ClientJob, JobResult
+from ..core.params import FlatModel
+from ..core.rng import derive_seed, torch_generator
+from ..data.federated import FederatedDataset
 from ..tasks import make_task
 
 
@@ -26,7 +27,7 @@ class WorkerSetup:
     model_factory: Callable[[], torch.nn.Module]
     roles: dict[str, str]
     task_kind: str
-    data: Any  # fedweave.data.federated.FederatedDataset
+    data: FederatedDataset
     algorithm: ClientAlgorithm
     seed: int
     threads: int = 1

@@ -44,9 +44,11 @@ every attacker of the round sends the same Δ':
   satisfies both (the mean is no farther than the farthest pair; it minimises the sum of
   squares), so the search is well defined.
 
-FRL uploads rankings, not deltas: there ``sign_flip`` is FRL's own attack (the paper's
-and the official code's), handled in the cohort hook — the attackers sum the rank
-positions of R and every attacker submits the reverse of that aggregate ranking.
+A method whose uploads are not deltas says through its registration's threat adapter
+(``MethodInfo.threats``, :class:`fedweave.methods.threat_adapter.ThreatAdapter`) which
+attacks are undefined for it and which client attack it carries out on the whole cohort
+instead (a rank-upload method's reversed aggregate ranking); such an attack then runs in
+the cohort hook, where ``attack.sees_benign`` applies to it too.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..rng import numpy_rng, torch_generator
+from ..core.errors import ConfigError
+from ..core.rng import numpy_rng, torch_generator
+from ..methods import get_method
+from ..methods.threat_adapter import DELTA_UPLOADS, ThreatAdapter
 from .triggers import Trigger, make_trigger
 
 DATA_POISONING = ("label_flip", "backdoor")
@@ -300,10 +304,11 @@ class AttackedClient:
 
 class CollusionHook:
     """Cohort hook: the round's attackers replace their updates (ALIE, min-max, min-sum;
-    FRL's reversed ranking)."""
+    or the method's own cohort form of an attack, from its threat ``adapter``)."""
 
-    def __init__(self, plan: AttackPlan):
+    def __init__(self, plan: AttackPlan, adapter: ThreatAdapter = DELTA_UPLOADS):
         self.plan = plan
+        self.adapter = adapter
         self.last_gamma: float | None = None
 
     def __call__(self, updates: list, state, round_: int, ctx) -> list:
@@ -315,12 +320,9 @@ class CollusionHook:
             return updates
         benign = [i for i, u in enumerate(updates) if not plan.is_malicious(u.client_id)]
         ref = benign if plan.sees_benign and benign else mal
-        from ..methods.frl import is_rank_update, reversed_aggregate_ranking
-
-        if is_rank_update(updates[mal[0]]):
-            ranking = reversed_aggregate_ranking([updates[i] for i in ref])
-            return [dataclasses.replace(u, payload={**u.payload, "ranking": [r.clone() for r in ranking]}) if i in mal else u
-                    for i, u in enumerate(updates)]
+        replaced = self.adapter.collude(plan.kind, updates, ref, mal)
+        if replaced is not None:
+            return replaced
         reference = torch.stack([updates[i].delta for i in ref])
         if plan.kind == "alie":
             new = alie(reference, len(updates), len(mal), plan.z)
@@ -354,17 +356,17 @@ def make_plan(config, data, method_name: str) -> AttackPlan:
             raise ConfigError(f"attack.source={a.source} is not a class of {data.name!r} (labels 0..{C - 1}).")
         if a.source == a.target:
             raise ConfigError("attack.source and attack.target are the same label; nothing would be flipped.")
-    if a.sees_benign and kind not in COLLUDING and not (method_name == "frl" and kind == "sign_flip"):
-        raise ConfigError("attack.sees_benign applies to alie, minmax and minsum (and FRL's sign_flip, its reversed ranking).")
+    threats = get_method(method_name).threats
+    if a.sees_benign and kind not in COLLUDING and kind not in threats.cohort_attacks:
+        own = "".join(f" (and {k}: {what})" for k, what in sorted(threats.cohort_attacks.items()))
+        raise ConfigError(f"attack.sees_benign applies to alie, minmax and minsum{own}.")
     if a.scale is not None and kind in ("label_flip", "alie"):
         raise ConfigError(f"attack.scale has no meaning for {kind}; remove it.")
     if a.z is not None and kind != "alie":
         raise ConfigError("attack.z applies to alie only.")
-    if method_name == "frl" and kind in ("gaussian", "scaling") + COLLUDING:
-        raise ConfigError(
-            f"FRL clients upload rankings, not updates: attack.kind={kind} is undefined there. "
-            "Use sign_flip (FRL's reversed-ranking attack) or a data-poisoning attack."
-        )
+    refusal = threats.attack_refusal(kind)
+    if refusal is not None:
+        raise ConfigError(refusal)
     trigger = None
     if kind == "backdoor":
         t = a.trigger
@@ -387,10 +389,11 @@ def configure_attack(exp) -> None:
             raise ConfigError("attack.fraction is set but attack.kind is not; name the attack (e.g. attack.kind=backdoor).")
         return
     plan = make_plan(cfg, exp.data, cfg.method.name)
+    threats = get_method(cfg.method.name).threats
     if plan.kind in DATA_POISONING + CLIENT_POISONING:
         exp.algorithm = AttackedClient(exp.algorithm, plan)
-    if plan.kind in COLLUDING or (cfg.method.name == "frl" and plan.kind == "sign_flip"):
-        exp.cohort_hooks.append(CollusionHook(plan))
+    if plan.kind in COLLUDING or plan.kind in threats.cohort_attacks:
+        exp.cohort_hooks.append(CollusionHook(plan, threats))
     from .metrics import AttackObserver
 
     exp.observers.append(AttackObserver(plan, exp))

@@ -29,10 +29,11 @@ import dataclasses
 
 import torch
 
-from ..errors import ConfigError
-from ..params import FlatModel
-from ..rng import derive_seed, numpy_rng
-from ..sim.engine import Observer
+from ..core.errors import ConfigError
+from ..core.observer import Observer
+from ..core.params import FlatModel
+from ..core.rng import derive_seed, numpy_rng
+from ..methods import get_method
 
 _KEEP_VERSIONS = 64
 
@@ -126,8 +127,9 @@ def configure_eavesdropper(exp) -> None:
     e = exp.config.eavesdropper
     if e.probability <= 0:
         return
-    if exp.config.method.name == "frl":
-        raise ConfigError("The eavesdropper rebuilds models from uplink updates; FRL uploads rankings instead.")
+    refusal = get_method(exp.config.method.name).threats.eavesdropper_refusal()
+    if refusal is not None:
+        raise ConfigError(refusal)
     exp.observers.append(Eavesdropper(
         e.probability, e.sees, exp.config.seed, exp.model_factory, exp.roles, exp.task,
         exp.data.x_test, exp.data.y_test, exp.initial_params, exp.initial_buffers, exp.config.eval.batch_size,

@@ -7,7 +7,7 @@
   prediction counts as a failed attack (``attack_success_rate_no_rejection`` is the same
   figure without the rejection rule).
 * ``robust_accuracy`` (``eval.robust_accuracy``) — accuracy under L∞ PGD-k on the first
-  ``eval.robust_max_examples`` test examples (:mod:`fedweave.threats.pgd`).
+  ``eval.robust_max_examples`` test examples (:mod:`fedweave.models.adversarial`).
 
 The summary gets the last value of each as ``final_attack_success_rate`` /
 ``final_robust_accuracy``.
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from ..sim.engine import Observer
-from .pgd import robust_accuracy
+from ..core.observer import Observer
+from ..methods import get_method
+from ..models.adversarial import robust_accuracy
 
 
 def rejection_threshold(config) -> float | None:
-    """The confidence threshold below which the method rejects a prediction (FLIP), or None."""
-    if config.method.name != "flip":
-        return None
-    return float(config.method.extras().get("threshold", 0.4))
+    """The confidence threshold below which the method rejects a prediction (FLIP's
+    rejection rule, from its threat adapter), or None."""
+    return get_method(config.method.name).threats.rejection_threshold(config)
 
 
 @torch.no_grad()
@@ -111,7 +111,7 @@ def configure_robust_accuracy(exp) -> None:
     """Extension: ``eval.robust_accuracy`` adds PGD robust accuracy to the records."""
     if exp.config.eval.robust_accuracy:
         if exp.task.name != "classification":
-            from ..errors import ConfigError
+            from ..core.errors import ConfigError
 
             raise ConfigError("eval.robust_accuracy needs a classification task.")
         exp.observers.append(RobustAccuracyObserver(exp))
