@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
 # torch is installed first and pinned, so that nothing pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
@@ -13,16 +14,22 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
+# the quickstart's needs only: torch, then fedweave without extras
+$(BASE_STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e . "$(TORCH_SPEC)"
+	touch $(BASE_STAMP)
+
+# everything the test suite exercises (the dev extras: Ray, Flower, MLflow, ...)
+$(STAMP): $(BASE_STAMP)
 	$(PIP) install --quiet -e ".[dev]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	rm -rf runs/quickstart
-	$(VENV)/bin/fedweave run --out runs/quickstart
+demo: $(BASE_STAMP)
+	$(VENV)/bin/fedweave run --out runs/quickstart --overwrite
+	@echo "fedweave is installed in .venv: run 'source .venv/bin/activate' to put it on your PATH."
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -33,7 +33,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("fedweave.core", "fedweave.train", "fedweave.errors", "fedweave.rng", "fedweave.params",
               "fedweave.messages")),
     # what a run reads and writes: the engine commits records and checkpoints through rundir
-    ("config", ("fedweave.config", "fedweave.rundir")),
+    # what a run reads and writes; importing the modules a config names (plugins)
+    ("config", ("fedweave.config", "fedweave.rundir", "fedweave.plugins")),
     # pure maths: aggregation rules and server optimizers; fairness figures and summaries; wireless connectivity
     ("maths", ("fedweave.aggregate", "fedweave.metrics", "fedweave.wireless")),
     # data sources (register_source), partitions, splits; the model zoo (register_model)

@@ -67,28 +67,50 @@ def test_table_statistics_and_bold_marks(tmp_path):
     header = row(md, "method.name")
     assert header == ["method.name", "runs", "final accuracy", "best accuracy", "time to accuracy ≥ 0.5 (s)",
                       "MB up+down"]
-    # sample standard deviations (ddof=1): sd(0.7, 0.8, 0.9) = 0.1; sd(0.6, 0.6, 0.9) = 0.1732; sd(2, 4, 6) = 2
-    assert row(md, "fedavg") == ["fedavg", "3/3", "**0.8000 ± 0.1000**", "0.8500 ± 0.1000", "15.0 ± 7.1 (2/3)",
+    # sample standard deviations (ddof=1): sd(0.7, 0.8, 0.9) = 0.1; sd(0.6, 0.6, 0.9) = 0.1732; sd(2, 4, 6) = 2.
+    # final: fedavg leads fedprox by paired differences (0.1, 0.2, 0.0): t = 0.1 / (0.1/√3) = 1.73 with 2 degrees
+    # of freedom, one-sided p = 0.11 > 0.05 — within the noise, so no bold.
+    assert row(md, "fedavg") == ["fedavg", "3/3", "0.8000 ± 0.1000", "0.8500 ± 0.1000", "15.0 ± 7.1 (2/3)",
                                  "4.00 ± 2.00"]
-    # best: 0.9 beats 0.85; time: reached 3/3 beats 2/3 even with a larger mean; bytes: 1 MB is the least
-    assert row(md, "fedprox") == ["fedprox", "3/3", "0.7000 ± 0.1732", "**0.9000 ± 0.0000**", "**30.0 ± 0.0 (3/3)**",
+    # best: fedprox over fedavg by (0.15, 0.05, −0.05): t = 0.87, p = 0.24, no bold; time: only fedprox reached the
+    # target in 3/3 runs (bold by count); bytes: 1 MB in every seed vs fedadam's 2 MB in both its seeds — paired
+    # differences (1, 1) with no spread, so the lead is beyond the noise
+    assert row(md, "fedprox") == ["fedprox", "3/3", "0.7000 ± 0.1732", "0.9000 ± 0.0000", "**30.0 ± 0.0 (3/3)**",
                                   "**1.00 ± 0.00**"]
     # the diverged seed is counted but left out of the statistics
     assert row(md, "fedadam") == ["fedadam", "2/3 (1 diverged)", "0.5000 ± 0.0000", "0.6000 ± 0.0000",
                                   "— (0/2)", "2.00 ± 0.00"]
-    assert "ddof=1" in md
+    assert "ddof=1" in md and "paired t-test" in md
 
 
 def test_lower_is_better_metric_bolds_the_smallest(tmp_path):
+    # two seeds each; b is lower by (10, 10): paired differences with no spread, a lead beyond the noise
     for i, (method, value) in enumerate([("a", 40.0), ("b", 30.0)]):
-        fake_run(tmp_path / method, method=method, seed=0, final=value, best=value - 1, metric="perplexity",
-                 higher=False, target=None, up=1e6 * (i + 1))
+        for seed in (0, 1):
+            fake_run(tmp_path / method / f"s{seed}", method=method, seed=seed, final=value + seed, best=value - 1,
+                     metric="perplexity", higher=False, target=None, up=1e6 * (i + 1))
     runset = load_runs([tmp_path])
     assert runset.label_keys == ["method.name"] and not runset.higher_is_better
     table = summary_table(runset)
     finals = {r[0].text: r[2] for r in table.rows}
-    assert finals["b"].bold and not finals["a"].bold and finals["b"].text == "30.0000"  # one run: no ±
+    assert finals["b"].bold and not finals["a"].bold and finals["b"].text == "30.5000 ± 0.7071"
     assert not any("time to" in h for h in table.headers)
+
+
+def test_no_bold_with_one_run_per_row_or_within_the_noise(tmp_path):
+    # one seed per row: no measure of noise, so no winner is declared however large the gap
+    for method, value in (("a", 0.9), ("b", 0.1)):
+        fake_run(tmp_path / "one" / method, method=method, seed=0, final=value, best=value)
+    finals = [r[2] for r in summary_table(load_runs([tmp_path / "one"])).rows]
+    assert not any(c.bold for c in finals)
+    # a clear lead: differences (0.10, 0.11, 0.09) -> t = 0.10 / (0.01/√3) = 17.3, p = 0.002: bold
+    # a noisy one: differences (0.30, −0.25, 0.10) -> t = 0.05 / (0.278/√3) = 0.31, p = 0.39: no bold
+    for name, gaps in (("clear", (0.10, 0.11, 0.09)), ("noisy", (0.30, -0.25, 0.10))):
+        for seed, gap in enumerate(gaps):
+            fake_run(tmp_path / name / "a" / f"s{seed}", method="a", seed=seed, final=0.5 + gap, best=0.5 + gap)
+            fake_run(tmp_path / name / "b" / f"s{seed}", method="b", seed=seed, final=0.5, best=0.5)
+        bold = {r[0].text: r[2].bold for r in summary_table(load_runs([tmp_path / name])).rows}
+        assert bold == {"a": name == "clear", "b": False}
 
 
 def test_labels_are_the_differing_config_keys(tmp_path):
@@ -113,7 +135,7 @@ def test_report_writes_pngs_and_a_self_contained_page(tmp_path):
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000
         assert base64.b64encode(data).decode() in embedded
-    assert "<table>" in page and "<strong>0.8000 ± 0.1000</strong>" in page and path.name in page
+    assert "<table>" in page and "<strong>30.0 ± 0.0 (3/3)</strong>" in page and path.name in page
 
 
 def test_report_of_a_real_run(tmp_path):
@@ -149,3 +171,32 @@ def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ConfigError, match=r"fedweave\[plot\]"):
         write_report([fake_sweep(tmp_path / "sw")], tmp_path / "r.html")
+
+
+def test_plots_facet_by_the_keys_beside_the_method(tmp_path):
+    from fedweave.report import _panels, facets, make_figures
+
+    # fake_sweep varies only the method; add a second key (alpha) by hand
+    for method in ("fedavg", "fedprox"):
+        for alpha in (0.1, 1.0):
+            for seed in (0, 1):
+                fake_run(tmp_path / f"{method}-{alpha}" / f"s{seed}", method=method, seed=seed, final=0.5 + alpha / 10,
+                         best=0.6, alpha=alpha)
+    runset = load_runs([tmp_path])
+    assert sorted(runset.label_keys) == ["data.partition.alpha", "method.name"]
+    assert facets(runset) == ("method.name", ["data.partition.alpha"])
+    panels, line = _panels(runset)
+    assert [(title, sorted(line[g.title] for g in groups)) for title, groups in panels] == [
+        ("alpha=0.1", ["fedavg", "fedprox"]), ("alpha=1.0", ["fedavg", "fedprox"])]
+    fig = make_figures(runset)["metric-vs-round"]
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 2 and [ax.get_title() for ax in visible] == ["alpha=0.1", "alpha=1.0"]
+    assert all(len(ax.get_lines()) == 2 for ax in visible) and len(fig.legends) == 1
+
+
+def test_many_unrelated_runs_get_a_warning(tmp_path):
+    for i in range(12):
+        fake_run(tmp_path / f"m{i}", method=f"m{i}", seed=0, final=0.5, best=0.5)
+    result = write_report([tmp_path], tmp_path / "r.html")
+    assert result.warnings and "12 lines share one panel" in result.warnings[0]
+    assert "12 lines share one panel" in result.html.read_text()

@@ -39,6 +39,9 @@ def test_tensorboard_event_files_read_back(tmp_path):
     assert [e.step for e in accuracy] == [1, 2, 3]
     assert accuracy[-1].value == pytest.approx(result.history[-1]["accuracy"], rel=1e-6)
     assert "config/text_summary" in tags["tensors"] and "summary/text_summary" in tags["tensors"]
+    # the headline figure, once, at the last round
+    assert [(e.step, e.value) for e in acc.Scalars("headline/accuracy")] == [
+        (3, pytest.approx(result.summary["final_metric"], rel=1e-6))]
 
 
 def test_mlflow_records_read_back(tmp_path):
@@ -50,6 +53,7 @@ def test_mlflow_records_read_back(tmp_path):
     experiment = client.get_experiment_by_name("cmp")
     (found,) = client.search_runs([experiment.experiment_id])
     assert found.info.status == "FINISHED" and found.data.tags["fedweave.status"] == "completed"
+    assert found.data.tags["fedweave.headline"] == "accuracy"  # the figure the run is judged by
     assert found.data.params["client.lr"] == "0.1" and found.data.params["model.hidden"] == "[8]"
     history = client.get_metric_history(found.info.run_id, "accuracy")
     assert [m.step for m in history] == [1, 2, 3]

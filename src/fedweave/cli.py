@@ -25,6 +25,31 @@ console = Console(stderr=True)
 out = Console()
 
 SET_HELP = "override a config key: --set client.lr=0.1 (dotted key, YAML value); repeatable"
+IMPORT_HELP = ("import your module first (its methods, stages, models, tasks, data sources register themselves); "
+               "the current folder is importable; repeatable")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"fedweave {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+):
+    """Federated learning where aggregation comes first."""
+
+
+def _import(modules: Optional[List[str]]) -> None:
+    """Import the user's ``--import`` modules (a failure is a FedweaveError for _fail)."""
+    if modules:
+        from .plugins import import_plugins
+
+        import_plugins(modules)
 
 
 def _fail(exc: Exception) -> None:
@@ -39,27 +64,46 @@ def run(
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run directory"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the stopped run in this directory"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run already in --out (nothing else is deleted)"),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
     """Run an experiment (or continue a stopped one) and write its run directory."""
     from . import experiment
+    from .config import load_config, read_yaml
 
-    if resume is not None and (config is not None or set_ or out_dir is not None):
-        _fail(FedweaveError("--resume DIR takes its config from DIR; do not combine it with CONFIG, --set or --out."))
+    if resume is not None and (config is not None or set_ or out_dir is not None or overwrite):
+        _fail(FedweaveError("--resume DIR takes its config from DIR; do not combine it with CONFIG, --set, --out "
+                            "or --overwrite."))
+    try:
+        _import(imports)
+        cfg = load_config(read_yaml(resume / "config.yaml")) if resume is not None and (resume / "config.yaml").is_file() \
+            else load_config(config, set_)
+    except FedweaveError as exc:
+        _fail(exc)
+    unit, label = _progress_unit(cfg)
     progress = Progress(
-        TextColumn("[bold]round {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[status]}"),
+        TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(), console=console, disable=quiet, transient=False,
     )
-    task_id = progress.add_task("run", total=None, status="")
+    task_id = progress.add_task("run", total=None, status="", shown="")
+    metric, _ = _headline_name(cfg)
+    run_path: list[Path] = []  # known once the run directory exists
 
     def on_round(done: int, total: int, record: dict | None) -> None:
         if not progress.live.is_started:  # start only once the run is built and valid
             progress.start()
         status = ""
-        if record is not None:
-            metric = next((k for k in ("accuracy", "psnr", "perplexity", "rel_l2") if k in record), None)
-            status = f"{metric} {record[metric]:.4f}" if metric else ""
-        progress.update(task_id, completed=done, total=total, **({"status": status} if status else {}))
+        if record is not None and record.get(metric) is not None:
+            status = f"{metric} {record[metric]:.4f}"
+        if unit == "time" and record is not None:  # a budget in virtual seconds
+            done, total = int(record.get("virtual_time_s") or 0), int(cfg.schedule.max_time_s)
+        shown = f"{done}/{total}" if total else str(done)
+        progress.update(task_id, completed=done, total=total or None, shown=shown,
+                        **({"status": status} if status else {}))
+
+    def remember(path: Path) -> None:
+        run_path.append(path)
 
     main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
     previous = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c) if main else None
@@ -67,14 +111,20 @@ def run(
         if resume is not None:
             result = experiment.resume(resume, progress=on_round)
         else:
-            result = experiment.run(config, out=out_dir, overrides=set_, progress=on_round)
+            result = experiment.run(config, out=out_dir, overrides=set_, progress=on_round, overwrite=overwrite,
+                                    plugins=imports, on_start=remember)
     except FedweaveError as exc:
         progress.stop()
         _fail(exc)
     except KeyboardInterrupt as exc:
         progress.stop()
         how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
-        console.print(f"[yellow]{how}[/]: checkpoint written; continue with `fedweave run --resume DIR`.")
+        where = resume if resume is not None else (run_path[0] if run_path else None)
+        if where is None:  # stopped while the run was being built: nothing was written
+            console.print(f"[yellow]{how}[/] before the run started; nothing was written.", highlight=False)
+        else:
+            console.print(f"[yellow]{how}[/]: checkpoint written; continue with `fedweave run --resume {where}`.",
+                          highlight=False)
         raise typer.Exit(code=EXIT_SIGTERM if isinstance(exc, _Terminated) else EXIT_INTERRUPTED)
     finally:
         if main:
@@ -96,12 +146,46 @@ def _terminate_like_ctrl_c(signum, frame) -> None:
     raise _Terminated()
 
 
+def _progress_unit(cfg) -> tuple[str, str]:
+    """What the progress bar counts: rounds (sync), arrivals, or virtual seconds (a time budget)."""
+    s = cfg.schedule
+    if s.mode == "sync":
+        return "rounds", "round {task.fields[shown]}"
+    if s.max_time_s is not None and s.max_arrivals is None:
+        return "time", "virtual s {task.fields[shown]}"
+    return "arrivals", "arrivals {task.fields[shown]}"
+
+
+def _headline_name(cfg) -> tuple[str, bool]:
+    from .experiment import headline_metric
+    from .tasks import make_task
+
+    try:
+        return headline_metric(cfg, make_task(cfg.task.kind))
+    except FedweaveError:
+        return "accuracy", True
+
+
 def _fmt(v) -> str:
     if v is None:
         return "—"
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def human_bytes(n: float) -> str:
+    """``2208800`` → ``2.21 MB`` (powers of 1000, as the report's MB)."""
+    n = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+#: figures of an active feature (attack, privacy, eavesdropper, robustness) shown beside the headline
+FEATURE_FIGURES = ("final_attack_success_rate", "epsilon", "final_robust_accuracy")
 
 
 def _print_result(result) -> None:
@@ -114,17 +198,41 @@ def _print_result(result) -> None:
         raise typer.Exit(code=1)
 
 
+def summary_rows(summary: dict) -> list[tuple[str, str]]:
+    """The final table's (figure, value) rows: the headline figure first, then the global
+    model's where the headline is another, the active features' figures, time and traffic.
+    Figures that do not apply (no target, no per-client evaluation) are left out."""
+    metric = summary.get("metric_name", "metric")
+    keys = ["rounds_completed", "final_metric", "best_metric",
+            *[k for k in summary if k.startswith("final_global_")],
+            *FEATURE_FIGURES, *[k for k in summary if k.startswith("final_eavesdropper_")],
+            "final_loss", "time_to_target_s", "virtual_time_s", "wall_time_s", "bytes_up", "bytes_down",
+            "client_updates", "dropped_updates", "client_acc_mean", "client_acc_worst10", "jain_index", "executor"]
+    rows = []
+    for key in dict.fromkeys(keys):
+        value = summary.get(key)
+        if value is None:
+            continue
+        label = key.replace("_metric", f"_{metric}") if key.endswith("_metric") else key
+        if key == "rounds_completed" and summary.get("rounds") and summary.get("rounds") != value:
+            text = f"{value} of {summary['rounds']}"
+        elif key.startswith("bytes_"):
+            text = human_bytes(value)
+        elif key.endswith("_s") and isinstance(value, (int, float)):
+            text = f"{value:.4g} s"
+        else:
+            text = _fmt(value)
+        rows.append((label, text))
+    return rows
+
+
 def _print_summary(summary: dict, run_dir: Path) -> None:
     degenerate = " (degenerate)" if str(summary.get("warning", "")).startswith("degenerate") else ""
     table = Table(title=f"{summary['name']} · {summary['method']} · {summary['status']}{degenerate}", show_header=True)
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for key in ("rounds_completed", "final_metric", "best_metric", "final_loss", "time_to_target_s",
-                "virtual_time_s", "wall_time_s", "bytes_up", "bytes_down", "client_updates", "dropped_updates",
-                "client_acc_mean", "client_acc_worst10", "jain_index", "executor"):
-        if key in summary:
-            label = key.replace("metric", summary.get("metric_name", "metric"))
-            table.add_row(label, _fmt(summary[key]))
+    table.add_column("figure", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    for label, text in summary_rows(summary):
+        table.add_row(label, text)
     if summary.get("warning"):
         table.add_row("[yellow]warning[/]", "[yellow]" + escape(str(summary["warning"]).split(":", 1)[0]) + "[/]")
     out.print(table)
@@ -154,12 +262,22 @@ def datasets():
 
 
 @app.command()
-def models():
-    """List the built-in models."""
-    from .models import MODELS
+def models(imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP)):
+    """List every model: built in, registered by tasks and methods (and your --import modules)."""
+    from . import tasks  # noqa: F401  (task bundles register their models: srnet, transformer...)
+    from .methods import registered
+    from .models import EXTRA_MODELS, MODELS
 
-    for name, desc in MODELS.items():
-        out.print(f"[bold]{name:10}[/] {desc}", highlight=False)
+    try:
+        _import(imports)
+    except FedweaveError as exc:
+        _fail(exc)
+    registered()  # method modules register theirs (FedIns's ssf_pool)
+    rows = [*MODELS.items(), *((name, desc) for name, (_, desc) in EXTRA_MODELS.items())]
+    for name, desc in rows:
+        out.print(f"[bold]{name:12}[/] {escape(desc)}", highlight=False)
+    out.print(f"[bold]{'module:factory':12}[/] your own: a function factory(input_shape, num_classes, width=..., "
+              "**model.kwargs) in an importable module (the current folder is importable)", highlight=False)
 
 
 @app.command()
@@ -228,6 +346,7 @@ def sweep(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="parallel worker processes (default: the number of CPUs)"),
     out_dir: Path = typer.Option(..., "--out", help="sweep directory; running again skips finished runs"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP + " (the workers import it too)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
     """Run every combination of --grid values x --seeds as separate runs, in parallel processes."""
@@ -248,7 +367,8 @@ def sweep(
                         last=state.last or "")
 
     try:
-        result = run_sweep(config, grid=grid, seeds=seeds, out=out_dir, overrides=set_, jobs=jobs, progress=on_progress)
+        result = run_sweep(config, grid=grid, seeds=seeds, out=out_dir, overrides=set_, jobs=jobs, progress=on_progress,
+                           plugins=imports)
     except FedweaveError as exc:
         progress.stop()
         _fail(exc)
@@ -270,15 +390,19 @@ def report(
     dirs: List[Path] = typer.Argument(..., help="run directories, sweep directories or folders holding them"),
     out_file: Optional[Path] = typer.Option(None, "--out", help="HTML file (default: DIR/report.html for one DIR, "
                                             "else ./report.html); PNG plots are written next to it"),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
 ):
     """Write an HTML report (table and plots) of finished runs and sweeps."""
     from .report import write_report
 
     try:
+        _import(imports)
         result = write_report(dirs, out_file)
     except FedweaveError as exc:
         _fail(exc)
     out.print(f"report: {result.html} ({len(result.runset.runs)} runs, {len(result.images)} plots)")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 # -- deployment (fedweave.deploy): serve, join, tokens -----------------------------------------
@@ -308,11 +432,13 @@ def serve(
     join_timeout: Optional[float] = typer.Option(None, "--join-timeout", help="give up when too few clients are "
                                                  "connected for this many seconds (default: wait)"),
     frame_bytes: int = typer.Option(1 << 20, "--frame-bytes", help="tensor bytes per gRPC message (models stream in frames)"),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings only"),
 ):
     """Run the configured method's server over gRPC until its rounds are done (writes a run directory)."""
     _deploy_logging(quiet)
     try:
+        _import(imports)
         from .deploy import require_grpc
 
         require_grpc()
@@ -340,11 +466,13 @@ def join(
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     give_up_s: float = typer.Option(600.0, "--give-up-s", help="stop after the server is unreachable this long"),
     crash_at_round: Optional[int] = typer.Option(None, "--crash-at-round", hidden=True),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings only"),
 ):
     """Run one client: join the server with a token and train its tasks on local data until the run is done."""
     _deploy_logging(quiet)
     try:
+        _import(imports)
         from .deploy import require_grpc
 
         require_grpc()
@@ -388,7 +516,25 @@ def tokens_new(
                   "client its line.", highlight=False)
 
 
+def _show_config_warnings() -> None:
+    """Config warnings as one yellow line each, not Python's file:line format."""
+    import warnings
+
+    from .config import ConfigWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
+    _show_config_warnings()
     try:
         app()
     except FedweaveError as exc:  # errors raised outside a command body

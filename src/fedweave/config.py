@@ -377,6 +377,8 @@ class EavesdropperConfig(_Section):
 class Config(_Section):
     name: str = "quickstart"
     seed: int = Field(0, description="seed of training: sampling, shuffling, initialisation")
+    plugins: list[str] = Field(default_factory=list, description="your modules to import first (they register "
+                               "methods, stages, models, tasks, data sources); the current folder is importable")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
@@ -400,11 +402,66 @@ class Config(_Section):
                              "'/', '\\' or control characters, other than '.' and '..' (e.g. fedavg-mnist)")
         return v
 
+    @model_validator(mode="after")
+    def _name_follows_method(self):
+        # the default name is the quickstart's; a run of another method without a name of
+        # its own is named after the method (runs/fedprox-..., not runs/quickstart-...)
+        if "name" not in self.model_fields_set and self.method.name != MethodConfig().name:
+            self.__dict__["name"] = self.method.name
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# -- keys that do not apply ----------------------------------------------------------------
+
+# (section path, key) -> (the setting that makes the key apply, is it on for this config?)
+_APPLIES: dict[tuple[str, str], tuple[str, Any]] = {
+    ("data.partition", "alpha"): ("partition.kind dirichlet", lambda c: c.data.partition.kind == "dirichlet"),
+    ("data.partition", "min_size"): ("partition.kind dirichlet or quantity",
+                                     lambda c: c.data.partition.kind in ("dirichlet", "quantity")),
+    ("data.partition", "shards_per_client"): ("partition.kind shards", lambda c: c.data.partition.kind == "shards"),
+    ("data.partition", "classes_per_client"): ("partition.kind classes", lambda c: c.data.partition.kind == "classes"),
+    ("data.partition", "sigma"): ("partition.kind quantity", lambda c: c.data.partition.kind == "quantity"),
+    ("schedule", "deadline_s"): ("schedule.mode sync", lambda c: c.schedule.mode == "sync"),
+    ("schedule", "over_select"): ("schedule.mode sync", lambda c: c.schedule.mode == "sync"),
+    ("schedule", "concurrency"): ("schedule.mode async or buffered", lambda c: c.schedule.mode != "sync"),
+    ("schedule", "buffer_size"): ("schedule.mode buffered", lambda c: c.schedule.mode == "buffered"),
+    ("schedule", "max_staleness"): ("schedule.mode async or buffered", lambda c: c.schedule.mode != "sync"),
+    ("schedule", "max_arrivals"): ("schedule.mode async or buffered", lambda c: c.schedule.mode != "sync"),
+    ("schedule", "sampling_rate"): ("schedule.sampling poisson", lambda c: c.schedule.sampling == "poisson"),
+    ("system", "sigma"): ("system.profile lognormal", lambda c: c.system.profile == "lognormal"),
+    ("system", "tiers"): ("system.profile tiers", lambda c: c.system.profile == "tiers"),
+    ("system", "trace"): ("system.profile trace", lambda c: c.system.profile == "trace"),
+    ("system", "period_s"): ("system.availability periodic", lambda c: c.system.availability == "periodic"),
+    ("system", "on_fraction"): ("system.availability periodic", lambda c: c.system.availability == "periodic"),
+    ("client", "lr_decay"): ("client.lr_schedule step or exponential",
+                             lambda c: c.client.lr_schedule in ("step", "exponential")),
+    ("client", "lr_step_rounds"): ("client.lr_schedule step", lambda c: c.client.lr_schedule == "step"),
+    ("client", "lr_min"): ("client.lr_schedule cosine", lambda c: c.client.lr_schedule == "cosine"),
+}
+
+
+def inapplicable_keys(cfg: "Config") -> list[str]:
+    """Keys given a value other than their default that this config's settings ignore, each
+    with the setting that would use it (``partition.alpha`` with an ``iid`` partition...)."""
+    out = []
+    for (path, key), (needs, applies) in _APPLIES.items():
+        section = cfg
+        for part in path.split("."):
+            section = getattr(section, part)
+        default = type(section).model_fields[key].get_default(call_default_factory=True)
+        if getattr(section, key) != default and not applies(cfg):
+            out.append(f"{path}.{key}={getattr(section, key)!r} has no effect: it is used only with {needs}.")
+    return out
+
+
+class ConfigWarning(UserWarning):
+    """A config that is valid but probably not what was meant (a key that does not apply)."""
 
 
 # -- loading ---------------------------------------------------------------------------

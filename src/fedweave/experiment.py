@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import Config, load_config, read_yaml
+from .config import Config, ConfigWarning, inapplicable_keys, load_config, read_yaml
 from .core.client import ClientAlgorithm
 from .core.errors import ConfigError, DataError, DivergedError, FedweaveError, ModelError
 from .core.params import FlatModel, ParamSpec, check_role_patterns
@@ -29,7 +30,7 @@ from .methods import build_method
 from .methods.registry import method_roles
 from .metrics import degenerate_reason, summarize
 from .models import build_model
-from .rundir import CHECKPOINT, CONFIG, RunDirectory, check_output_path
+from .rundir import CHECKPOINT, CONFIG, LOCK, RunDirectory, check_output_path
 from .sim.devices import DeviceFleet, make_fleet
 from .sim.executors import Executor, check_executor, check_executor_fits, make_executor
 from .sim.worker import WorkerSetup
@@ -98,6 +99,11 @@ class Experiment:
 
 def build_experiment(config: Config, data: FederatedDataset | None = None) -> Experiment:
     """Validate ``config`` against the data and the registries; build every piece."""
+    from .plugins import import_plugins
+
+    import_plugins(config.plugins)  # users' methods, models... register themselves before any name is looked up
+    for problem in inapplicable_keys(config):
+        warnings.warn(problem, ConfigWarning, stacklevel=2)
     task = make_task(config.task.kind)
     check_trackers(config.output)
     strategy, algorithm = build_method(config)  # config-only checks come before loading data
@@ -191,20 +197,35 @@ def run(
     out: str | Path | None = None,
     overrides: list[str] | None = None,
     progress: Callable[[int, int, dict | None], None] | None = None,
+    overwrite: bool = False,
+    plugins: list[str] | None = None,
+    on_start: Callable[[Path], None] | None = None,
 ) -> RunResult:
-    """Run an experiment end to end and write its run directory."""
+    """Run an experiment end to end and write its run directory.
+
+    ``overwrite=True`` replaces a run already in the output directory (a directory holding
+    anything but a run is never deleted); without it such a directory is refused.
+    ``plugins`` are modules of yours to import first (added to the config's ``plugins``,
+    so ``--resume`` imports them too). ``on_start(path)`` is called once the run directory exists.
+    """
     cfg = load_config(config, overrides)
     if out is not None:
         cfg.output.dir = str(out)
+    if plugins:
+        cfg.plugins = list(dict.fromkeys([*cfg.plugins, *plugins]))
     run_dir = RunDirectory(check_output_path(cfg.output.dir or default_run_dir(cfg), "The run directory (--out)"))
     exp = build_experiment(cfg)
-    _refuse_existing_run(run_dir)
+    if not overwrite:
+        _refuse_existing_run(run_dir)
     cfg.output.dir = str(run_dir.path)
     start_executor(exp)  # before the directory exists: an unreachable cluster leaves nothing behind
     made = not run_dir.path.exists()
     try:
         run_dir.lock()
-        _refuse_existing_run(run_dir)  # again, now that no other process can start one here
+        if overwrite:  # only now that everything is valid, started and ours alone
+            _clear_run(run_dir)
+        else:
+            _refuse_existing_run(run_dir)  # again, now that no other process can start one here
         run_dir.create(cfg.to_yaml())
     except BaseException:
         exp.executor.close()
@@ -212,17 +233,33 @@ def run(
             run_dir.unlock()
             shutil.rmtree(run_dir.path, ignore_errors=True)
         raise
+    if on_start is not None:
+        on_start(run_dir.path)
     try:
         return _execute(exp, run_dir, None, progress, executor_started=True)
     finally:
         run_dir.unlock()
 
 
+def _clear_run(run_dir: RunDirectory) -> None:
+    """Delete the run in ``run_dir`` (``--overwrite``), keeping the lock file this process holds;
+    a directory that holds no run is left as it is."""
+    if not (run_dir.path / CONFIG).exists():
+        return
+    for child in run_dir.path.iterdir():
+        if child.name == LOCK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def _refuse_existing_run(run_dir: RunDirectory) -> None:
     if (run_dir.path / CONFIG).exists():
         raise ConfigError(
-            f"{str(run_dir.path)!r} already holds a run; choose another output directory, delete it, "
-            "or continue it with `fedweave run --resume DIR`."
+            f"{str(run_dir.path)!r} already holds a run; choose another output directory, replace it with "
+            "--overwrite (overwrite=True), or continue it with `fedweave run --resume DIR`."
         )
 
 
@@ -286,7 +323,7 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
         status, message = "diverged", str(exc)
     except KeyboardInterrupt:
         run_dir.save_checkpoint(sim.checkpoint_dict())
-        summary = _write_summary(exp, run_dir, sim, "interrupted", "stopped by the user; continue with `fedweave run --resume DIR`")
+        summary = _write_summary(exp, run_dir, sim, "interrupted", f"stopped by the user; continue with `fedweave run --resume {run_dir.path}`")
         close_trackers(trackers, summary)
         raise
     except OSError as exc:
@@ -334,6 +371,20 @@ def _stopped_on_full_disk(exp: Experiment, run_dir: RunDirectory, sim, trackers,
     )
 
 
+def headline_metric(cfg: Config, task: Task) -> tuple[str, bool]:
+    """The figure a run is judged by, and whether higher is better.
+
+    The task's own metric (accuracy, perplexity, PSNR...) of the global model, except
+    with ``eval.personalized``: then the mean personalized accuracy over the clients, the
+    figure personalization methods are compared on. ``summary.json``'s ``metric_name`` and
+    ``final_metric``, the progress display, ``results.csv``, ``table.md``, the report and
+    the trackers all show this one.
+    """
+    if cfg.eval.personalized:
+        return "personalized_acc_mean", task.higher_is_better
+    return task.metric_name, task.higher_is_better
+
+
 def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, message: str | None) -> dict[str, Any]:
     cfg, task, c = exp.config, exp.task, sim.committed
     summary: dict[str, Any] = {
@@ -345,12 +396,18 @@ def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, mes
         "rounds": cfg.schedule.rounds,
         "seed": cfg.seed,
     }
-    summary.update(summarize(c.history, metric_name=task.metric_name, higher_is_better=task.higher_is_better,
+    name, higher = headline_metric(cfg, task)
+    summary.update(summarize(c.history, metric_name=name, higher_is_better=higher,
                              final_window=cfg.eval.final_window, target=cfg.eval.target))
-    summary["higher_is_better"] = task.higher_is_better
+    summary["higher_is_better"] = higher
+    if name != task.metric_name:  # the global model's figure stays beside the headline one
+        own = summarize(c.history, metric_name=task.metric_name, higher_is_better=task.higher_is_better,
+                        final_window=cfg.eval.final_window, target=None)
+        summary[f"final_global_{task.metric_name}"] = own["final_metric"]
+        summary[f"best_global_{task.metric_name}"] = own["best_metric"]
     if task.name == "classification":
-        summary["final_accuracy"] = summary["final_metric"]
-        summary["best_accuracy"] = summary["best_metric"]
+        summary["final_accuracy"] = summary.get("final_global_accuracy", summary["final_metric"])
+        summary["best_accuracy"] = summary.get("best_global_accuracy", summary["best_metric"])
     summary.update({
         "virtual_time_s": c.clock,
         "wall_time_s": c.wall_time_s,

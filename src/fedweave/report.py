@@ -278,19 +278,78 @@ def _fmt(mean: float | None, std: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def _bold_flags(means: list[float | None], higher: bool, eligible: list[bool] | None = None) -> list[bool]:
-    """Which rows hold the best mean (ties all bold).
+LEAD_ALPHA = 0.05  # one-sided significance level of "the best row leads the runner-up"
 
-    Nothing is bold with fewer than two values, or where every row would be (all equal).
+
+def _ahead(a: dict, b: dict, higher: bool) -> bool:
+    """Is row ``a`` ({seed: value}) better than row ``b`` by more than seed-to-seed noise?
+
+    Paired t-test over the seeds both rows ran (at least two), else Welch's t-test (at
+    least two runs each), one-sided at :data:`LEAD_ALPHA`; a difference with no spread at
+    all (every paired difference equal) counts when it is non-zero. One run per row says
+    nothing about noise: never ahead.
     """
-    eligible = eligible or [True] * len(means)
-    candidates = [m for m, ok in zip(means, eligible) if m is not None and ok]
+    from scipy.stats import t as student_t
+
+    sign = 1.0 if higher else -1.0
+    common = sorted(set(a) & set(b), key=str)
+    if len(common) >= 2:
+        d = sign * (np.array([a[s] for s in common]) - np.array([b[s] for s in common]))
+        sd = float(d.std(ddof=1))
+        if sd == 0.0:
+            return float(d.mean()) > 0
+        stat, df = float(d.mean()) / (sd / math.sqrt(d.size)), d.size - 1
+    elif len(a) >= 2 and len(b) >= 2:
+        xa, xb = np.array(list(a.values())), np.array(list(b.values()))
+        va, vb = xa.var(ddof=1) / xa.size, xb.var(ddof=1) / xb.size
+        diff = sign * float(xa.mean() - xb.mean())
+        if va + vb == 0.0:
+            return diff > 0
+        stat = diff / math.sqrt(va + vb)
+        df = (va + vb) ** 2 / ((va**2 / (xa.size - 1) if va else 0.0) + (vb**2 / (xb.size - 1) if vb else 0.0))
+    else:
+        return False
+    return float(student_t.sf(stat, df)) < LEAD_ALPHA
+
+
+def _bold_flags(samples: list[dict], higher: bool, eligible: list[bool] | None = None) -> list[bool]:
+    """Which rows to bold: the best mean, only where it leads the runner-up beyond the noise.
+
+    ``samples`` holds one {seed: value} per row. The rows sharing the best mean are bold
+    only if each is :func:`_ahead` of the best other row; nothing is bold with fewer than
+    two rows with values, or where every row has the best mean.
+    """
+    eligible = eligible or [True] * len(samples)
+    means = [float(np.mean(list(v.values()))) if v else None for v in samples]
     present = [m is not None for m in means]
+    candidates = [i for i, (m, ok) in enumerate(zip(means, eligible)) if m is not None and ok]
     if sum(present) < 2 or not candidates:
-        return [False] * len(means)
-    best = max(candidates) if higher else min(candidates)
-    flags = [m is not None and ok and math.isclose(m, best, rel_tol=1e-12, abs_tol=0.0) for m, ok in zip(means, eligible)]
-    return [False] * len(means) if flags == present else flags
+        return [False] * len(samples)
+    pick = max if higher else min
+    best = pick(means[i] for i in candidates)
+    leaders = [i for i in candidates if math.isclose(means[i], best, rel_tol=1e-12, abs_tol=0.0)]
+    others = [i for i in candidates if i not in leaders]
+    if not others:
+        # no eligible row to compare with: bold only where eligibility itself set the leaders
+        # apart (time to target: they reached it more often than every other row)
+        return [i in leaders and len(leaders) < sum(present) for i in range(len(samples))]
+    runner_up = pick(others, key=lambda i: means[i])
+    flags = [False] * len(samples)
+    if all(_ahead(samples[i], samples[runner_up], higher) for i in leaders):
+        for i in leaders:
+            flags[i] = True
+    return flags
+
+
+def _samples(runs: list[RunRecord], value) -> dict:
+    """{seed: value(run)} over the runs whose value is a finite number (unseeded runs keyed by position)."""
+    out = {}
+    for pos, r in enumerate(runs):
+        v = value(r)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            seed = r.get("seed")
+            out[seed if seed is not None and seed not in out else ("run", pos)] = float(v)
+    return out
 
 
 def _values(runs: list[RunRecord], key: str) -> list[float]:
@@ -333,8 +392,9 @@ def summary_table(runset: RunSet) -> SummaryTable:
     columns.append(runs_col)
 
     for key in ("final_metric", "best_metric"):
-        stats = [mean_std(_values(g.completed, key)) for g in groups]
-        bold = _bold_flags([m for m, _ in stats], higher)
+        samples = [_samples(g.completed, lambda r, key=key: r.get(key)) for g in groups]
+        stats = [mean_std(list(v.values())) for v in samples]
+        bold = _bold_flags(samples, higher)
         columns.append([Cell(_fmt(m, s, 4), b) for (m, s), b in zip(stats, bold)])
 
     if show_time:
@@ -343,24 +403,29 @@ def summary_table(runset: RunSet) -> SummaryTable:
         else:
             target_text = "target"
         headers.append(f"time to {target_text} (s)")
-        stats, shares, counts = [], [], []
+        stats, shares, counts, samples = [], [], [], []
         for g in groups:
-            reached = _values(g.completed, "time_to_target_s")
-            stats.append(mean_std(reached))
+            reached = _samples(g.completed, lambda r: r.get("time_to_target_s"))
+            samples.append(reached)
+            stats.append(mean_std(list(reached.values())))
             counts.append(f"{len(reached)}/{len(g.completed)}")
             shares.append(len(reached) / len(g.completed) if g.completed else 0.0)
         top = max(shares, default=0.0)
-        bold = _bold_flags([m for m, _ in stats], False, [top > 0 and s == top for s in shares])
+        bold = _bold_flags(samples, False, [top > 0 and s == top for s in shares])
         columns.append([Cell(f"{_fmt(m, s, 1)} ({c})", b) for (m, s), c, b in zip(stats, counts, bold)])
 
     headers.append("MB up+down")
-    stats = []
+    stats, samples = [], []
+
+    def total_mb(r: RunRecord) -> float | None:
+        if r.get("bytes_up") is None and r.get("bytes_down") is None:
+            return None
+        return (float(r.get("bytes_up") or 0) + float(r.get("bytes_down") or 0)) / 1e6
+
     for g in groups:
-        totals = [float(r.get("bytes_up") or 0) + float(r.get("bytes_down") or 0) for r in g.completed
-                  if r.get("bytes_up") is not None or r.get("bytes_down") is not None]
-        m, s = mean_std(totals)
-        stats.append((m / 1e6 if m is not None else None, s / 1e6 if s is not None else None))
-    bold = _bold_flags([m for m, _ in stats], False)
+        samples.append(_samples(g.completed, total_mb))
+        stats.append(mean_std(list(samples[-1].values())))
+    bold = _bold_flags(samples, False)
     columns.append([Cell(_fmt(m, s, 2), b) for (m, s), b in zip(stats, bold)])
 
     rows = [[col[i] for col in columns] for i in range(len(groups))]
@@ -368,8 +433,10 @@ def summary_table(runset: RunSet) -> SummaryTable:
     notes = [
         "Each cell: mean ± sample standard deviation (ddof=1) over the completed runs of the row (one per seed); "
         "a single run shows no ±. Diverged, failed and unfinished runs are counted in `runs` and left out of the statistics.",
-        f"**Bold**: the best mean of each column ({better} is better for {metric}; lower is better for time and bytes); "
-        "no bold where all rows are equal.",
+        f"**Bold**: the best mean of each column ({better} is better for {metric}; lower is better for time and bytes), "
+        "only where its lead over the next row is beyond the seed-to-seed noise: a one-sided paired t-test over the "
+        f"seeds both rows ran (Welch's t-test where they share fewer than two), p < {LEAD_ALPHA}. No bold with one run "
+        "per row (no measure of noise) or where all rows are equal.",
         f"final = the run's final {metric} (mean of its last `eval.final_window` evaluations); "
         f"best = its best evaluation.",
     ]
@@ -468,33 +535,86 @@ def _interpolated(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200
     return grid, np.stack([np.interp(grid, x, y) for x, y in curves])
 
 
-def _curve_figure(groups: list[Group], metric: str, x_of, xlabel: str, align: str):
+#: lines in one panel beyond which a plot stops being readable: the page warns
+MAX_LINES = 10
+
+
+def facets(runset: RunSet) -> tuple[str | None, list[str]]:
+    """How the curve plots are laid out: the label key drawn as lines (the method name where
+    it varies, else the first key) and the keys whose value combinations get a panel each."""
+    keys = list(runset.label_keys)
+    if not keys:
+        return None, []
+    series = "method.name" if "method.name" in keys else keys[0]
+    return series, [k for k in keys if k != series]
+
+
+def _panels(runset: RunSet) -> tuple[list[tuple[str, list[Group]]], dict[str, str]]:
+    """[(panel title, its groups)] and each group's line label (the series key's value)."""
+    series, facet_keys = facets(runset)
+    panels: dict[str, list[Group]] = {}
+    line: dict[str, str] = {}
+    for g in runset.groups():
+        values = dict(g.label)
+        title = ", ".join(f"{k.rsplit('.', 1)[-1] if not k.endswith('.name') else k[:-5]}={values.get(k, '')}"
+                          for k in facet_keys)
+        panels.setdefault(title, []).append(g)
+        line[g.title] = values.get(series, g.title) if series else g.title
+    return list(panels.items()), line
+
+
+def _curve_figure(runset: RunSet, metric: str, x_of, xlabel: str, align: str):
+    panels, line = _panels(runset)
     Figure = _figure_class()
-    fig = Figure(figsize=(7.5, 4.6), layout="constrained")
-    ax = fig.add_subplot()
-    drawn = False
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4.6 * cols + 2.4, 3.5 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
+    names = list(dict.fromkeys(line[g.title] for _, groups in panels for g in groups))
+    color_of = dict(zip(names, _colors(len(names))))
     styles = ["-", "--", "-.", ":"]  # lines that coincide stay visible
-    for i, (group, color) in enumerate(zip(groups, _colors(len(groups)))):
-        curves = [c for c in (_series(r, metric, x_of) for r in group.curve_runs()) if len(c[0])]
-        if not curves:
-            continue
-        grid, ys = _by_round(curves) if align == "round" else _interpolated(curves)
-        if not len(grid):
-            continue
-        n = len(curves)
-        ax.plot(grid, ys.mean(axis=0), color=color, lw=1.8, ls=styles[i % len(styles)], label=f"{group.title} (n={n})",
-                marker="o" if len(grid) == 1 else None)
-        if n > 1:
-            ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.18, lw=0)
-        drawn = True
+    drawn = False
+    handles: dict[str, Any] = {}
+    for ax, (title, groups) in zip(axes, panels):
+        for group in groups:
+            curves = [c for c in (_series(r, metric, x_of) for r in group.curve_runs()) if len(c[0])]
+            if not curves:
+                continue
+            grid, ys = _by_round(curves) if align == "round" else _interpolated(curves)
+            if not len(grid):
+                continue
+            name = line[group.title]
+            i = names.index(name)
+            (h,) = ax.plot(grid, ys.mean(axis=0), color=color_of[name], lw=1.8, ls=styles[i % len(styles)],
+                           marker="o" if len(grid) == 1 else None)
+            handles.setdefault(name, h)
+            if len(curves) > 1:
+                ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color_of[name], alpha=0.18, lw=0)
+            drawn = True
+        if title:
+            ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     if not drawn:
         return None
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"{metric} vs {xlabel.split(' (')[0]} — mean over seeds, band: min–max", fontsize=10)
+    for ax in axes[::cols]:
+        ax.set_ylabel(metric)
+    # the legend beside the panels, never over the curves
+    fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside right upper")
+    fig.suptitle(f"{metric} vs {xlabel.split(' (')[0]} — mean over seeds, band: min–max", fontsize=10)
     return fig
+
+
+def plot_warnings(runset: RunSet) -> list[str]:
+    """What makes the plots hard to read: too many lines in a panel (unrelated runs)."""
+    panels, _ = _panels(runset)
+    crowded = max((len(groups) for _, groups in panels), default=0)
+    if crowded <= MAX_LINES:
+        return []
+    return [f"{crowded} lines share one panel (groups by {', '.join(runset.label_keys)}); the plots are hard to "
+            "read. Report fewer runs at a time, or runs that differ in fewer config keys."]
 
 
 def _client_figure(groups: list[Group], metric: str):
@@ -534,10 +654,10 @@ def make_figures(runset: RunSet) -> dict[str, Any]:
     """The report's matplotlib figures, by name (plots without data are left out)."""
     groups, metric = runset.groups(), runset.metric_name
     figures = {
-        "metric-vs-round": _curve_figure(groups, metric, lambda r: r.get("round"), "round", "round"),
-        "metric-vs-time": _curve_figure(groups, metric, lambda r: r.get("virtual_time_s"), "virtual time (s)", "interp"),
+        "metric-vs-round": _curve_figure(runset, metric, lambda r: r.get("round"), "round", "round"),
+        "metric-vs-time": _curve_figure(runset, metric, lambda r: r.get("virtual_time_s"), "virtual time (s)", "interp"),
         "metric-vs-bytes": _curve_figure(
-            groups, metric,
+            runset, metric,
             lambda r: (r.get("bytes_up", 0) + r.get("bytes_down", 0)) / 1e6 if "bytes_up" in r or "bytes_down" in r else None,
             "bytes communicated, up + down (MB)", "interp"),
         "client-scores": _client_figure(groups, metric),
@@ -558,6 +678,7 @@ figure{margin:1.5em 0}
 figure img{max-width:100%}
 figcaption{font-size:13px;color:#555}
 code{background:#f3f3f3;padding:0 3px}
+p.warn{background:#fff4e0;border-left:4px solid #e69500;padding:6px 10px}
 """
 
 
@@ -566,6 +687,7 @@ class ReportResult:
     html: Path
     images: list[Path]
     runset: RunSet
+    warnings: list[str] = field(default_factory=list)
 
 
 def _default_out(sources: list[Path]) -> Path:
@@ -600,6 +722,8 @@ def write_report(paths: Iterable[str | Path], out: str | Path | None = None) -> 
         for r in runset.runs
     )
     sources = ", ".join(f"<code>{html.escape(str(s))}</code>" for s in runset.sources)
+    warnings = plot_warnings(runset)
+    warn_html = "".join(f'<p class="warn">⚠ {html.escape(w)}</p>' for w in warnings)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fedweave report</title><style>{_CSS}</style></head>
 <body>
@@ -608,7 +732,7 @@ def write_report(paths: Iterable[str | Path], out: str | Path | None = None) -> 
 <h2>Summary</h2>
 {html_table(table, len(runset.label_keys))}
 <h2>Plots</h2>
-{''.join(blocks) or '<p>No evaluation records to plot.</p>'}
+{warn_html}{''.join(blocks) or '<p>No evaluation records to plot.</p>'}
 <h2>Runs</h2>
 <details><summary>{len(runset.runs)} runs</summary>
 <table><thead><tr><th>run directory</th><th>label</th><th>status</th><th>final {html.escape(runset.metric_name)}</th></tr></thead>
@@ -616,7 +740,7 @@ def write_report(paths: Iterable[str | Path], out: str | Path | None = None) -> 
 </body></html>
 """
     out.write_text(page)
-    return ReportResult(out, images, runset)
+    return ReportResult(out, images, runset, warnings)
 
 
 __all__ = ["RunRecord", "RunSet", "Group", "SummaryTable", "Cell", "load_runs", "summary_table", "markdown_table",

@@ -45,6 +45,7 @@ once torch has started threads); each uses ``executor.threads`` torch threads.
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import itertools
@@ -152,8 +153,24 @@ def value_slug(text: str) -> str:
     return s or "_"
 
 
-def parse_grid(items: Iterable[str] | None) -> list[GridAxis]:
-    """Parse ``--grid KEY=V1,V2,...`` options; raises :class:`ConfigError` on malformed ones."""
+def grid_options(grid: dict[str, Iterable[Any]]) -> list[str]:
+    """``{"method.name": ["fedavg", "fedprox"], "client.lr": [0.1, 0.01]}`` as ``--grid`` options."""
+    items = []
+    for key, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise ConfigError(f"grid[{key!r}] must be a list of values, e.g. {{{key!r}: [v1, v2]}}; got {values!r}.")
+        texts = [v if isinstance(v, str) else json.dumps(v) for v in values]
+        if not texts:
+            raise ConfigError(f"grid[{key!r}] is empty; give at least one value.")
+        items.append(f"{key}={';'.join(texts)}" if len(texts) > 1 else f"{key}={texts[0]}")
+    return items
+
+
+def parse_grid(items: Iterable[str] | dict[str, Iterable[Any]] | None) -> list[GridAxis]:
+    """Parse ``--grid KEY=V1,V2,...`` options (or a ``{key: [values]}`` dict); raises
+    :class:`ConfigError` on malformed ones."""
+    if isinstance(items, dict):
+        items = grid_options(items)
     axes: list[GridAxis] = []
     for item in items or []:
         key, sep, raw = item.partition("=")
@@ -262,13 +279,25 @@ def plan_sweep(
     seeds: str | Iterable[int] | None,
     out: str | Path,
     overrides: list[str] | None = None,
+    plugins: Iterable[str] | None = None,
 ) -> SweepPlan:
-    """Expand and validate a sweep; raises :class:`ConfigError` before anything is run or written."""
+    """Expand and validate a sweep; raises :class:`ConfigError` before anything is run or written.
+
+    ``plugins`` (and the config's ``plugins``) are imported here; every run's config then
+    lists every module outside fedweave that registered something in this process, so the
+    worker processes import exactly what this one did. A name registered only in
+    ``__main__`` (a script or notebook) cannot reach them and is refused up front.
+    """
     from .data.federated import build_federated
     from .experiment import build_experiment
+    from .plugins import import_plugins
+    from .core.registration import user_modules
 
     axes = parse_grid(grid)
-    base_raw = read_yaml(config) if config is not None else {}
+    if isinstance(config, dict):
+        base_raw = copy.deepcopy(config)
+    else:
+        base_raw = read_yaml(config) if config is not None else {}
     base_overrides = list(overrides or [])
     set_tree = parse_overrides(base_overrides)
     set_keys = [o.partition("=")[0].strip() for o in base_overrides]
@@ -277,6 +306,7 @@ def plan_sweep(
         if clash:
             raise ConfigError(f"{axis.key!r} is both in --grid and in --set {clash}=...; keep it in one place.")
     base_cfg = load_config(base_raw, set_tree)
+    import_plugins([*base_cfg.plugins, *(plugins or [])])
     seed_list = parse_seeds(seeds, default=base_cfg.seed)
     combos = expand(axes)
     out = Path(out)
@@ -289,6 +319,14 @@ def plan_sweep(
             cfg = load_config(base_raw, deep_merge(set_tree, combo.overrides()))
         except FedweaveError as exc:
             problems.setdefault(str(exc), []).append(combo.name)
+            continue
+        import_plugins(cfg.plugins)
+        unreachable = _registered_in_main(cfg)
+        if unreachable:
+            problems.setdefault(
+                f"{unreachable} is registered in __main__ (a script or a notebook), which the sweep's worker "
+                "processes cannot import. Move the registration into a module and name it with --import MODULE "
+                "(or `plugins: [MODULE]` in the config).", []).append(combo.name)
             continue
         configs[combo.name] = cfg
         by_data.setdefault(json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True), []).append(combo)
@@ -314,13 +352,27 @@ def plan_sweep(
 
     runs: list[SweepRun] = []
     for combo in combos:
+        modules = list(dict.fromkeys([*configs[combo.name].plugins, *(plugins or []), *user_modules()]))
         for seed in seed_list:
             path = out / combo.name / f"seed{seed}"
-            resolved = load_config(configs[combo.name], {"seed": seed, "output": {"dir": str(path)}})
+            resolved = load_config(configs[combo.name], {"seed": seed, "output": {"dir": str(path)}, "plugins": modules})
             runs.append(SweepRun(combo, seed, path, resolved.to_dict()))
-    plan = SweepPlan(out, str(Path(config).resolve()) if config is not None else None, base_overrides, axes, seed_list, runs)
+    config_path = str(Path(config).resolve()) if isinstance(config, (str, Path)) else None
+    plan = SweepPlan(out, config_path, base_overrides, axes, seed_list, runs)
     _check_existing(plan)
     return plan
+
+
+def _registered_in_main(cfg) -> str | None:
+    """The first name this config uses that only ``__main__`` registered, as "kind 'name'"."""
+    from .core.registration import origin
+
+    used = [("method", cfg.method.name), ("weighting", cfg.method.weighting), ("combiner", cfg.method.combiner),
+            ("model", cfg.model.name), ("task", cfg.task.kind), ("source", cfg.data.dataset)]
+    for kind, name in used:
+        if name is not None and (origin(kind, name) == "__main__" or str(name).startswith("__main__:")):
+            return f"{kind} {name!r}"
+    return None
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -448,6 +500,7 @@ def run_sweep(
     overrides: list[str] | None = None,
     jobs: int | None = None,
     progress: Callable[[SweepProgress], None] | None = None,
+    plugins: Iterable[str] | None = None,
 ) -> SweepResult:
     """Validate, then run every pending run of the sweep; writes sweep.json, results.csv, table.md.
 
@@ -458,7 +511,7 @@ def run_sweep(
         jobs = os.cpu_count() or 1
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1; got {jobs}.")
-    plan = plan_sweep(config, grid=grid, seeds=seeds, out=out, overrides=overrides)
+    plan = plan_sweep(config, grid=grid, seeds=seeds, out=out, overrides=overrides, plugins=plugins)
     _check_shared_sqlite(plan, jobs)
     plan.out.mkdir(parents=True, exist_ok=True)
     _write_text(plan.out / SWEEP_FILE, json.dumps(plan.to_json(), indent=2) + "\n")
@@ -597,6 +650,33 @@ def write_outputs(out: str | Path) -> None:
     _write_text(out / TABLE_FILE, markdown_table(load_runs([out])))
 
 
-__all__ = ["GridAxis", "Combination", "SweepRun", "SweepPlan", "SweepProgress", "SweepResult",
+def sweep(
+    config: str | Path | dict[str, Any] | None = None,
+    *,
+    grid: Iterable[str] | dict[str, Iterable[Any]] | None = None,
+    seeds: str | Iterable[int] | None = None,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    jobs: int | None = None,
+    plugins: Iterable[str] | None = None,
+    progress: Callable[[SweepProgress], None] | None = None,
+) -> SweepResult:
+    """Run every combination of ``grid`` × ``seeds``, each as its own run, in worker processes.
+
+    >>> import fedweave
+    >>> res = fedweave.sweep({"schedule": {"rounds": 5}}, grid={"method.name": ["fedavg", "fedprox"]},
+    ...                      seeds=[0, 1, 2], out="runs/cmp", jobs=2)
+    >>> (res.out / "table.md").read_text()
+
+    ``config`` is a YAML path, a config dict or None (the quickstart); ``grid`` maps dotted
+    keys to lists of values (or takes ``--grid`` strings). Running it again skips the
+    finished runs. Methods, models... of your own must live in an importable module
+    (``plugins=["mymodule"]``): worker processes cannot see what ``__main__`` registered.
+    """
+    return run_sweep(config, grid=grid, seeds=seeds, out=out, overrides=overrides, jobs=jobs, progress=progress,
+                     plugins=plugins)
+
+
+__all__ = ["sweep", "grid_options", "GridAxis", "Combination", "SweepRun", "SweepPlan", "SweepProgress", "SweepResult",
            "parse_grid", "parse_seeds", "split_values", "value_slug", "expand", "plan_sweep", "run_sweep",
            "run_status", "read_sweep", "results_rows", "write_outputs"]

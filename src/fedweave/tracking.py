@@ -111,8 +111,11 @@ class TensorBoardTracker(Tracker):
 
     def close(self, summary: dict[str, Any] | None) -> None:
         if summary is not None:
+            step = int(summary.get("rounds_completed") or 0)
             text = "```\n" + json.dumps(summary, indent=2, default=str) + "\n```"
-            self.writer.add_text("summary", text, global_step=int(summary.get("rounds_completed") or 0))
+            self.writer.add_text("summary", text, global_step=step)
+            if summary.get("metric_name") and isinstance(summary.get("final_metric"), (int, float)):
+                self.writer.add_scalar(f"headline/{summary['metric_name']}", summary["final_metric"], global_step=step)
         self.writer.close()
 
 
@@ -179,6 +182,8 @@ class MLflowTracker(Tracker):
             step = int(summary.get("rounds_completed") or 0)
             self._log_scalars({f"summary/{k}": v for k, v in _scalars(summary).items()}, step)
             self.client.set_tag(self.run_id, "fedweave.status", str(summary.get("status")))
+            if summary.get("metric_name"):  # the figure the run is judged by (personalized accuracy...)
+                self.client.set_tag(self.run_id, "fedweave.headline", str(summary["metric_name"]))
             status = _MLFLOW_STATUS.get(summary.get("status"), "FAILED")
         self.client.set_terminated(self.run_id, status=status)
 

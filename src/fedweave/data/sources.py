@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fedweave.core.errors import ConfigError, DataError, unknown_name
+from fedweave.core.registration import claim
 
 
 @dataclass
@@ -106,8 +107,7 @@ def register_source(name: str, factory: SourceFactory, replace: bool = False, *,
     ``pydocs(:.*)?``, ``sr[0-9]+:.*``. A source with a ``description`` is listed in
     :data:`DATASETS`. Registering a name twice is an error unless ``replace`` is true.
     """
-    if name in _SOURCES and not replace:
-        raise ValueError(f"data source {name!r} registered twice (pass replace=True to override it)")
+    claim("source", name, _SOURCES, replace)
     _SOURCES[name] = _Source(factory, re.compile(pattern if pattern is not None else re.escape(name), re.S))
     DATASETS.pop(name, None)
     if description is not None:
@@ -278,11 +278,22 @@ def _require_root(name: str, root) -> Path:
     return Path(os.fspath(root)).expanduser()
 
 
+#: where each file-based source's files come from (fedweave never downloads them itself)
+WHERE_TO_GET = {
+    "mnist": "the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+             "t10k-labels-idx1-ubyte, optionally .gz) from the MNIST page (yann.lecun.com/exdb/mnist or a mirror)",
+    "fashion_mnist": "the four IDX files of Fashion-MNIST (github.com/zalandoresearch/fashion-mnist, data/fashion)",
+    "cifar10": "the 'CIFAR-10 python version' archive (www.cs.toronto.edu/~kriz/cifar.html), unpacked: the folder "
+               "cifar-10-batches-py with data_batch_1..5 and test_batch",
+}
+
+
 def _require_dir(name: str, root: Path) -> Path:
     if not root.exists():
+        where = f" It should hold {WHERE_TO_GET[name]}." if name in WHERE_TO_GET else ""
         raise DataError(
             f"The data folder {root} for source {name!r} does not exist. Check data.root, "
-            f"or download the data set there first."
+            f"or download the data set there first.{where} See docs/howto/data-and-partitions.md."
         )
     if not root.is_dir():
         raise DataError(

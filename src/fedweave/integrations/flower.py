@@ -112,10 +112,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The Flower releases this adapter supports: the Message API strategies
-#: (``flwr.serverapp.strategy``) appeared in Flower 1.21.
+#: (``flwr.serverapp.strategy``) appeared in Flower 1.21; fedweave needs 1.24 (the version pyproject.toml requires).
 FLOWER_MIN = (1, 21)
 FLOWER_MAX_EXCLUSIVE = (2, 0)
-FLOWER_SUPPORTED = ">=1.21,<2"
+FLOWER_SUPPORTED = ">=1.24,<2"
 
 #: Record keys aggregated as fedweave buffers (plain example-weighted mean).
 DEFAULT_BUFFER_KEYS: tuple[str, ...] = ("*running_mean", "*running_var")

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..aggregate import make_server_optimizer
 from ..core.client import ClientAlgorithm
 from ..core.errors import ConfigError, unknown_name
+from ..core.registration import claim
 from ..core.strategy import Strategy
 from .needs import NOTHING, MethodNeeds
 from .stages import StagedStrategy, WithStageClients, get_combiner, get_weighting, make_stage, stage_params
@@ -77,9 +78,9 @@ class MethodInfo:
 _REGISTRY: dict[str, MethodInfo] = {}
 
 
-def register(info: MethodInfo) -> MethodInfo:
-    if info.name in _REGISTRY:
-        raise ValueError(f"method {info.name!r} registered twice")
+def register(info: MethodInfo, *, replace: bool = False) -> MethodInfo:
+    """Make ``info.name`` available as ``method.name`` (``replace=True`` re-registers it)."""
+    claim("method", info.name, _REGISTRY, replace)
     if (info.preset is None) == (info.build is None):
         raise ValueError(f"method {info.name!r} needs exactly one of preset / build")
     _REGISTRY[info.name] = info

@@ -28,6 +28,7 @@ import torch
 from ..aggregate import weighted_mean
 from ..core.errors import ConfigError, unknown_name
 from ..core.messages import Update
+from ..core.registration import claim
 from ..core.strategy import ServerContext, ServerState, Strategy, average_buffers, size_weights, stack_deltas
 
 Weighting = Callable[[list[Update], ServerState, ServerContext], torch.Tensor]
@@ -64,26 +65,24 @@ COMBINERS: dict[str, tuple[Combiner, str]] = {
 STAGE_PARAMS: dict[tuple[str, str], Any] = {}
 
 
-def register_weighting(name: str, fn: Weighting, description: str, params=None) -> Weighting:
+def register_weighting(name: str, fn: Weighting, description: str, params=None, *, replace: bool = False) -> Weighting:
     """Make a weighting available as ``method.weighting: <name>`` (methods call this).
 
     With ``params`` (a pydantic model), ``fn`` is a factory ``fn(config, params) -> weighting``.
     """
-    if name in WEIGHTINGS:
-        raise ValueError(f"weighting {name!r} registered twice")
+    claim("weighting", name, WEIGHTINGS, replace)
     WEIGHTINGS[name] = (fn, description)
     if params is not None:
         STAGE_PARAMS[("weighting", name)] = params
     return fn
 
 
-def register_combiner(name: str, fn: Combiner, description: str, params=None) -> Combiner:
+def register_combiner(name: str, fn: Combiner, description: str, params=None, *, replace: bool = False) -> Combiner:
     """Make a combiner available as ``method.combiner: <name>`` (methods call this).
 
     With ``params`` (a pydantic model), ``fn`` is a factory ``fn(config, params) -> combiner``.
     """
-    if name in COMBINERS:
-        raise ValueError(f"combiner {name!r} registered twice")
+    claim("combiner", name, COMBINERS, replace)
     COMBINERS[name] = (fn, description)
     if params is not None:
         STAGE_PARAMS[("combiner", name)] = params

@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from fedweave.core.errors import ConfigError, FedweaveError, ModelError, unknown_name
+from fedweave.core.registration import claim
 from fedweave.models.zoo import (
     build_cnn,
     build_lenet5,
@@ -61,8 +62,9 @@ def register_model(name: str, factory: Any, description: str, setup: Any = None,
     given, runs once the experiment that uses the model is built (pretraining...).
     Registering a name twice is an error unless ``replace`` is true (a built-in model
     cannot be replaced)."""
-    if name in MODELS or (name in EXTRA_MODELS and not replace):
-        raise ValueError(f"model {name!r} registered twice")
+    if name in MODELS:
+        raise ValueError(f"model {name!r} registered twice: it is built in and cannot be replaced; choose another name.")
+    claim("model", name, EXTRA_MODELS, replace)
     EXTRA_MODELS[name] = (factory, description)
     if setup is not None:
         MODEL_SETUPS[name] = setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..core.errors import unknown_name
+from ..core.registration import claim
 from ..core.task import Task
 
 #: kind -> (task class, description)
@@ -12,8 +13,7 @@ TASKS: dict[str, tuple[type[Task], str]] = {}
 def register_task(kind: str, cls: type[Task], description: str, replace: bool = False) -> None:
     """Make a task available as ``task.kind: <kind>``. Registering a kind twice is an
     error unless ``replace`` is true."""
-    if kind in TASKS and not replace:
-        raise ValueError(f"task {kind!r} registered twice (pass replace=True to override it)")
+    claim("task", kind, TASKS, replace)
     TASKS[kind] = (cls, description)
 
 
