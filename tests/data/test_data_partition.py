@@ -67,14 +67,22 @@ def test_iid_sizes_equal():
 
 def test_dirichlet_terminates_on_hard_case():
     labels = np.random.default_rng(0).integers(0, 10, 30_000)
-    start = time.perf_counter()
     parts = dirichlet(labels, 500, 0.05, seed=1, min_size=10)
-    assert time.perf_counter() - start < 5
     check_valid(parts, labels.size)
     assert len(parts) == 500
     assert min(p.size for p in parts) >= 10
     # The repair keeps the partition strongly skewed.
     assert heterogeneity(label_histograms(labels, parts, 10)) > 0.6
+
+
+@pytest.mark.timing
+def test_dirichlet_hard_case_is_not_quadratic():
+    """The repair moves chunks, not single examples: 0.04 s measured on a 2-core host; 10 s
+    (~250x) trips only on an algorithmic regression, not on a busy machine."""
+    labels = np.random.default_rng(0).integers(0, 10, 30_000)
+    start = time.perf_counter()
+    dirichlet(labels, 500, 0.05, seed=1, min_size=10)
+    assert time.perf_counter() - start < 10
 
 
 def test_dirichlet_impossible_min_size():
