@@ -8,7 +8,6 @@ checkpoint and the data splits — with plain torch, not with the engine's evalu
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -21,6 +20,7 @@ from fedweave.config import load_config
 from fedweave.experiment import build_experiment
 from fedweave.messages import Broadcast
 from fedweave.params import FlatModel
+from helpers_eval import run_keeping_the_final_checkpoint
 
 
 def _fresh_model(exp) -> FlatModel:
@@ -53,22 +53,6 @@ def test_global_accuracy_and_loss_are_those_of_the_final_model_on_the_test_split
     assert _accuracy_and_loss(flat.module, exp.data.x[train], exp.data.y[train])[1] != pytest.approx(loss, rel=1e-5)
 
 
-def _run_keeping_the_final_checkpoint(cfg, out) -> tuple[dict, dict, dict]:
-    """Run to the end, then stop as Ctrl-C would right after the last evaluation: the run
-    directory keeps the checkpoint of the final, committed state, client states included.
-    Returns (last evaluation record, server state, client states)."""
-    def stop_at_the_end(done, total, record):
-        if done == total:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fedweave.run(cfg, out=out, progress=stop_at_the_end)
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    states = {cid: (st.load() if hasattr(st, "load") else st) for cid, st in ckpt["client_states"].items()}
-    return last, ckpt["state"], states
-
-
 PERSONAL = {
     "fedper": {"hidden": [16]},  # a personal head in the client state
     "ditto": {"hidden": [16]},  # a whole separate personal model v_k
@@ -80,7 +64,7 @@ PERSONAL = {
 def test_personalized_accuracy_is_each_clients_own_model_on_its_validation_split(tiny, tmp_path, method):
     cfg = tiny({"method": {"name": method}, "model": PERSONAL[method], "eval": {"personalized": True},
                 "schedule": {"rounds": 3, "clients_per_round": 3}})
-    last, server, states = _run_keeping_the_final_checkpoint(cfg, tmp_path / "r")
+    last, server, states = run_keeping_the_final_checkpoint(cfg, tmp_path / "r")
     assert last["round"] == 3 and states  # the final round; some clients trained and kept a state
     exp = build_experiment(load_config(cfg))
     flat = _fresh_model(exp)
