@@ -49,11 +49,11 @@ def robust_and_brittle_features(path: Path, n: int = 2000, brittle: int = 50, mu
                                 noise: float = 0.3, seed: int = 0) -> str:
     """Tsipras et al. (ICLR 2019)'s construction: label s = ±1 (y = (s+1)/2); one robust
     feature x_0 = s, and ``brittle`` features x_j = s·mu + N(0, noise²), each weakly but
-    together strongly predictive. Plain training of a linear model follows E[s x] = (1, mu, ..., mu), putting
-    brittle·mu = 5 times more weight on the brittle features than on x_0: an L∞ attack of
-    radius eps > mu shifts each brittle feature past zero, turning their sum against the
-    label (margin 1 + brittle·mu² − eps(1 + brittle·mu) = −0.3 at eps = 0.3: most examples
-    fall). Adversarial training at eps = 0.3 sees brittle features that point the wrong way
+    together strongly predictive. Plain training of a linear model follows E[s x] =
+    (1, mu, ..., mu), putting brittle·mu = 5 times more weight on the brittle features than
+    on x_0: an L∞ attack of radius eps > mu shifts each brittle feature past zero, turning
+    their sum against the label (margin 1 + brittle·mu² − eps(1 + brittle·mu) = −0.3 at
+    eps = 0.3: most examples fall). Adversarial training at eps = 0.3 sees brittle features that point the wrong way
     and must rely on x_0, whose margin 1 survives any eps < 1: robust accuracy near 1."""
     rng = np.random.default_rng(seed)
     s = rng.choice([-1.0, 1.0], n)
