@@ -93,12 +93,15 @@ UNDER_ATTACK = {"data": {"partition": {"kind": "iid", "num_clients": 11}}, "mode
                 "attack": {"kind": "gaussian", "fraction": 0.2, "scale": 10.0}}
 
 
-@pytest.fixture(scope="module")
-def fedavg_under_attack(tmp_path_factory):
-    from conftest import TINY, _merge
+_FEDAVG_UNDER_ATTACK: list[float] = []  # run once per session, shared by the six cases
 
-    res = fedweave.run(_merge(TINY, UNDER_ATTACK), out=tmp_path_factory.mktemp("robust") / "fedavg")
-    return res.history[-1]["accuracy"]
+
+@pytest.fixture
+def fedavg_under_attack(tiny, tmp_path_factory):
+    if not _FEDAVG_UNDER_ATTACK:
+        res = fedweave.run(tiny(UNDER_ATTACK), out=tmp_path_factory.mktemp("robust") / "fedavg")
+        _FEDAVG_UNDER_ATTACK.append(res.history[-1]["accuracy"])
+    return _FEDAVG_UNDER_ATTACK[0]
 
 
 @pytest.mark.parametrize("name", ["median", "trimmed_mean", "krum", "multikrum", "bulyan", "normclip"])
