@@ -407,3 +407,48 @@ def _interrupt_at_collect_then_resume(cfg, tmp_path, monkeypatch, at_call: int) 
     resumed = fedweave.resume(tmp_path / "cut")
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     assert torch.equal(resumed.params, full.params)
+
+
+# -- the max_staleness bound, at the limit ------------------------------------------------------------
+
+
+def _speed_trace(path, seconds_per_sample):
+    """Devices whose jobs differ only in compute speed: no latency, and links so fast that a
+    ~5 kB model moves in microseconds, so a job lasts n_k x seconds_per_sample x P / P_ref."""
+    rows = "\n".join(f"{c},{s},1e6,1e6" for c, s in enumerate(seconds_per_sample))
+    return _write(path, "client_id,seconds_per_sample,uplink_mbps,downlink_mbps\n" + rows + "\n")
+
+
+@pytest.mark.parametrize("mode", ["async", "buffered"])
+@pytest.mark.parametrize("limit", [3, 2])
+def test_an_arrival_exactly_at_max_staleness_is_merged_and_one_above_is_dropped(tiny, tmp_path, mode, limit):
+    """Staleness known by construction. Clients hold equal shares (iid; sizes differ by at
+    most one example in ~480) and the slow client computes 3.5x slower than the fast ones,
+    so while it trains the fast clients complete jobs at d, 2d, 3d and it arrives at 3.5d.
+    async: one fast client, each arrival one version -> the slow arrival has staleness 3.
+    buffered (buffer of 2): two fast clients, each pair of arrivals one version -> again 3.
+    max_staleness=3 must merge it (staleness == limit); max_staleness=2 must drop it."""
+    fast = 2 if mode == "buffered" else 1
+    speeds = [1e-3] * fast + [3.5e-3]
+    n = len(speeds)
+    trace = _speed_trace(tmp_path / "speeds.csv", speeds)
+    arrivals = 3 * fast + 1  # three fast waves, then the slow arrival; the budget stops there
+    schedule = {"mode": mode, "concurrency": n, "max_arrivals": arrivals, "max_staleness": limit}
+    if mode == "buffered":
+        schedule["buffer_size"] = fast
+    cfg = tiny(_merge(iid(n), {"method": {"name": "fedbuff" if mode == "buffered" else "fedasync"},
+                               "schedule": {**schedule, "clients_per_round": n},
+                               "system": {"profile": "trace", "trace": trace, "latency_s": 0.0}}))
+    last = fedweave.run(cfg, out=tmp_path / "r").history[-1]
+    assert last["arrivals"] == arrivals
+    if limit == 3:
+        assert last["dropped_updates"] == 0 and last["client_updates"] == arrivals
+        assert last["staleness_max"] == 3
+    else:
+        assert last["dropped_updates"] == 1 and last["client_updates"] == arrivals - 1
+        # async: a fast client always trains from the newest model; buffered: the first of a
+        # pair is sent out again before its partner's arrival flushes the buffer, so 1
+        assert last["staleness_max"] == (1 if mode == "buffered" else 0)
+    # three fast waves are three versions; the merged slow update makes a fourth in async mode,
+    # while in buffered mode it waits alone in a buffer that never fills
+    assert last["version"] == (4 if mode == "async" and limit == 3 else 3)

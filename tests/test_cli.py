@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,12 +76,19 @@ def test_run_errors_exit_2_without_traceback_or_run_dir(tmp_path, args, needles)
 
 
 def test_ray_without_a_cluster_exits_2_and_leaves_no_run_dir(tmp_path):
+    """An address that is certainly unreachable: a local port this test holds bound but not
+    listening (connections are refused at once). ``address=auto`` would pick up any Ray
+    instance running on the host, so it cannot be relied on to find none."""
     pytest.importorskip("ray")
     out = tmp_path / "x"
-    result, text = invoke("run", "--quiet", "--out", out, *SMALL, "--set", "executor.kind=ray",
-                          "--set", "executor.address=auto")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))  # reserved for the test's lifetime; never listen()s
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        result, text = invoke("run", "--quiet", "--out", out, *SMALL, "--set", "executor.kind=ray",
+                              "--set", f"executor.address={address}")
     assert result.exit_code == 2, result.output
-    assert "Could not find any running Ray instance" in text and "executor.kind=serial" in text
+    assert "Traceback" not in result.output
+    assert "Cannot reach Ray" in text and address in text and "executor.kind=serial" in text
     assert not out.exists()
 
 

@@ -156,8 +156,12 @@ def test_a_client_that_vanishes_mid_round_stalls_it_no_longer_than_the_deadline(
     assert result.status == "completed"
     first, second = run.run_dir.read_metrics()
     assert first["late_updates"] == 1 and first["client_updates"] >= 2
-    assert deadline - 0.1 <= first["round_wall_s"] <= deadline + 5
-    assert second["round_wall_s"] < deadline  # the vanished client is no longer waited for
+    # the round waited for the deadline (a logical lower bound; 0.1 s for clock granularity),
+    # and then stopped waiting: the upper bound is generous, for a loaded host
+    assert deadline - 0.1 <= first["round_wall_s"] <= deadline + 30
+    # the vanished client is no longer waited for: no further late update (the counts are
+    # cumulative), whatever the host's speed
+    assert second["late_updates"] == first["late_updates"]
 
 
 def test_tls_run_and_what_a_wrong_certificate_gets(tmp_path):

@@ -225,6 +225,36 @@ def test_generated_code_matches_the_proto():
         assert fields == {(f.name, f.number) for f in desc.fields}, name
 
 
+def test_committed_descriptor_is_the_one_protoc_compiles_from_the_proto(tmp_path):
+    """Whatever grpcio-tools the dev extra installed (not only the pinned generator): protoc
+    compiles fedweave.proto into a FileDescriptorProto, and the committed fedweave_pb2.py
+    must embed exactly that descriptor (every message, field, type, label and RPC), so a
+    .proto edited without regenerating the code fails here."""
+    pytest.importorskip("grpc_tools")
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
+
+    src = DEPLOY.parents[1]
+    out = tmp_path / "fedweave.desc"
+    rc = protoc.main(["protoc", f"-I{src}", f"--descriptor_set_out={out}", str(DEPLOY / "fedweave.proto")])
+    assert rc == 0
+    compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
+    assert len(compiled) == 1
+    # a descriptor set records every field's json_name, derived from its name; the Python
+    # generator embeds only explicit ones, and the .proto declares none
+    assert "json_name" not in (DEPLOY / "fedweave.proto").read_text()
+
+    def drop_json_names(messages):
+        for m in messages:
+            for f in m.field:
+                f.ClearField("json_name")
+            drop_json_names(m.nested_type)
+
+    drop_json_names(compiled[0].message_type)
+    committed = descriptor_pb2.FileDescriptorProto.FromString(pb2.DESCRIPTOR.serialized_pb)
+    assert committed == compiled[0]
+
+
 def test_generated_code_is_current_when_the_pinned_generator_is_installed():
     grpc_tools = pytest.importorskip("grpc_tools")
     from importlib.metadata import PackageNotFoundError, version

@@ -34,7 +34,8 @@ def test_batchnorm_layers_are_personal(tiny, tmp_path):
     assert all(not torch.equal(means[0], m) for m in means[1:])  # each client's own statistics
     assert all(not torch.equal(states[0]["personal"], s["personal"]) for s in states[1:])
     assert sim.committed.state.params.numel() == spec.num_params
-    assert sim.committed.history[-1]["personalized_acc_mean"] > 0.1
+    assert sim.committed.history[-1]["personalized_acc_mean"] > 0.1  # above chance (10 classes); the
+    # personalized figure itself is recomputed in test_evaluation.py and must beat a bound in test_personalization.py
 
 
 def test_groupnorm_and_resnet_layers_are_found(tiny):

@@ -37,10 +37,36 @@ def test_fltrust_needs_a_root_dataset():
         build_method(load_config({"method": {"name": "fltrust"}}))
 
 
-def test_fltrust_runs_and_distrusts_sign_flippers(tiny, tmp_path):
-    res = fedweave.run(tiny({"method": {"name": "fltrust"}, "data": {"server_fraction": 0.05},
+def test_fltrust_gives_sign_flippers_zero_trust(tiny, tmp_path, monkeypatch):
+    """A problem where it must: iid clients and a root set from the same distribution start
+    from the same model, so every honest update and the server's root update g0 descend the
+    same expected loss and point the same way (cos > 0: positive trust). A sign-flipper
+    uploads -3x its honest update, whose cosine with g0 is then negative: ReLU gives 0."""
+    from fedweave.methods import fltrust as fltrust_module
+    from fedweave.threats.attacks import malicious_clients
+
+    seen = []  # per round: (client ids, trust scores, cosines recomputed here)
+    combine, aggregate = fltrust_module.fltrust_combine, fltrust_module.FLTrustStrategy.aggregate
+
+    def spy_combine(deltas, g0):
+        out, trust = combine(deltas, g0)
+        seen[-1] += [trust, torch.nn.functional.cosine_similarity(deltas, g0[None, :], dim=1)]
+        return out, trust
+
+    def spy_aggregate(self, updates, state, ctx):
+        seen.append([[u.client_id for u in updates]])
+        return aggregate(self, updates, state, ctx)
+
+    monkeypatch.setattr(fltrust_module, "fltrust_combine", spy_combine)
+    monkeypatch.setattr(fltrust_module.FLTrustStrategy, "aggregate", spy_aggregate)
+    res = fedweave.run(tiny({"method": {"name": "fltrust"}, "data": {"server_fraction": 0.05, "partition": {"kind": "iid"}},
                              "attack": {"kind": "sign_flip", "fraction": 0.4, "scale": 3.0},
                              "schedule": {"clients_per_round": 5, "rounds": 3}}), out=tmp_path / "f")
     assert res.status == "completed"
-    trust = [r["fltrust_mean_trust"] for r in res.history]
-    assert all(0 <= t <= 1 for t in trust)
+    bad = set(malicious_clients(0, 5, 0.4))
+    assert len(seen) == 3 and len(bad) == 2
+    for (ids, trust, cos), rec in zip(seen, res.history):
+        assert torch.allclose(trust, cos.clamp_min(0), atol=1e-6)  # TS_i = ReLU(cos(Δ_i, g0))
+        for cid, t in zip(ids, trust.tolist()):
+            assert (t == 0.0) if cid in bad else (t > 0.0), (cid, t)
+        assert rec["fltrust_mean_trust"] == pytest.approx(float(trust.mean()))

@@ -47,10 +47,18 @@ def _client_run(tiny, beta, kind="mse"):
 
 
 def test_distillation_pulls_the_shallow_features_towards_the_global_model(tiny):
+    """β weighs a penalty whose minimum is zero drift of the distilled features from the
+    global model's, so the first layer's drift must shrink as β grows: strictly, from β = 0
+    (FedPer) through 1 to 5. No magnitude is claimed (the paper gives none); the β stay in
+    plain SGD's stable range, lr · β · λ < 2, where λ is the penalty's curvature: the MSE over
+    the 16 outputs of W x + b has Hessian 2 E[x xᵀ] / 16 (x with a 1 appended), λ = 1.44 on
+    client 0's digits, so β < 2 / (0.1 · 1.44) ≈ 13.9 (β = 20 diverges)."""
     n1 = 64 * 16 + 16  # the first linear layer: the distilled block (digits 8x8 → 16)
     free_model, free = _client_run(tiny, 0.0)
+    _, mid = _client_run(tiny, 1.0)
     pulled_model, pulled = _client_run(tiny, 5.0)
-    assert float(pulled.update.delta[:n1].norm()) < 0.6 * float(free.update.delta[:n1].norm())  # 0.47 measured
+    drift = [float(r.update.delta[:n1].norm()) for r in (free, mid, pulled)]
+    assert drift[0] > drift[1] > drift[2] > 0
     assert float(pulled.update.delta.norm()) > 0
     for model in (free_model, pulled_model):  # the capture hooks are removed after training
         assert not any(m._forward_hooks for m in model.module.modules())

@@ -53,7 +53,37 @@ def test_plora_server_state_holds_only_B(tmp_path):
     # each upload is the B delta plus scalars; each download the global B
     per_update = 4 * num_b + SCALAR_BYTES * 5
     assert result.summary["bytes_up"] == result.summary["client_updates"] * per_update
-    assert result.history[-1]["personalized_acc_mean"] > 1.0
+
+
+def test_plora_personalized_perplexity_is_recomputed_from_each_clients_adapters(tmp_path):
+    """Each client's model (global B + its own A, through the method's personalize) scored on
+    its validation split: a client's perplexity is exp(mean token cross-entropy over its
+    validation tokens) — the sequences have equal length, so this is also exp of the mean
+    per-sequence loss — and personalized_acc_mean is their mean over clients."""
+    import torch.nn.functional as F
+
+    from fedweave.messages import Broadcast
+    from helpers_eval import run_keeping_the_final_checkpoint
+
+    cfg = _cfg()
+    last, server, states = run_keeping_the_final_checkpoint(cfg.model_dump(), tmp_path / "plora")
+    exp = fedweave.build_experiment(_cfg())
+    flat = FlatModel(exp.model_factory(), exp.roles)
+    initial = {"personal": flat.personal.clone(), "personal_buffers": flat.personal_buffers.clone()}
+    broadcast = Broadcast(last["version"], server["params"], server["buffers"])
+    perplexities = []
+    for cid, val in enumerate(exp.data.client_val):
+        if len(val) == 0:
+            continue
+        exp.algorithm.personalize(flat, broadcast, states.get(cid), initial)
+        flat.module.eval()
+        with torch.no_grad():
+            logits = flat.module(exp.data.x[val]).double()
+        target = exp.data.y[val]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        perplexities.append(float(torch.exp(nll)))
+    assert states and len(perplexities) > 1
+    assert last["personalized_acc_mean"] == pytest.approx(sum(perplexities) / len(perplexities), rel=1e-6)
 
 
 def test_A_is_the_same_seeded_basis_for_every_client():

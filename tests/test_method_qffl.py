@@ -61,10 +61,33 @@ def test_client_reports_the_global_model_loss_before_training(tiny):
     assert result.update.metrics["loss"] != pytest.approx(expected)  # not the training loss
 
 
-def test_runs_end_to_end_and_refuses_negative_q(tiny, tmp_path):
+def test_runs_end_to_end_and_refuses_negative_q(tiny, tmp_path, monkeypatch):
+    """The reported step scale is Σ_k a_k recomputed here from the round's deltas and losses
+    (a_k = L F_k^q / Σ_j h_j, h_j = q F_j^(q-1) L² ‖Δ_j‖² + L F_j^q), and each global model is
+    w_g + Σ_k a_k Δ_k. For q > 0 every h_j exceeds L F_j^q, so Σ_k a_k < 1."""
+    from fedweave.methods.qffl import QFFLStrategy
+
+    rounds = []
+    aggregate = QFFLStrategy.aggregate
+
+    def spy(self, updates, state, ctx):
+        before = state.params.clone()
+        new = aggregate(self, updates, state, ctx)
+        rounds.append((before, [u.delta.double() for u in updates], [float(u.payload[LOSS_KEY]) for u in updates],
+                       ctx.round_lr, new.params.clone()))
+        return new
+
+    monkeypatch.setattr(QFFLStrategy, "aggregate", spy)
     res = fedweave.run(tiny({"method": {"name": "qffl", "q": 1.0}}), out=tmp_path / "q")
-    assert res.status == "completed"
-    assert all(0 < r["qffl_step_scale"] < 1 for r in res.history)  # shorter steps than averaging
+    assert res.status == "completed" and len(rounds) == len(res.history) == 3
+    for (before, deltas, losses, lr, after), rec in zip(rounds, res.history):
+        big_l, f = 1.0 / lr, [v + 1e-10 for v in losses]
+        h = sum(1.0 * fk ** 0 * big_l**2 * float(d.pow(2).sum()) + big_l * fk for fk, d in zip(f, deltas))
+        a = [big_l * fk / h for fk in f]
+        assert rec["qffl_step_scale"] == pytest.approx(sum(a), rel=1e-9)
+        assert 0 < sum(a) < 1  # shorter steps than averaging
+        expected = before.double() + sum(ak * d for ak, d in zip(a, deltas))
+        assert torch.allclose(after.double(), expected, rtol=0, atol=1e-6)
     with pytest.raises(fedweave.ConfigError, match="greater than or equal to 0"):
         fedweave.run(tiny({"method": {"name": "qffl", "q": -1}}), out=tmp_path / "bad")
 

@@ -80,12 +80,37 @@ def test_combiner_stage_composes_with_weighting_and_server_optimizer(tiny, tmp_p
     assert strategy.combiner.kind == "krum" and strategy.combiner.f == 1
 
 
+# Under attack, on a problem where a defense must matter: 11 iid digits clients, all in every
+# round, 2 of them (fraction 0.2) upload Gaussian noise N(0, 10^2 I) instead of their update.
+# FedAvg's mean then moves every weight by noise of sd 2/11 * 10 = 1.8 per round, far above the
+# scale of the weights it learns (~0.1-0.3): it cannot learn. Each defense removes or bounds the
+# two outliers (f = 2: K = 11 meets Krum's K > 2f + 2 and Bulyan's K >= 4f + 3; normclip scales
+# them down to the median norm) and so trains on the 9 honest updates. The margin is 4 sd of a
+# test accuracy (digits' 1797 examples, test_fraction 0.2: n = 359, sd <= 0.5 / sqrt(n) = 0.026).
+MARGIN = 4 * 0.5 / round(0.2 * 1797) ** 0.5
+UNDER_ATTACK = {"data": {"partition": {"kind": "iid", "num_clients": 11}}, "model": {"hidden": [32]},
+                "client": {"epochs": 2}, "schedule": {"rounds": 8, "clients_per_round": 11}, "eval": {"every": 8},
+                "attack": {"kind": "gaussian", "fraction": 0.2, "scale": 10.0}}
+
+
+_FEDAVG_UNDER_ATTACK: list[float] = []  # run once per session, shared by the six cases
+
+
+@pytest.fixture
+def fedavg_under_attack(tiny, tmp_path_factory):
+    if not _FEDAVG_UNDER_ATTACK:
+        res = fedweave.run(tiny(UNDER_ATTACK), out=tmp_path_factory.mktemp("robust") / "fedavg")
+        _FEDAVG_UNDER_ATTACK.append(res.history[-1]["accuracy"])
+    return _FEDAVG_UNDER_ATTACK[0]
+
+
 @pytest.mark.parametrize("name", ["median", "trimmed_mean", "krum", "multikrum", "bulyan", "normclip"])
-def test_each_robust_method_runs(tiny, tmp_path, name):
-    extra = {} if name == "normclip" else {"num_malicious": 1}
-    res = fedweave.run(tiny({"method": {"name": name, **extra}, "schedule": {"clients_per_round": 7, "rounds": 2},
-                             "data": {"partition": {"num_clients": 8}}}), out=tmp_path / name)
+def test_each_robust_method_beats_fedavg_under_attack(tiny, tmp_path, name, fedavg_under_attack):
+    extra = {} if name == "normclip" else {"num_malicious": 2}
+    res = fedweave.run(tiny({**UNDER_ATTACK, "method": {"name": name, **extra}}), out=tmp_path / name)
     assert res.status == "completed" and res.history[-1]["robust_skipped_rounds"] == 0
+    assert res.summary["malicious_clients"] and len(res.summary["malicious_clients"]) == 2
+    assert res.history[-1]["accuracy"] > fedavg_under_attack + MARGIN
 
 
 def test_a_cohort_too_small_is_not_aggregated():

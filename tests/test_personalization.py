@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fedweave
+import problems  # tests/problems.py
 from fedweave.config import load_config
 from fedweave.methods.registry import method_roles
 from fedweave.models import build_model
@@ -64,3 +65,40 @@ def test_resume_with_personal_state_equals_uninterrupted(tiny, tmp_path, method)
                        for x in (p / "metrics.jsonl").read_text().splitlines()]
     assert lines(tmp_path / "int") == lines(ref.run_dir)
     assert torch.equal(res.params, ref.params)
+
+
+# -- personalization must help on a problem built for it ----------------------------------------------
+
+
+def _problem_run(tmp_path, make, method, model, rounds=10):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    root = make(tmp_path / "data.npz")
+    cfg = {"data": {"dataset": "npz", "root": root, "client_val_fraction": 0.2, "partition": {"kind": "natural", "num_clients": 4}},
+           "model": model, "method": {"name": method}, "client": {"epochs": 1, "batch_size": 32, "lr": 0.1},
+           "schedule": {"rounds": rounds, "clients_per_round": 4}, "eval": {"every": rounds, "personalized": True}}
+    res = fedweave.run(cfg, out=tmp_path / method)
+    exp_val = sum(len(v) for v in fedweave.build_experiment(load_config(cfg)).data.client_val)
+    return res.history[-1], exp_val
+
+
+def _bound_plus_4_sd(bound, n):
+    """A single model's accuracy on n validation examples exceeds its population bound by
+    more than 4 binomial standard deviations with probability < 4e-5."""
+    return bound + 4 * (bound * (1 - bound) / n) ** 0.5
+
+
+@pytest.mark.parametrize("method,make,model,bound", [
+    ("fedper", "flipped_labels", {"name": "mlp", "hidden": [16]}, 0.5),
+    ("fedbn", "shifted_features", {"name": "mlp_norm", "norm": "batch", "hidden": [16]}, 0.839),
+])
+def test_personalized_models_beat_any_single_model(tmp_path, method, make, model, bound):
+    """On the problems of tests/problems.py no single model exceeds ``bound`` (derived
+    there); FedPer's personal head undoes a label flip, FedBN's personal BatchNorm undoes a
+    feature shift. Their personalized accuracy must clear the bound by 4 sd and the global
+    model's accuracy; FedAvg, whose 'personal' model is the global one, must not."""
+    make_fn = getattr(problems, make)
+    rec, n_val = _problem_run(tmp_path / method, make_fn, method, model)
+    assert rec["personalized_acc_mean"] > _bound_plus_4_sd(bound, n_val)
+    assert rec["personalized_acc_mean"] > rec["accuracy"]
+    plain, _ = _problem_run(tmp_path / "fedavg", make_fn, "fedavg", model)
+    assert plain["personalized_acc_mean"] <= _bound_plus_4_sd(bound, n_val)

@@ -102,13 +102,17 @@ def test_dp_run_reports_epsilon_and_clips_uploads(tiny, tmp_path):
         ({"schedule": {"mode": "buffered", "sampling": "uniform"}}, "buffered"),
         ({"model": {"name": "resnet", "norm": "batch", "width": 4}}, "shared float buffers"),
         ({"model": {"name": "resnet", "norm": "group", "width": 4}}, None),
+        ({"schedule": {"over_select": 0.5}}, "over_select"),
+        ({"method": {"name": "fedavg", "weighting": "loss"}}, "weighting 'loss'"),
+        ({"method": {"name": "feddisco"}}, "weighting 'disco'"),
+        ({"method": {"name": "fedavg", "weighting": "uniform"}}, None),
     ],
 )
 def test_uncovered_combinations_are_refused(tiny, extra, match):
     cfg = tiny(DP)
     for k, v in extra.items():
         cfg[k] = {**cfg.get(k, {}), **v}
-    if match is None:  # GroupNorm keeps no shared float buffers: accepted
+    if match is None:  # GroupNorm keeps no shared float buffers; uniform weights: accepted
         build_experiment(load_config(cfg))
         return
     with pytest.raises(ConfigError, match=match):
@@ -118,3 +122,34 @@ def test_uncovered_combinations_are_refused(tiny, extra, match):
 def test_dp_needs_both_clip_and_noise(tiny):
     with pytest.raises(ConfigError, match="both"):
         load_config(tiny({"privacy": {"dp": {"clip": 1.0}}}))
+
+
+# -- epsilon against an independent value -----------------------------------------------------------
+# With sampling rate q = 1 every round is the plain Gaussian mechanism on a sum of sensitivity
+# C with noise sigma*C, whose Renyi DP at order a is a / (2 sigma^2) in closed form (Mironov
+# 2017, Prop. 7); T rounds compose additively: T a / (2 sigma^2). The conversion to (eps,
+# delta) is the one the accountant states it uses (Opacus's RDP accountant): Balle et al.
+# 2020, Thm. 21, eps = rdp(a) + log((a-1)/a) - (log delta + log a)/(a-1), minimised over
+# Opacus's default orders 1.1, 1.2, ..., 10.9 and 12, ..., 63.
+
+ORDERS = [1 + x / 10 for x in range(1, 100)] + list(range(12, 64))
+
+
+def _epsilon_q1(sigma: float, rounds: int, delta: float) -> float:
+    import math
+
+    return min(rounds * a / (2 * sigma**2) + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1)
+               for a in ORDERS)
+
+
+@pytest.mark.parametrize("sigma,rounds", [(1.0, 3), (1.5, 10), (4.0, 50)])
+def test_epsilon_at_q1_is_the_gaussian_mechanisms_closed_form(sigma, rounds):
+    assert dp_epsilon(sigma, 1.0, rounds, 1e-5) == pytest.approx(_epsilon_q1(sigma, rounds, 1e-5), rel=1e-9)
+
+
+def test_a_full_participation_run_reports_the_closed_form_epsilon(tiny, tmp_path):
+    cfg = tiny({"schedule": {"sampling": "poisson", "sampling_rate": 1.0, "rounds": 3, "clients_per_round": 5},
+                "privacy": {"dp": {"clip": 0.5, "noise_multiplier": 2.0, "delta": 1e-4}}})
+    res = fedweave.run(cfg, out=tmp_path / "dp")
+    assert [r["epsilon"] for r in res.history] == pytest.approx([_epsilon_q1(2.0, t, 1e-4) for t in (1, 2, 3)], rel=1e-9)
+    assert res.summary["epsilon"] == pytest.approx(_epsilon_q1(2.0, 3, 1e-4), rel=1e-9)

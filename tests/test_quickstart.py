@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import fedweave
 
 
-@pytest.mark.slow
 def test_default_quickstart_reaches_085(tmp_path):
     res = fedweave.run(None, out=tmp_path / "qs")
     assert res.summary["status"] == "completed"

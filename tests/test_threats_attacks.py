@@ -233,12 +233,31 @@ def test_fraction_outside_0_1_is_refused(tiny):
             load_config(tiny({"attack": {"kind": "sign_flip", "fraction": bad}}))
 
 
-def test_backdoor_run_reports_attack_success_rate(tiny, tmp_path):
-    res = fedweave.run(tiny({"attack": {"kind": "backdoor", "fraction": 0.4, "trigger": {"size": 2}},
-                             "schedule": {"rounds": 2}}), out=tmp_path / "run")
-    assert 0.0 <= res.summary["final_attack_success_rate"] <= 1.0
+def test_backdoor_success_rate_is_above_the_clean_models(tiny, tmp_path):
+    """40% of the clients train on triggered inputs labelled with the target, so the model
+    learns the trigger; a model trained without the attack has no reason to send triggered
+    non-target inputs to the target. The attacked success rate must exceed the clean model's
+    (recomputed here on the same triggered inputs) by 4 sd of a rate on those n inputs."""
+    from fedweave.params import FlatModel
+
+    setup = {"data": {"partition": {"kind": "iid"}}, "model": {"hidden": [32]}, "client": {"epochs": 2},
+             "schedule": {"rounds": 4, "clients_per_round": 5}}
+    attack = {"attack": {"kind": "backdoor", "fraction": 0.4, "trigger": {"size": 2}}}
+    res = fedweave.run(tiny({**setup, **attack}), out=tmp_path / "run")
     assert all("attack_success_rate" in r for r in res.history)
     assert res.summary["malicious_clients"] == malicious_clients(0, 5, 0.4)
+    clean = fedweave.run(tiny(setup), out=tmp_path / "clean")
+    exp = build_experiment(load_config(tiny({**setup, **attack})))
+    plan = exp.algorithm.plan
+    keep = exp.data.y_test != plan.target
+    triggered = plan.trigger.stamp(exp.data.x_test[keep])  # the whole trigger on every non-target test input
+    model = FlatModel(exp.model_factory(), exp.roles)
+    with torch.no_grad():
+        model.params.copy_(clean.params)
+        model.module.eval()
+        clean_rate = float((model.module(triggered).argmax(dim=1) == plan.target).double().mean())
+    margin = 4 * 0.5 / math.sqrt(len(triggered))
+    assert res.summary["final_attack_success_rate"] > clean_rate + margin
 
 
 def test_attack_window(tiny):
