@@ -106,12 +106,10 @@ class StackedSGD:
     tensors."""
 
     def __init__(self, params: list[torch.Tensor], base: list[torch.Tensor], rule: SGDStep):
-        self.params, self.base, self.rule = params, base, rule
+        self.params, self.base, self.rule = params, base, rule  # base: the anchors, [] without FedProx
         self.bufs = [torch.empty_like(p) for p in params] if rule.momentum else []
-
-    @property
-    def fused(self) -> FusedSGD:
-        return self.rule.fused()
+        # the same step around a raw gradient, for the bmm kernel (None: clipped, never fused)
+        self.fused: FusedSGD | None = rule.fused() if rule.grad_clip is None else None
 
     def apply(self, k: int, grads: list[torch.Tensor], first: bool) -> None:
         """One step of the first ``k`` clients; ``grads`` (``[k, *shape]``) may be modified."""
@@ -212,7 +210,7 @@ class MLPKernel:
         weighted, delta = self.task.weighted_loss_grad(h.reshape(-1, h.shape[-1]), y.reshape(-1, *y.shape[2:]),
                                                        weight.reshape(-1))
         delta = delta.view(h.shape)
-        fused = opt.rule.grad_clip is None
+        fused = opt.fused is not None
         grads: list[torch.Tensor | None] = [None] * len(p)
         for i in range(len(self.layers) - 1, -1, -1):
             layer, a = self.layers[i], saved[i]
@@ -246,7 +244,7 @@ class MLPKernel:
             if index < 0:
                 continue
             w = opt.params[index][:k]
-            w0 = opt.base[index][:k] if f.anchor else None
+            w0 = opt.base[index][:k] if opt.base else None
             if not f.momentum:
                 if is_weight:
                     w.baddbmm_(delta.transpose(1, 2), a, beta=f.beta, alpha=f.alpha)
@@ -266,8 +264,8 @@ class MLPKernel:
                 buf.mul_(f.momentum).add_(delta.sum(1))
             if f.shrink:
                 buf.add_(w, alpha=f.shrink)
-            if f.buffer_anchor:
-                buf.add_(opt.base[index][:k], alpha=f.buffer_anchor)
+            if w0 is not None:
+                buf.add_(w0, alpha=f.buffer_anchor)
             w.add_(buf, alpha=f.alpha)
 
 
