@@ -30,10 +30,10 @@ ROOT = "fedweave"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the contracts, and the local trainer that ClientAlgorithm runs; the old top-level
     # paths of the core modules are re-exports of it
-    ("core", ("fedweave.core", "fedweave.train", "fedweave.errors", "fedweave.rng", "fedweave.params",
+    ("core", ("fedweave.core", "fedweave.train", "fedweave.step", "fedweave.errors", "fedweave.rng", "fedweave.params",
               "fedweave.messages")),
-    # what a run reads and writes: the engine commits records and checkpoints through rundir
-    # what a run reads and writes; importing the modules a config names (plugins)
+    # what a run reads and writes (the engine commits records and checkpoints through rundir);
+    # importing the modules a config names (plugins)
     ("config", ("fedweave.config", "fedweave.rundir", "fedweave.plugins")),
     # pure maths: aggregation rules and server optimizers; fairness figures and summaries; wireless connectivity
     ("maths", ("fedweave.aggregate", "fedweave.metrics", "fedweave.wireless")),

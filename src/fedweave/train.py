@@ -9,7 +9,8 @@ gradient, no dampening) and ``torch.optim.Adam``.
 
 Per step: forward and loss (a method may replace the loss), backward into the flat
 gradient, gradient hooks (FedProx's proximal term, SCAFFOLD's correction...), gradient
-clipping, then the optimizer step.
+clipping, then the optimizer step. The SGD step is :class:`fedweave.step.SGDStep`, the one
+rule that the vectorized executor applies as well.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from .core.params import FlatModel
 from .core.task import Task
+from .step import SGDStep, add_weight_decay, clip_scale
 
 GradHook = Callable[[torch.Tensor, torch.Tensor], None]  # (flat grad, flat trained) -> None, in place
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,32 +69,31 @@ class TrainResult:
 
 
 class FlatOptimizer:
-    """SGD (momentum, weight decay) or Adam over one flat vector."""
+    """SGD (momentum, weight decay; the rule of :class:`fedweave.step.SGDStep`) or Adam over
+    one flat vector, after clipping the gradient to ``grad_clip``."""
 
     def __init__(self, settings: TrainSettings, size: int, dtype: torch.dtype):
         self.s = settings
         self.t = 0
-        self.buf: torch.Tensor | None = None
         self.exp_avg: torch.Tensor | None = None
         self.exp_avg_sq: torch.Tensor | None = None
         if settings.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown local optimizer {settings.optimizer!r}")
+        # FedProx's term is not part of this rule: it comes as a gradient hook (see fedweave.step)
+        self.rule = SGDStep.of(settings)
+        self.bufs = [torch.empty(size, dtype=dtype)] if settings.optimizer == "sgd" and settings.momentum else []
 
     @torch.no_grad()
     def step(self, w: torch.Tensor, g: torch.Tensor) -> None:
         s = self.s
-        if s.weight_decay:
-            g = g.add(w, alpha=s.weight_decay)
-        if s.optimizer == "sgd":
-            if s.momentum:
-                if self.buf is None:
-                    self.buf = g.clone()
-                else:
-                    self.buf.mul_(s.momentum).add_(g)
-                g = self.buf
-            w.add_(g, alpha=-s.lr)
-            return
         self.t += 1
+        if s.optimizer == "sgd":
+            self.rule.apply([w], [g], self.bufs, self.t == 1)
+            return
+        if s.grad_clip is not None:
+            g.mul_(clip_scale(g.norm(), s.grad_clip))
+        if s.weight_decay:
+            g = add_weight_decay([g], [w], s.weight_decay)[0]
         b1, b2 = s.betas
         if self.exp_avg is None:
             self.exp_avg = torch.zeros_like(w)
@@ -150,10 +151,6 @@ def local_train(
             loss.backward()
             for hook in grad_hooks:
                 hook(g, w)
-            if settings.grad_clip is not None:
-                norm = g.norm()
-                if norm > settings.grad_clip:
-                    g.mul_(settings.grad_clip / (norm + 1e-12))
             opt.step(w, g)
             loss_sum += loss.detach()
             steps += 1

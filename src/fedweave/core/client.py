@@ -14,6 +14,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from ..step import add_proximal
 from ..train import GradHook, LossFn, TrainResult, TrainSettings, local_train
 from .messages import Broadcast, Update
 from .params import FlatModel
@@ -74,9 +75,14 @@ class ClientAlgorithm:
         self.objective = objective
         self.mu = mu
 
+    @property
+    def proximal_mu(self) -> float:
+        """μ of FedProx's proximal term in the local step (0.0 for the plain objective)."""
+        return self.mu if self.objective == "prox" and self.mu > 0 else 0.0
+
     def grad_hooks(self, job: ClientJob, worker: ClientWorker) -> tuple[GradHook, ...]:
-        if self.objective == "prox" and self.mu > 0:
-            return (prox_hook(job.broadcast.params, self.mu),)
+        if self.proximal_mu:
+            return (prox_hook(job.broadcast.params, self.proximal_mu),)
         return ()
 
     def loss_fn(self, job: ClientJob, worker: ClientWorker) -> LossFn | None:
@@ -119,19 +125,28 @@ class ClientAlgorithm:
 
     def build_update(self, job: ClientJob, worker: ClientWorker, num_steps: int, metrics: dict[str, float],
                      payload: dict[str, Any] | None = None) -> Update:
-        """The standard upload from the worker's trained model: delta, buffers, sizes and
-        metrics (plus the full trainable vector when ``upload_full_model``)."""
+        """The standard upload from the worker's trained model (see :meth:`update_from`)."""
         model = worker.model
+        return self.update_from(job, model.params, model.buffers, len(worker.data.client_train[job.client_id]),
+                                num_steps, metrics, payload)
+
+    def update_from(self, job: ClientJob, params: torch.Tensor, buffers: torch.Tensor, num_examples: int,
+                    num_steps: int, metrics: dict[str, float], payload: dict[str, Any] | None = None) -> Update:
+        """The standard upload of a trained model (its trainable vector ``params`` and float
+        ``buffers``, neither kept): the delta from the broadcast, the buffers, sizes and
+        metrics, plus the full trainable vector when ``upload_full_model``. The serial
+        client (through :meth:`build_update`) and the vectorized executor both build their
+        updates here."""
         return Update(
             client_id=job.client_id,
             base_version=job.broadcast.version,
-            delta=model.params - job.broadcast.params,
-            buffers=model.buffers.clone(),
-            num_examples=len(worker.data.client_train[job.client_id]),
+            delta=params - job.broadcast.params,
+            buffers=buffers.clone(),
+            num_examples=num_examples,
             num_steps=num_steps,
             metrics=metrics,
             payload=payload or {},
-            params=model.params.clone() if self.upload_full_model else None,
+            params=params.clone() if self.upload_full_model else None,
         )
 
     def next_state(self, job: ClientJob, worker: ClientWorker, result: TrainResult) -> dict[str, Any] | None:
@@ -139,10 +154,11 @@ class ClientAlgorithm:
 
 
 def prox_hook(global_params: torch.Tensor, mu: float) -> GradHook:
-    """FedProx: the gradient of (μ/2)‖w − w_g‖² over the shared trainable part is μ(w − w_g)."""
+    """FedProx: the gradient of (μ/2)‖w − w_g‖² over the shared trainable part is μ(w − w_g)
+    (:func:`fedweave.step.add_proximal`, the term of the local step rule)."""
     n = global_params.numel()
 
     def hook(grad: torch.Tensor, trained: torch.Tensor) -> None:
-        grad[:n].add_(trained[:n] - global_params, alpha=mu)
+        add_proximal([grad[:n]], [trained[:n]], [global_params], mu)
 
     return hook

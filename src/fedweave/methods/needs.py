@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from typing import Iterable, Optional
 
 #: Client-algorithm hooks whose override means client logic beyond plain SGD.
-CLIENT_LOGIC_HOOKS = ("train", "grad_hooks", "loss_fn", "upload_payload", "build_update", "next_state")
+CLIENT_LOGIC_HOOKS = ("train", "grad_hooks", "loss_fn", "upload_payload", "build_update", "update_from", "next_state")
 #: Server hooks whose override means more than the global model goes to the clients.
 BROADCAST_HOOKS = ("configure", "broadcast_payload")
 

@@ -8,16 +8,17 @@ use every core. Two kernels compute that step:
 
 ``func`` (any model the executor accepts)
     ``torch.func.vmap(grad_and_value(loss))`` over the model applied with
-    ``functional_call``; the optimizer step is a handful of ``_foreach`` operations
-    over the stacked tensors (:class:`StackedSGD`).
+    ``functional_call``; the optimizer step is the local step rule
+    :class:`fedweave.step.SGDStep` applied to the stacked tensors (:class:`StackedSGD`).
 ``mlp`` (models that are a stack of ``Linear`` layers and ReLU/Tanh, e.g. ``mlp`` and
 ``logistic``; chosen automatically for them)
     the forward and backward passes written out with batched matrix products
     (``bmm``), the loss gradient with respect to the output from the task's
     ``weighted_loss_grad`` (closed form for classification, autograd otherwise), and —
     without gradient clipping — the SGD update fused into the
-    weight-gradient product (``W.baddbmm_(δᵀ, a, beta=1−η(μ+λ), alpha=−η)``: the
-    gradient is never materialised). On W1 (the 2NN) this is what makes vectorized
+    weight-gradient product (``W.baddbmm_(δᵀ, a, beta=1−η(μ+λ), alpha=−η)``, the
+    coefficients of :meth:`fedweave.step.SGDStep.fused`: the gradient is never
+    materialised). On W1 (the 2NN) this is what makes vectorized
     training faster than a plain loop; see ``docs/results/scale.md``.
 
 Every client does exactly the steps it would do serially: its minibatches come from the
@@ -31,7 +32,10 @@ computed example-steps).
 
 Supported: the standard client (plain or FedProx objective, uploading the delta or, as
 FedAsync's client does, the full trained vector), SGD with momentum, weight
-decay and gradient clipping (the semantics of :class:`fedweave.train.FlatOptimizer`),
+decay and gradient clipping (the rule :class:`fedweave.step.SGDStep` that
+:func:`fedweave.train.local_train` applies too; updates are built by the client
+algorithm's :meth:`~fedweave.core.client.ClientAlgorithm.update_from`, as the serial
+client's are),
 models without float buffers (no BatchNorm) and without dropout or personal segments.
 Anything else is refused with the reason. ``executor.kind: auto`` vectorizes only where
 the ``mlp`` kernel applies (the ``func`` kernel measured slower than serial) and otherwise
@@ -50,10 +54,10 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..core.client import ClientJob, JobResult
 from ..core.errors import ConfigError
-from ..core.messages import Update
 from ..core.params import FlatModel
 from ..core.rng import torch_generator
 from ..methods.needs import client_needs
+from ..step import FusedSGD, SGDStep
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders
 from .executor_base import Executor, SerialExecutor
@@ -93,38 +97,21 @@ def unsupported_reason(setup: WorkerSetup, model: FlatModel, settings_optimizer:
 
 # -- stacked parameters and the optimizer step ------------------------------------------------
 class StackedSGD:
-    """Per-client SGD over stacked ``[K, *shape]`` tensors, with FedProx's term, gradient
-    clipping (per client, over all its tensors), L2 weight decay and momentum applied in
-    the order of :func:`fedweave.train.local_train` and :class:`~fedweave.train.FlatOptimizer`:
-    g ← g + μ(w − w₀); g ← g·min(1, c/‖g‖); g ← g + λw; b ← m·b + g (b = g at the first
-    step); w ← w − η·(b or g)."""
+    """The cohort's stacked ``[K, *shape]`` parameters, FedProx's anchors and momentum
+    buffers, stepped by the local step rule :class:`fedweave.step.SGDStep` (the rule of
+    :func:`fedweave.train.local_train`), clipping each client by the norm of all its
+    tensors."""
 
-    def __init__(self, params: list[torch.Tensor], base: list[torch.Tensor], s: TrainSettings, mu: float):
-        self.params, self.base, self.s, self.mu = params, base, s, mu
-        self.bufs = [torch.empty_like(p) for p in params] if s.momentum else None
+    def __init__(self, params: list[torch.Tensor], base: list[torch.Tensor], rule: SGDStep):
+        self.params, self.base, self.rule = params, base, rule  # base: the anchors, [] without FedProx
+        self.bufs = [torch.empty_like(p) for p in params] if rule.momentum else []
+        # the same step around a raw gradient, for the bmm kernel (None: clipped, never fused)
+        self.fused: FusedSGD | None = rule.fused() if rule.grad_clip is None else None
 
     def apply(self, k: int, grads: list[torch.Tensor], first: bool) -> None:
         """One step of the first ``k`` clients; ``grads`` (``[k, *shape]``) may be modified."""
-        s = self.s
-        params = [p[:k] for p in self.params]
-        if self.mu:
-            torch._foreach_add_(grads, torch._foreach_sub(params, [b[:k] for b in self.base]), alpha=self.mu)
-        if s.grad_clip is not None:
-            norm = sum(g.reshape(k, -1).pow(2).sum(1) for g in grads).sqrt()
-            factor = torch.where(norm > s.grad_clip, s.grad_clip / (norm + 1e-12), torch.ones_like(norm))
-            for g in grads:
-                g.mul_(factor.view(k, *([1] * (g.dim() - 1))))
-        if s.weight_decay:
-            torch._foreach_add_(grads, params, alpha=s.weight_decay)
-        if self.bufs is not None:
-            bufs = [b[:k] for b in self.bufs]
-            if first:
-                torch._foreach_copy_(bufs, grads)
-            else:
-                torch._foreach_mul_(bufs, s.momentum)
-                torch._foreach_add_(bufs, grads)
-            grads = bufs
-        torch._foreach_add_(params, grads, alpha=-s.lr)
+        self.rule.apply([p[:k] for p in self.params], grads, [b[:k] for b in self.bufs], first,
+                        anchors=[b[:k] for b in self.base], per_client=True)
 
 
 class FuncKernel:
@@ -220,7 +207,7 @@ class MLPKernel:
         weighted, delta = self.task.weighted_loss_grad(h.reshape(-1, h.shape[-1]), y.reshape(-1, *y.shape[2:]),
                                                        weight.reshape(-1))
         delta = delta.view(h.shape)
-        fused = opt.s.grad_clip is None
+        fused = opt.fused is not None
         grads: list[torch.Tensor | None] = [None] * len(p)
         for i in range(len(self.layers) - 1, -1, -1):
             layer, a = self.layers[i], saved[i]
@@ -246,36 +233,37 @@ class MLPKernel:
 
     @staticmethod
     def _fused_update(opt: StackedSGD, k: int, layer: _Layer, delta, a, first: bool) -> None:
-        """w ← w − η(δᵀa + μ(w − w₀) + λw), or through the momentum buffer, for one layer."""
-        s, mu = opt.s, opt.mu
-        shrink = mu + s.weight_decay
+        """One layer's step of the rule with its gradient δᵀa (bias: Σδ) folded in, with
+        the coefficients of :meth:`fedweave.step.SGDStep.fused`: w ← βw + α·δᵀa + γw₀, or
+        b ← m·b + δᵀa + s·w + γ_b·w₀ and w ← w + α·b with momentum."""
+        f = opt.fused
         for index, is_weight in ((layer.weight, True), (layer.bias, False)):
             if index < 0:
                 continue
             w = opt.params[index][:k]
-            w0 = opt.base[index][:k] if mu else None
-            if opt.bufs is None:
+            w0 = opt.base[index][:k] if opt.base else None
+            if not f.momentum:
                 if is_weight:
-                    w.baddbmm_(delta.transpose(1, 2), a, beta=1 - s.lr * shrink, alpha=-s.lr)
+                    w.baddbmm_(delta.transpose(1, 2), a, beta=f.beta, alpha=f.alpha)
                 else:
-                    if shrink:
-                        w.mul_(1 - s.lr * shrink)
-                    w.add_(delta.sum(1), alpha=-s.lr)
-                if mu:
-                    w.add_(w0, alpha=s.lr * mu)
+                    if f.beta != 1:
+                        w.mul_(f.beta)
+                    w.add_(delta.sum(1), alpha=f.alpha)
+                if w0 is not None:
+                    w.add_(w0, alpha=f.anchor)
                 continue
             buf = opt.bufs[index][:k]
             if is_weight:
-                buf.baddbmm_(delta.transpose(1, 2), a, beta=0.0 if first else s.momentum)
+                buf.baddbmm_(delta.transpose(1, 2), a, beta=0.0 if first else f.momentum)
             elif first:
                 torch.sum(delta, 1, out=buf)
             else:
-                buf.mul_(s.momentum).add_(delta.sum(1))
-            if shrink:
-                buf.add_(w, alpha=shrink)
-            if mu:
-                buf.add_(w0, alpha=-mu)
-            w.add_(buf, alpha=-s.lr)
+                buf.mul_(f.momentum).add_(delta.sum(1))
+            if f.shrink:
+                buf.add_(w, alpha=f.shrink)
+            if w0 is not None:
+                buf.add_(w0, alpha=f.buffer_anchor)
+            w.add_(buf, alpha=f.alpha)
 
 
 # -- the executor -------------------------------------------------------------------------------
@@ -380,7 +368,7 @@ class VectorizedExecutor(Executor):
         """``max_cohort``, lowered so that a cohort's stacked tensors (parameters, their
         gradients or the fused update's temporaries, the momentum buffers, FedProx's
         anchor, the final ``[K, P]`` matrix) stay within ``COHORT_BYTES``."""
-        copies = 3 + bool(s.momentum) + (self.setup.algorithm.objective == "prox")
+        copies = 3 + bool(s.momentum) + bool(self.setup.algorithm.proximal_mu)
         per_client = copies * self.model.spec.num_params * self.model.params.element_size()
         return max(1, min(self.max_cohort, COHORT_BYTES // max(per_client, 1)))
 
@@ -401,8 +389,8 @@ class VectorizedExecutor(Executor):
         # in a synchronous round every client starts from the same tensor: no copies of it
         same = all(b is bases[0] for b in bases)
         base_flat = bases[0].expand(k, -1) if same else torch.stack(bases)
-        mu = self.setup.algorithm.mu if self.setup.algorithm.objective == "prox" else 0.0
-        opt = StackedSGD(self._stack(base_flat), self._stack(base_flat) if mu else [], s, mu)
+        rule = SGDStep.of(s, self.setup.algorithm.proximal_mu)
+        opt = StackedSGD(self._stack(base_flat), self._stack(base_flat) if rule.mu else [], rule)
         steps = [p.steps for p in plans]
         max_steps, bs = steps[0], s.batch_size
         # [step, client, example]: the cohort's example indices and loss weights
@@ -435,14 +423,12 @@ class VectorizedExecutor(Executor):
         self.stats["computed"] += bs * sum(active)
         self.stats["cohorts"] += 1
         w = torch.cat([p.reshape(k, -1) for p in opt.params], dim=1)
+        no_buffers = self.model.buffers  # empty: models with buffers are not vectorized
         for i, p in enumerate(plans):
             job = p.job
-            update = Update(
-                client_id=job.client_id, base_version=job.broadcast.version, delta=w[i] - base_flat[i],
-                buffers=torch.zeros(0, dtype=w.dtype), num_examples=len(self.data.client_train[job.client_id]),
-                num_steps=p.steps, metrics={"loss": float(loss_sum[i]) / p.steps if p.steps else float("nan")},
-                params=w[i].clone() if self.setup.algorithm.upload_full_model else None,
-            )
+            update = self.setup.algorithm.update_from(
+                job, w[i], no_buffers, len(self.data.client_train[job.client_id]), p.steps,
+                {"loss": float(loss_sum[i]) / p.steps if p.steps else float("nan")})
             self.results[p.key] = JobResult(update, None, p.examples)
 
     @property
