@@ -26,8 +26,8 @@ pytest.importorskip("cryptography")
 import fedweave  # noqa: E402
 from fedweave.deploy.loopback import free_port  # noqa: E402
 from fedweave.deploy.tokens import TokenStore  # noqa: E402
+from helpers_subprocess import subprocess_env  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
 
 CONFIG = {
@@ -40,10 +40,7 @@ CONFIG = {
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.pop("FEDWEAVE_TOKEN", None)
-    return env
+    return subprocess_env()
 
 
 class Deployment:

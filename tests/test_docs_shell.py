@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_subprocess import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "howto").glob("*.md"))]
@@ -54,8 +55,7 @@ def test_runnable_blocks_exist_in_the_how_tos():
 @pytest.mark.parametrize("page,slow", CASES)
 def test_shell_blocks_run_as_written(page, slow, tmp_path):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p))
+    env = subprocess_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     for i, block in enumerate(runnable_blocks(page, slow)):
         script = "set -euo pipefail\n" + shortened(block)
         res = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 import fedweave
 from fedweave.cli import app
 from fedweave.errors import FedweaveError
+from helpers_subprocess import subprocess_env
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = {
     "name": "tiny", "seed": 0,
     "data": {"dataset": "digits", "partition": {"kind": "dirichlet", "num_clients": 5, "alpha": 0.5}},
@@ -33,8 +33,7 @@ TINY = {
 
 
 def env() -> dict:
-    # the fedweave under test: the one PYTHONPATH names, else this checkout's src/
-    return {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or SRC}
+    return subprocess_env()
 
 
 def records(run_dir: Path) -> list[dict]:
