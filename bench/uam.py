@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fedweave.config import load_config
 from fedweave.experiment import run
 from fedweave.rng import numpy_rng
 from fedweave.wireless.connectivity import ChannelParams, connectivity_probability, monte_carlo_connectivity

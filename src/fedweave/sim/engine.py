@@ -46,13 +46,11 @@ import math
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from ..core.client import ClientJob
 from ..core.errors import DivergedError
 from ..core.messages import Broadcast
 from ..core.observer import Observer  # noqa: F401  (also importable from here, as before)
-from ..core.strategy import ServerState
 from ..rundir import RunDirectory
 from .events import EventQueue, VirtualClock
 from .ledger import CHECKPOINT_FORMAT, MERGED, Committed, RoundLedger, Totals, round_lr  # noqa: F401 (re-exported)

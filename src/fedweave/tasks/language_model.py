@@ -74,7 +74,7 @@ from torch import nn
 
 from ..core.errors import ConfigError, DataError, ModelError
 from ..core.task import Task
-from ..data.sources import DataSource, SourceOptions, register_source
+from ..data.sources import DataSource, register_source
 from ..models import register_model
 from .registry import register_task
 
