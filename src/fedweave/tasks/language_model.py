@@ -16,11 +16,11 @@ Task (``task.kind: language_model``)
     built-in data have) plus the raw sums ``token_nll``, ``tokens`` and ``correct`` that
     :meth:`LanguageModelTask.evaluate` turns into exact figures.
     ``per_example_score`` is the perplexity of each *sequence* (exp of its mean token
-    loss). Per-client figures (``eval.per_client``, ``eval.personalized``) average these
-    per client, which is at least the client's token-level perplexity (Jensen's
-    inequality); the gap is small when a client's sequences are alike. Note also that the
-    engine's ``*_worst10`` figures take the *lowest* values, i.e. for perplexity the best
-    clients.
+    loss). A client's figure (``eval.per_client``, ``eval.personalized``) is
+    ``client_score``: exp of the mean per-sequence loss, the geometric mean of the
+    sequences' perplexities — exactly the client's token-level perplexity when its
+    sequences have equal lengths, as the built-in data have. The ``*_worst10`` figures
+    take the *highest* perplexities (lower is better), i.e. the worst clients.
 
 Data (``data.dataset: pydocs`` or ``pydocs:<L>``)
     Character-level text from the docstrings of Python standard-library modules, read
