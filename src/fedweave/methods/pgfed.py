@@ -55,6 +55,7 @@ from pydantic import Field
 from ..errors import ConfigError
 from ..messages import Broadcast
 from .base import ClientAlgorithm, JobResult, ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -222,6 +223,15 @@ def full_gradient(model, task, x, y, idx, batch_size: int) -> tuple[torch.Tensor
     return grad, total / len(idx), len(idx)
 
 
+#: g_i (like the trainable vector), ℓ⁻_i (a number) and a_i (the row the task sent,
+#: projected onto a ≥ 0); PGFedMo uploads the same
+PGFED_UPLOADS = PayloadSchema((
+    Entry("grad", ("params",), what="the client's full gradient g_i"),
+    Entry("loss_minus", what="PGFed's loss offset"),
+    Entry("a", "broadcast:a", minimum=0.0, what="the client's updated a_ij"),
+))
+
+
 def build_pgfed(config, p):
     """(strategy, client) of PGFed or PGFedMo, from their parameters ``p``."""
     if config.schedule.sampling == "poisson":
@@ -237,5 +247,6 @@ METHOD = register(
         citation="Luo & Wu, ICCV 2023",
         build=build_pgfed,
         params=PGFedParams,
+        payload_schema=PGFED_UPLOADS,
     )
 )

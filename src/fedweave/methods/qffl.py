@@ -35,6 +35,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, stack_deltas
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, MethodParams, register
 
 LOSS_KEY = "qffl_loss"
@@ -112,5 +113,7 @@ METHOD = register(
         citation="Li et al., ICLR 2020",
         build=_build,
         params=QFFLParams,
+        # F_k enters as F_k^q and F_k^(q-1): a finite, non-negative loss
+        payload_schema=PayloadSchema((Entry(LOSS_KEY, minimum=0.0, what="the global model's loss on the client"),)),
     )
 )

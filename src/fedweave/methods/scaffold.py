@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import ClientAlgorithm, ServerState, Strategy, average_buffers, stack_deltas
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, register
 
 
@@ -93,6 +94,8 @@ METHOD = register(
         citation="Karimireddy et al., ICML 2020",
         build=_build,
         stage_keys=(),
+        # Δc_i = c_i⁺ − c_i, averaged into c: a vector like the trainable one
+        payload_schema=PayloadSchema((Entry("delta_c", ("params",), what="SCAFFOLD's control-variate change"),)),
     )
 )
 
