@@ -44,7 +44,7 @@ from ..sim.engine import Observer
 from ..sim.events import WallClock
 from ..sim.ledger import MERGED, RoundLedger
 from .sessions import (
-    DEFAULT_STREAM_IDLE_S, MAX_UPLOADS_PER_CLIENT, SUPERSEDED, UploadStreams, session_of, superseded_message,
+    DEFAULT_STREAM_IDLE_S, MAX_UPLOADS_PER_CLIENT, UploadStreams, session_of, superseded_message,
 )
 from .tokens import TokenStore
 from .wire import (
