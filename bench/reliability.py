@@ -138,6 +138,14 @@ def code_of(call) -> grpc.StatusCode | None:
     return grpc.StatusCode.OK
 
 
+def _run_quietly(client):
+    """A client's run() in a thread: what it returned, or the error it ended with."""
+    try:
+        return client.run()
+    except Exception as exc:
+        return exc
+
+
 def health(address: str, timeout: float = 3.0):
     return Raw(address, None).stub.Health(pb2.HealthRequest(), timeout=timeout)
 
@@ -394,7 +402,8 @@ def duplicate_session(tmp: Path):
         while health(run.address, 10).round < 1 and time.monotonic() < end:
             time.sleep(0.1)
         second = run.client(0, give_up_s=3)
-        t = threading.Thread(target=second.run, daemon=True)
+        ended: list = []  # after the stop it gives up reconnecting
+        t = threading.Thread(target=lambda: ended.append(_run_quietly(second)), daemon=True)
         t.start()
         end = time.monotonic() + 60
         while (second.tasks_done < 3 or 0 not in run.client_errors) and time.monotonic() < end:
