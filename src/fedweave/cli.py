@@ -432,6 +432,11 @@ def serve(
     join_timeout: Optional[float] = typer.Option(None, "--join-timeout", help="give up when too few clients are "
                                                  "connected for this many seconds (default: wait)"),
     frame_bytes: int = typer.Option(1 << 20, "--frame-bytes", help="tensor bytes per gRPC message (models stream in frames)"),
+    quorum: Optional[int] = typer.Option(None, "--quorum", help="after the first round, go on with this many connected "
+                                         "clients (default 1) once the missing ones had schedule.deadline_s to come back; "
+                                         "with fewer, stop (status stalled, resumable)"),
+    stream_idle_s: float = typer.Option(30.0, "--stream-idle-s", help="end an upload stream that sends no frame for "
+                                        "this many seconds"),
     imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings only"),
 ):
@@ -446,12 +451,16 @@ def serve(
 
         result = deploy_serve(config, address=address, overrides=set_, out=out_dir, tokens=tokens, tls_cert=tls_cert,
                               tls_key=tls_key, state_dir=state_dir, resume=resume, min_clients=min_clients,
-                              join_timeout_s=join_timeout, frame_bytes=frame_bytes, print_tokens=typer.echo)
+                              join_timeout_s=join_timeout, frame_bytes=frame_bytes, print_tokens=typer.echo,
+                              quorum=quorum, stream_idle_s=stream_idle_s)
     except FedweaveError as exc:
         _fail(exc)
     _print_result(result)
     if result.status == "interrupted":
         console.print(f"[yellow]interrupted[/]: continue with `fedweave serve --resume --out {result.run_dir}`")
+    if result.status == "stalled":
+        console.print(f"[bold red]stalled:[/] {escape(str(result.summary.get('message')))}")
+        raise typer.Exit(code=1)
 
 
 @app.command()

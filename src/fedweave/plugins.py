@@ -16,7 +16,7 @@ import sys
 import traceback
 from typing import Iterable
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 #: plugin modules imported in this process, in order (sweep workers import the same)
 IMPORTED: list[str] = []

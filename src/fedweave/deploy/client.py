@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ import yaml
 from ..config import Config, load_config
 from ..core.client import ClientJob
 from ..core.errors import ConfigError, DataError, FedweaveError
+from .sessions import SESSION_METADATA, SUPERSEDED
 from .wire import (
     DEFAULT_FRAME_BYTES, MAX_MESSAGE_BYTES, PROTOCOL, Assembler, WireError, decode_broadcast, encode_update,
 )
@@ -104,7 +106,9 @@ class DeployClient:
         self.config_source, self.overrides = config, overrides
         self.give_up_s, self.poll_ms, self.backoff_s = give_up_s, poll_ms, backoff_s
         self.crash_at_round = crash_at_round
-        self.metadata = (("authorization", f"Bearer {token}"),)
+        # a session id per client object: a second process with the same token supersedes this one
+        self.session = secrets.token_hex(16)
+        self.metadata = (("authorization", f"Bearer {token}"), (SESSION_METADATA, self.session))
         self.tasks_done = 0
         self.rejected = 0
         self._dataset = dataset  # a prebuilt FederatedDataset (benchmarks: many clients in one process)
@@ -246,6 +250,9 @@ class DeployClient:
                     if code == grpc.StatusCode.FAILED_PRECONDITION and details == "join first":
                         joined = False  # the server restarted and forgot us: join again at once
                         continue
+                    if code == grpc.StatusCode.FAILED_PRECONDITION and str(details).startswith(SUPERSEDED):
+                        log.error("client %s: %s", self.client_id, details)
+                        raise ClientError(f"Another process joined with this token and took over: {details}") from None
                     if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
                                 grpc.StatusCode.PERMISSION_DENIED):
                         raise ClientError(f"The server refused this client: {details}") from None

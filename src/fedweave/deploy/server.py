@@ -38,11 +38,16 @@ from ..config import Config, load_config
 from ..core.errors import ConfigError, DivergedError, FedweaveError
 from ..core.messages import Broadcast, Update
 from ..core.observer import Observer
+from ..methods.payloads import method_payload_schema, run_dims
+from ..methods.registry import get_method
 from ..rundir import METRICS, RunDirectory, atomic_write_text, check_output_path, dumps
 from ..sim.events import WallClock
 from ..sim.ledger import MERGED, RoundLedger
 from .client_view import client_config_yaml
 from .options import check_serve_options
+from .sessions import (
+    DEFAULT_STREAM_IDLE_S, MAX_UPLOADS_PER_CLIENT, UploadStreams, session_of, superseded_message,
+)
 from .tokens import TokenStore
 from .wire import (
     DEFAULT_FRAME_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_TENSORS, PROTOCOL, Assembler, Encoded, WireError,
@@ -62,6 +67,10 @@ class DeployError(FedweaveError):
 
 class _Stopped(Exception):
     """SIGTERM / SIGINT / stop(): shut down cleanly."""
+
+
+class _Stalled(Exception):
+    """Fewer clients than the quorum for longer than the grace: stop, resumable."""
 
 
 class _ResumableWallClock(WallClock):
@@ -145,6 +154,7 @@ class _Client:
     joins: int = 1
     polling: int = 0
     away: bool = False  # missed a deadline: not a candidate until it calls again
+    session: str = ""  # the process that speaks for the client (see deploy/sessions.py)
 
 
 class DeployServer:
@@ -169,6 +179,8 @@ class DeployServer:
         liveness_s: float = 15.0,
         done_grace_s: float = 3.0,
         max_workers: int | None = None,
+        quorum: int | None = None,
+        stream_idle_s: float = DEFAULT_STREAM_IDLE_S,
     ):
         cfg: Config = exp.config
         sched = cfg.schedule
@@ -199,7 +211,15 @@ class DeployServer:
         if usable < self.min_clients:
             raise ConfigError(f"The token file has {usable} tokens for this run's clients; {self.min_clients} clients "
                               "must connect before a round starts (--min-clients). Make more tokens.")
-        self.max_workers = max_workers or min(512, 2 * n + 16)
+        # after the first round, rounds go on with at least `quorum` connected clients (see _wait_for_clients)
+        self.quorum = min(quorum if quorum is not None else 1, self.min_clients)
+        if self.quorum < 1:
+            raise ConfigError(f"--quorum must be at least 1, got {quorum}.")
+        if not stream_idle_s > 0:
+            raise ConfigError(f"--stream-idle-s must be a positive number of seconds, got {stream_idle_s}.")
+        self.streams = UploadStreams(MAX_UPLOADS_PER_CLIENT, stream_idle_s)
+        # every client at its caps (2 long polls, MAX_UPLOADS_PER_CLIENT uploads) still leaves threads for the others
+        self.max_workers = max_workers or min(1024, (2 + MAX_UPLOADS_PER_CLIENT) * n + 16)
 
         self.wire = WireStats()
         exp.observers.append(self.wire)
@@ -215,6 +235,9 @@ class DeployServer:
         state = self.ledger.committed.state
         self._expected = (tuple(state.params.shape), state.params.dtype, tuple(state.buffers.shape), state.buffers.dtype)
         model_bytes = state.params.numel() * state.params.element_size() + state.buffers.numel() * state.buffers.element_size()
+        # what the method's clients upload beyond the standard update (SCAFFOLD's delta_c...)
+        self.payload_schema = method_payload_schema(get_method(cfg.method.name), exp.strategy)
+        self.payload_dims = run_dims(exp)
         # the update itself, payloads up to a few model sizes (control variates, gradients...), alignment
         self.max_update_bytes = 6 * model_bytes + (1 << 20) + 8 * MAX_TENSORS
 
@@ -224,6 +247,8 @@ class DeployServer:
         self._round: _Round | None = None
         self._clients: dict[int, _Client] = {}
         self._told_done: set[int] = set()
+        self._short_since: float | None = None  # since when fewer than min_clients were connected (after round 1)
+        self._rounds_run = 0  # rounds this process ran (the first waits for min_clients without a grace)
         self._grpc = None
         self.port: int | None = None
         self.run_id = f"{run_dir.path.name}"
@@ -303,14 +328,17 @@ class DeployServer:
                 self._run_async(progress)
         except _Stopped:
             status, message = "interrupted", "stopped by a signal; continue with `fedweave serve --resume --out DIR`"
+        except _Stalled as exc:
+            status, message = "stalled", str(exc)
+            log.error("%s", exc)
         except DivergedError as exc:
             status, message = "diverged", str(exc)
         except BaseException:
             self._shutdown("stopping")
             raise
-        if status == "interrupted":
+        if status in ("interrupted", "stalled"):
             self._checkpoint()  # the last completed round (already saved; this adds the latest wire figures)
-        self._shutdown("done" if status != "interrupted" else "stopping")
+        self._shutdown("done" if status not in ("interrupted", "stalled") else "stopping")
         summary = _write_summary(self.exp, self.run_dir, ledger, status, message)
         close_trackers(trackers, summary)
         c = ledger.committed
@@ -329,6 +357,7 @@ class DeployServer:
                     if not waiting:
                         break
                     self._cv.wait(0.1)
+        self.streams.stop()
         if self._grpc is not None:
             self._grpc.stop(grace=1.0).wait(5.0)
 
@@ -340,19 +369,47 @@ class DeployServer:
         return sorted(c for c, info in self._clients.items() if self._is_online(info))
 
     def _wait_for_clients(self) -> list[int]:
+        """The connected clients, once a round may start.
+
+        The first round this process runs waits for ``--min-clients`` (at most
+        ``--join-timeout``). A later round waits for them at most a grace —
+        ``schedule.deadline_s`` (``--join-timeout`` without a deadline; no limit without
+        either) — counted from when fewer were connected, or from the start of the round
+        in which a client missed the deadline (it has had its ``deadline_s``). After the
+        grace it goes on with the connected clients if they are at least ``--quorum``, and
+        otherwise stops: status ``stalled``, the last completed round checkpointed, so
+        ``--resume`` continues once clients are back."""
         t0 = time.monotonic()
         said = -1
+        sched = self.cfg.schedule
+        grace = sched.deadline_s if sched.deadline_s is not None else self.join_timeout_s
         with self._cv:
             while True:
                 if self._stop.is_set():
                     raise _Stopped
                 online = self._online()
+                now = time.monotonic()
                 if len(online) >= self.min_clients:
+                    self._short_since = None
                     return online
+                if self._rounds_run and grace is not None:
+                    if self._short_since is None:
+                        self._short_since = now
+                    if now - self._short_since >= grace:
+                        if len(online) >= self.quorum:
+                            log.warning("round %d: %d of the %d clients needed are connected (quorum %d): going on "
+                                        "with clients %s", self.ledger.committed.round + 1, len(online),
+                                        self.min_clients, self.quorum, _ids(online))
+                            return online
+                        raise _Stalled(
+                            f"Only {len(online)} client(s) connected for {grace:g} s, fewer than the quorum of "
+                            f"{self.quorum} (--quorum); stopped after round {self.ledger.committed.round} with a "
+                            f"checkpoint. Continue with `fedweave serve --resume --out {self.run_dir.path}` once "
+                            "clients can connect.")
                 if len(online) != said:
                     log.info("waiting for clients: %d of %d connected", len(online), self.min_clients)
                     said = len(online)
-                if self.join_timeout_s is not None and time.monotonic() - t0 > self.join_timeout_s:
+                if not self._rounds_run and self.join_timeout_s is not None and now - t0 > self.join_timeout_s:
                     raise DeployError(f"Only {len(online)} of the {self.min_clients} clients needed joined within "
                                       f"{self.join_timeout_s:g} s.")
                 self._cv.wait(0.25)
@@ -394,6 +451,10 @@ class DeployServer:
             for cid in missing:
                 if cid in self._clients:
                     self._clients[cid].away = True
+            if missing and rnd.deadline is not None and time.monotonic() >= rnd.deadline:
+                # closed by the deadline: the missing clients have had their deadline_s, no more waiting for them
+                self._short_since = min(self._short_since or rnd.started, rnd.started)
+            self._rounds_run += 1
         # the ledger's bookkeeping of the round, on what arrived in time, in arrival order
         for _, update, well_formed in events:
             if update is not None:
@@ -543,13 +604,18 @@ class DeployServer:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"client {cid} claims {request.num_examples} training examples; the bound registered for it "
                           f"is 1..{bound} (set max_examples in the token file for clients with their own data)")
+        session = session_of(context)
         with self._cv:
             info = self._clients.get(cid)
             if info is None:
-                self._clients[cid] = _Client(cid, request.num_examples, context.peer(), time.monotonic())
+                self._clients[cid] = _Client(cid, request.num_examples, context.peer(), time.monotonic(), session=session)
             else:
+                if info.session != session:  # a second process with this token: the newer session wins
+                    log.warning("client %d: a new session from %s supersedes the %s session from %s", cid,
+                                context.peer(), "live" if self._is_online(info) else "earlier", info.peer)
                 info.joins += 1
                 info.num_examples, info.peer, info.last_seen, info.away = request.num_examples, context.peer(), time.monotonic(), False
+                info.session = session
             self._cv.notify_all()
         log.info("client %d joined from %s (%d examples)", cid, context.peer(), request.num_examples)
         data = self.exp.data
@@ -572,10 +638,13 @@ class DeployServer:
         wait = min(max(request.wait_ms, 0) / 1000.0, self.poll_s)
         end = time.monotonic() + wait
         task, status = None, "wait"
+        session = session_of(context)
         with self._cv:
-            info = self._touch(cid)
+            info = self._clients.get(cid)
             if info is None:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "join first")
+            self._check_session(info, session, context)
+            self._touch(cid)
             if info.polling >= 2:  # one client holds at most two waiting calls (threads are shared)
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many concurrent GetTask calls for this client")
             info.polling += 1
@@ -590,6 +659,8 @@ class DeployServer:
                     if self._phase == "stopping" or self._stop.is_set():
                         status = "shutdown"
                         break
+                    if info.session != session:  # superseded while it waited
+                        break
                     rnd = self._round
                     if rnd is not None and not rnd.closed and cid in rnd.tasks and cid not in rnd.received:
                         task, status = rnd.tasks[cid], "task"
@@ -603,8 +674,9 @@ class DeployServer:
                     self._cv.wait(min(left, 0.5))
             finally:
                 info.polling -= 1
-                if not info.away:
+                if not info.away and info.session == session:
                     info.last_seen = time.monotonic()
+            self._check_session(info, session, context)
         if task is None:
             frame = pb2.Frame(header=dump_header({"protocol": PROTOCOL, "kind": "control", "status": status, "data_bytes": 0}))
             self.wire.add(down=frame.ByteSize())
@@ -618,7 +690,34 @@ class DeployServer:
             yield frame
         self.wire.add(down=sent)
 
+    def _check_session(self, info: _Client, session: str, context) -> None:
+        """Abort a call of a session that a newer one superseded (under self._cv)."""
+        import grpc
+
+        if info.session != session:
+            log.warning("client %d: refused a call of a superseded session from %s", info.client_id, context.peer())
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, superseded_message(info.client_id, info.peer))
+
     def receive_update(self, cid: int, frames, context):
+        import grpc
+
+        session = session_of(context)
+        with self._cv:
+            info = self._clients.get(cid)
+            if info is not None:
+                self._check_session(info, session, context)
+        key = self.streams.open(cid, context)
+        if key is None:
+            log.warning("client %d (%s): refused an upload stream beyond its %d open ones", cid, context.peer(),
+                        self.streams.per_client)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"client {cid} already has {self.streams.per_client} upload streams open")
+        try:
+            return self._receive_update(cid, self.streams.frames(key, frames), context, key)
+        finally:
+            self.streams.close(key)
+
+    def _receive_update(self, cid: int, frames, context, key: int):
         import grpc
 
         from . import fedweave_pb2 as pb2
@@ -653,6 +752,9 @@ class DeployServer:
                     reason = "the update holds non-finite values (NaN or infinity)"
         except WireError as exc:
             reason = f"malformed update: {exc}"
+        except grpc.RpcError:  # the stream broke off: the client hung up, or it idled out
+            reason = (f"the upload stream sent no frame for {self.streams.idle_s:g} s" if self.streams.idle_out(key)
+                      else "the upload stream broke off")
         finally:
             self.wire.add(up=a.wire_bytes)
             if task is not None:
@@ -695,8 +797,8 @@ class DeployServer:
         return None
 
     def _validate(self, cid: int, u: Update, task: _Task) -> str | None:
-        """Why an update does not fit its task (version, shapes, dtypes, example count), or
-        None. Finiteness is checked after this: a non-finite update is rejected too, and
+        """Why an update does not fit its task (version, shapes, dtypes, example count, the
+        method's payload schema), or None. Finiteness is checked after this: a non-finite update is rejected too, and
         the ledger counts it as one (a round of nothing else has diverged)."""
         p_shape, p_dtype, b_shape, b_dtype = self._expected
         if u.base_version != task.broadcast.version:
@@ -713,7 +815,7 @@ class DeployServer:
         bound = self._bound(cid)
         if not 1 <= u.num_examples <= bound:
             return f"the update claims {u.num_examples} training examples; the bound registered for client {cid} is 1..{bound}"
-        return None
+        return self.payload_schema.check(u, self.payload_dims, task.broadcast)
 
 
 def _ids(ids: list[int], show: int = 12) -> str:
@@ -768,6 +870,8 @@ def serve(
     progress: Callable[[int, int, dict | None], None] | None = None,
     print_tokens: Callable[[str], None] = print,
     handle_signals: bool = True,
+    quorum: int | None = None,
+    stream_idle_s: float = DEFAULT_STREAM_IDLE_S,
 ):
     """Build the run (or reopen it with ``resume``), serve it until its rounds are done."""
     from ..experiment import build_experiment, default_run_dir, open_for_resume
@@ -807,7 +911,7 @@ def serve(
     store = given or _load_or_make_tokens(sdir.path, exp.data.num_clients, resume, print_tokens)
     server = DeployServer(exp, run_dir, store, address=address, state_dir=sdir.path, tls_cert=tls_cert, tls_key=tls_key,
                           min_clients=min_clients, frame_bytes=frame_bytes, checkpoint=ckpt, progress=progress,
-                          join_timeout_s=join_timeout_s)
+                          join_timeout_s=join_timeout_s, quorum=quorum, stream_idle_s=stream_idle_s)
     previous = {}
     if handle_signals and threading.current_thread() is threading.main_thread():
         def on_signal(signum, frame):

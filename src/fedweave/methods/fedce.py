@@ -70,6 +70,7 @@ from ..core.errors import ConfigError
 from ..core.strategy import stack_deltas
 from .fedlaw import named_tensors
 from .needs import MethodNeeds
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, Preset, register
 from .stages import StageClient, register_weighting
 
@@ -157,6 +158,9 @@ class FedCEClient(StageClient):
 
 class FedCEWeighting:
     """The ``fedce`` weighting stage (state in ``state.extra``, contributions in metrics)."""
+
+    # M_k = 1 − mean validation score, scores in [0, 1]
+    payload_schema = PayloadSchema((Entry(M_KEY, minimum=0.0, maximum=1.0, what="the client's data-space contribution M_k"),))
 
     def __init__(self, params: FedCEParams):
         self.p = params

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..core.errors import ConfigError
 from ..core.messages import Update
 from .needs import MethodNeeds
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, Preset, register
 from .stages import StageClient, register_weighting
 
@@ -101,6 +102,9 @@ class LabelHistogramClient(StageClient):
 
 class DiscoWeighting:
     """The ``disco`` weighting stage (configured from ``method.a/b/metric``)."""
+
+    # the label histogram: one non-negative count per class, whichever preset uses the stage
+    payload_schema = PayloadSchema((Entry(HIST_KEY, ("classes",), minimum=0.0, what="the client's label histogram"),))
 
     def __init__(self, params: DiscoParams):
         self.a, self.b, self.metric = params.a, params.b, params.metric

@@ -25,6 +25,7 @@ from ..core.client import ClientAlgorithm
 from ..core.errors import ConfigError
 from ..core.strategy import ServerState, Strategy, average_buffers, size_weights, stack_deltas
 from .needs import MethodNeeds
+from .payloads import PayloadSchema
 from .registry import MethodInfo, register
 
 
@@ -79,5 +80,7 @@ METHOD = register(
         summary="normalised averaging that removes the bias of unequal local steps",
         citation="Wang et al., NeurIPS 2020",
         build=_build,
+        # a_k = τ_k (plain SGD) divides p_k: a client that took no step has no a_k
+        payload_schema=PayloadSchema(min_steps=1, steps_why="FedNova divides each update by its local steps a_k"),
     )
 )

@@ -64,6 +64,7 @@ from ..core.errors import ConfigError
 from ..core.messages import Update
 from ..core.rng import torch_generator
 from ..core.strategy import ServerState, Strategy, average_buffers, size_weights
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -215,6 +216,11 @@ def setup_ferret(exp) -> None:
         raise ConfigError(f"Ferret uploads projection coefficients, not deltas; it cannot be combined with {blocked}.")
 
 
+def _coefficient_shape(dims) -> tuple[int]:
+    p = _params(dims.config)
+    return (num_coefficients(dims.params, p.block_size, p.num_vectors),)
+
+
 METHOD = register(
     MethodInfo(
         name="ferret",
@@ -224,5 +230,6 @@ METHOD = register(
         params=FerretParams,
         stage_keys=("server_lr",),
         setup=setup_ferret,
+        payload_schema=PayloadSchema((Entry("coefficients", _coefficient_shape, what="Ferret's block coefficients"),)),
     )
 )

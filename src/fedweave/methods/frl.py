@@ -58,6 +58,7 @@ from ..core.messages import Broadcast, SCALAR_BYTES, Update, tensor_bytes
 from ..core.params import FlatModel
 from ..core.rng import derive_seed
 from ..core.strategy import ServerState, Strategy, average_buffers
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, MethodParams, register
 from .threat_adapter import ThreatAdapter
 
@@ -309,6 +310,23 @@ class FRLThreats(ThreatAdapter):
         return "The eavesdropper rebuilds models from uplink updates; FRL uploads rankings instead."
 
 
+def check_rankings(value, dims, sent) -> str | None:
+    """Why ``value`` is not one permutation per layer (of the task's layer sizes, when known), or None."""
+    if not isinstance(value, list) or not value:
+        return "must be a non-empty list of per-layer rankings"
+    sizes = tuple(getattr(sent, "layer_sizes", ()) or ())
+    if sizes and len(value) != len(sizes):
+        return f"has {len(value)} layers; the model has {len(sizes)}"
+    for i, r in enumerate(value):
+        if not isinstance(r, torch.Tensor) or r.dim() != 1 or r.dtype.is_floating_point or r.dtype == torch.bool:
+            return f"layer {i} must be a 1-D integer tensor"
+        if sizes and r.numel() != sizes[i]:
+            return f"layer {i} ranks {r.numel()} edges; the layer has {sizes[i]}"
+        if not torch.equal(torch.sort(r.long()).values, torch.arange(r.numel())):
+            return f"layer {i} is not a permutation of 0..{r.numel() - 1}"
+    return None
+
+
 METHOD = register(
     MethodInfo(
         name="frl",
@@ -318,5 +336,6 @@ METHOD = register(
         params=FRLParams,
         setup=setup_frl,
         threats=FRLThreats(),
+        payload_schema=PayloadSchema((Entry("ranking", custom=check_rankings, what="per-layer edge rankings"),)),
     )
 )

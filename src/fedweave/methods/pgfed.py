@@ -56,6 +56,7 @@ from ..core.client import ClientAlgorithm, JobResult
 from ..core.errors import ConfigError
 from ..core.messages import Broadcast
 from ..core.strategy import ServerState, Strategy, average_buffers, size_weights, stack_deltas
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, MethodParams, register
 
 
@@ -223,6 +224,15 @@ def full_gradient(model, task, x, y, idx, batch_size: int) -> tuple[torch.Tensor
     return grad, total / len(idx), len(idx)
 
 
+#: g_i (like the trainable vector), ℓ⁻_i (a number) and a_i (the row the task sent,
+#: projected onto a ≥ 0); PGFedMo uploads the same
+PGFED_UPLOADS = PayloadSchema((
+    Entry("grad", ("params",), what="the client's full gradient g_i"),
+    Entry("loss_minus", what="PGFed's loss offset"),
+    Entry("a", "broadcast:a", minimum=0.0, what="the client's updated a_ij"),
+))
+
+
 def build_pgfed(config, p):
     """(strategy, client) of PGFed or PGFedMo, from their parameters ``p``."""
     if config.schedule.sampling == "poisson":
@@ -238,5 +248,6 @@ METHOD = register(
         citation="Luo & Wu, ICCV 2023",
         build=build_pgfed,
         params=PGFedParams,
+        payload_schema=PGFED_UPLOADS,
     )
 )

@@ -13,7 +13,7 @@ PGFed (0.1, 0.01, the README's CIFAR-10 command).
 
 from pydantic import Field
 
-from .pgfed import PGFedParams, build_pgfed
+from .pgfed import PGFED_UPLOADS, PGFedParams, build_pgfed
 from .registry import MethodInfo, register
 
 
@@ -28,5 +28,6 @@ METHOD = register(
         citation="Luo & Wu, ICCV 2023",
         build=build_pgfed,
         params=PGFedMoParams,
+        payload_schema=PGFED_UPLOADS,  # the same uploads as PGFed
     )
 )

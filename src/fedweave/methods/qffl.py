@@ -37,6 +37,7 @@ from pydantic import Field
 from ..core.client import ClientAlgorithm
 from ..core.errors import ConfigError
 from ..core.strategy import ServerState, Strategy, average_buffers, stack_deltas
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, MethodParams, register
 
 LOSS_KEY = "qffl_loss"
@@ -117,5 +118,7 @@ METHOD = register(
         citation="Li et al., ICLR 2020",
         build=_build,
         params=QFFLParams,
+        # F_k enters as F_k^q and F_k^(q-1): a finite, non-negative loss
+        payload_schema=PayloadSchema((Entry(LOSS_KEY, minimum=0.0, what="the global model's loss on the client"),)),
     )
 )

@@ -26,6 +26,7 @@ from ..core.errors import ConfigError, unknown_name
 from ..core.registration import claim
 from ..core.strategy import Strategy
 from .needs import NOTHING, MethodNeeds
+from .payloads import NO_PAYLOAD, PayloadSchema
 from .stages import StagedStrategy, WithStageClients, get_combiner, get_weighting, make_stage, stage_params
 from .threat_adapter import DELTA_UPLOADS, ThreatAdapter
 
@@ -73,6 +74,9 @@ class MethodInfo:
     needs: MethodNeeds = NOTHING
     # what attacks and eavesdroppers mean for this method's messages
     threats: ThreatAdapter = DELTA_UPLOADS
+    # what its clients upload beyond the standard update, with shapes and ranges: a
+    # deployment server checks every update against it (see fedweave.methods.payloads)
+    payload_schema: PayloadSchema = NO_PAYLOAD
 
 
 _REGISTRY: dict[str, MethodInfo] = {}

@@ -26,6 +26,7 @@ import torch
 from ..core.client import ClientAlgorithm
 from ..core.errors import ConfigError
 from ..core.strategy import ServerState, Strategy, average_buffers, stack_deltas
+from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, register
 
 
@@ -94,6 +95,8 @@ METHOD = register(
         citation="Karimireddy et al., ICML 2020",
         build=_build,
         stage_keys=(),
+        # Δc_i = c_i⁺ − c_i, averaged into c: a vector like the trainable one
+        payload_schema=PayloadSchema((Entry("delta_c", ("params",), what="SCAFFOLD's control-variate change"),)),
     )
 )
 
