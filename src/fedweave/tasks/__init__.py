@@ -8,6 +8,7 @@ its task (:func:`register_task`: loss, metrics, primary metric), its data source
 ``classification``  the default: cross-entropy, accuracy; the built-in sources and models
 ``restoration``     Charbonnier loss, PSNR; data ``sr<k>:<source>``; model ``srnet``
 ``language_model``  token cross-entropy, perplexity; data ``pydocs[:<L>]``; model ``transformer``
+``video_sr``        Charbonnier loss, PSNR-Y and SSIM-Y; data ``clips[:<window>]``; model ``vsrnet``
 (``skeleton``)      no task of its own (classification): data ``skeleton[:<clients>]``; model ``stgcn``
 ==================  =====================================================================
 
@@ -23,6 +24,7 @@ from . import classification  # noqa: E402,F401
 from . import restoration  # noqa: E402,F401
 from . import language_model  # noqa: E402,F401
 from . import skeleton  # noqa: E402,F401
+from . import video_sr  # noqa: E402,F401
 from .classification import ClassificationTask  # noqa: E402
 
 __all__ = ["TASKS", "Task", "ClassificationTask", "make_task", "register_task"]
