@@ -10,6 +10,7 @@ its task (:func:`register_task`: loss, metrics, primary metric), its data source
 ``language_model``  token cross-entropy, perplexity; data ``pydocs[:<L>]``; model ``transformer``
 ``video_sr``        Charbonnier loss, PSNR-Y and SSIM-Y; data ``clips[:<window>]``; model ``vsrnet``
 (``skeleton``)      no task of its own (classification): data ``skeleton[:<clients>]``; model ``stgcn``
+(``vision_language``) no task of its own (classification over answers): data ``shapesvqa[:<clients>]``; model ``vlm``
 ==================  =====================================================================
 
 Methods and metrics ask the task, never the dataset. The task contract itself,
@@ -25,6 +26,7 @@ from . import restoration  # noqa: E402,F401
 from . import language_model  # noqa: E402,F401
 from . import skeleton  # noqa: E402,F401
 from . import video_sr  # noqa: E402,F401
+from . import vision_language  # noqa: E402,F401
 from .classification import ClassificationTask  # noqa: E402
 
 __all__ = ["TASKS", "Task", "ClassificationTask", "make_task", "register_task"]
