@@ -43,6 +43,14 @@ def test_source_is_deterministic_and_layouts_differ_by_client():
     assert float(even[..., len(COCO17):].abs().amax(dim=(0, 1, 2)).min()) > 0  # 25-joint clients use every slot
 
 
+def test_homogeneous_control_changes_only_the_layouts():
+    mixed, y, _ = make_skeleton(2, seed=3, per_action=1)
+    same, y2, _ = make_skeleton(2, seed=3, per_action=1, layouts="ntu25")
+    assert torch.equal(y, y2)
+    assert torch.equal(mixed[:8], same[:8])  # client 0 records NTU25 in both
+    assert not torch.equal(mixed[8:], same[8:]) and float(same[8:, ..., 17:].abs().max()) > 0
+
+
 def test_kinematics_keep_bone_lengths_and_move_per_action():
     pose = pose_ntu25(ACTIONS.index("wave"), 16, scale=1.0, amp=1.0, freq=1.0, phase=0.0)
     upper_arm = (pose[:, NTU25.index("r_elbow")] - pose[:, NTU25.index("r_shoulder")])

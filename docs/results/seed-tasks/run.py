@@ -23,10 +23,10 @@ SEEDS = (0, 1, 2)
 HERE = Path(__file__).resolve().parent
 
 
-def skeleton(method: dict, seed: int) -> dict:
+def skeleton(method: dict, seed: int, dataset: str = "skeleton") -> dict:
     return {
         "name": "seed-fsar", "seed": seed,
-        "data": {"dataset": "skeleton", "partition": {"kind": "natural", "num_clients": 6}, "client_val_fraction": 0.2},
+        "data": {"dataset": dataset, "partition": {"kind": "natural", "num_clients": 6}, "client_val_fraction": 0.2},
         "model": {"name": "stgcn", "width": 8},
         "client": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "optimizer": "adam", "mu": 0.01},
         "schedule": {"rounds": 15, "clients_per_round": 6},
@@ -42,15 +42,21 @@ FSAR_RUNS = {
     "fsar_gcn ATS only (beta 0)": {"name": "fsar_gcn", "beta": 0.0},
     "fsar_gcn ATS + MKD": {"name": "fsar_gcn"},
 }
+# the control for "heterogeneous topologies make federated training unstable": the same
+# federation with one layout (NTU25) on every client
+HOMOGENEOUS_RUNS = {
+    "fedavg, all clients 25-joint": {"name": "fedavg"},
+    "fsar_gcn ATS only, all clients 25-joint": {"name": "fsar_gcn", "beta": 0.0},
+}
 
 
-def video(method: dict, seed: int, dataset: str = "clips:5") -> dict:
+def video(method: dict, seed: int, dataset: str = "clips:5", clients: int = 6) -> dict:
     return {
         "name": "seed-fedvsr", "seed": seed, "task": {"kind": "video_sr"},
-        "data": {"dataset": dataset, "partition": {"kind": "dirichlet", "alpha": 0.5, "num_clients": 6}},
+        "data": {"dataset": dataset, "partition": {"kind": "dirichlet", "alpha": 0.5, "num_clients": clients}},
         "model": {"name": "vsrnet", "width": 16},
         "client": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "optimizer": "adam", "mu": 0.01},
-        "schedule": {"rounds": 15, "clients_per_round": 6},
+        "schedule": {"rounds": 15, "clients_per_round": clients},
         "method": method,
     }
 
@@ -62,6 +68,12 @@ VSR_RUNS = {
     "fedvsr weighting only, hf 0 (5 frames)": ({"name": "fedvsr", "hf_weight": 0.0}, "clips:5"),
     "fedavg (1 frame: single image)": ({"name": "fedavg"}, "clips:1"),
     "fedvsr (1 frame: single image)": ({"name": "fedvsr"}, "clips:1"),
+}
+# the control for "does the video model use its neighbouring frames at this budget at all":
+# one client holding all the training data (centralised training, same epochs)
+CENTRAL_RUNS = {
+    "centralised, 5 frames": ({"name": "fedavg"}, "clips:5"),
+    "centralised, 1 frame": ({"name": "fedavg"}, "clips:1"),
 }
 
 
@@ -121,7 +133,7 @@ def bicubic(dataset: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["fsar", "fedvsr", "plora", "all"], default="all")
+    parser.add_argument("--part", choices=["fsar", "fsar-homogeneous", "fedvsr", "fedvsr-central", "plora", "all"], default="all")
     parser.add_argument("--work", default="/tmp/fedweave-seed-tasks")
     args = parser.parse_args()
     work = Path(args.work)
@@ -131,10 +143,16 @@ def main() -> None:
     jobs = []
     if args.part in ("fsar", "all"):
         jobs += [("fsar", label, seed, skeleton(m, seed)) for label, m in FSAR_RUNS.items() for seed in SEEDS]
+    if args.part in ("fsar-homogeneous", "all"):
+        jobs += [("fsar", label, seed, skeleton(m, seed, "skeleton:6:ntu25")) for label, m in HOMOGENEOUS_RUNS.items()
+                 for seed in SEEDS]
     if args.part in ("fedvsr", "all"):
         results.setdefault("fedvsr", {})["bicubic (untrained, 5 frames)"] = {"0": {"status": "baseline",
                                                                                  **bicubic("clips:5")}}
         jobs += [("fedvsr", label, seed, video(m, seed, d)) for label, (m, d) in VSR_RUNS.items() for seed in SEEDS]
+    if args.part in ("fedvsr-central", "all"):
+        jobs += [("fedvsr", label, seed, video(m, seed, d, clients=1)) for label, (m, d) in CENTRAL_RUNS.items()
+                 for seed in SEEDS]
     if args.part in ("plora", "all"):
         base = str(work / "vlm-base.pt")
         print(f"pretrained vlm base: public-set accuracy {pretrain_vlm(base, seed=0):.3f}")

@@ -3,8 +3,8 @@
 The task is ``classification`` (cross-entropy, accuracy): an example is a skeleton
 sequence, its label an action. This bundle registers only the data and the model.
 
-Data (``data.dataset: skeleton`` or ``skeleton:<clients>``, default 6 clients; use
-``data.partition.kind: natural``)
+Data (``data.dataset: skeleton``, ``skeleton:<clients>`` or ``skeleton:<clients>:<layouts>``,
+default 6 clients, layouts ``mixed``; use ``data.partition.kind: natural``)
     Made offline and deterministically from ``data.seed``. Each example is a float tensor
     ``[3, T, 25]``: the (x, y, z) coordinates of up to 25 joint slots over T = 16 frames.
     A body is posed by forward kinematics (torso lean, shoulder pitch and abduction, elbow
@@ -19,7 +19,8 @@ Data (``data.dataset: skeleton`` or ``skeleton:<clients>``, default 6 clients; u
     17-joint COCO-style layout (:data:`COCO17`: nose, eyes, ears, shoulders, elbows,
     wrists, hips, knees, ankles) written into slots 0–16, slots 17–24 zero. The same slot
     therefore means a different body point, with different neighbours, on the two kinds
-    of client. Per client: 4 subjects (limb scale ∈ [0.85, 1.15]), a camera yaw centred on
+    of client. ``skeleton:<clients>:ntu25`` (or ``:coco17``) gives every client the same
+    layout — the homogeneous control, everything else equal. Per client: 4 subjects (limb scale ∈ [0.85, 1.15]), a camera yaw centred on
     the client's own angle (client c: 40°·c, ± 20° per sequence), Gaussian joint noise of
     σ = 0.01 + 0.01·(c mod 3) and 15 sequences per action (120 per client). Coordinates
     are relative to the first frame's root (the spine base for NTU25, the hip centre for
@@ -73,8 +74,11 @@ COCO17 = ("nose", "l_eye", "r_eye", "l_ear", "r_ear", "l_shoulder", "r_shoulder"
 LAYOUTS = {"ntu25": NTU25, "coco17": COCO17}
 
 
-def client_layout(client: int) -> str:
-    """The joint layout of client ``client``: ``ntu25`` for even ids, ``coco17`` for odd."""
+def client_layout(client: int, layouts: str = "mixed") -> str:
+    """The joint layout of client ``client``: with ``mixed``, ``ntu25`` for even ids and
+    ``coco17`` for odd; otherwise ``layouts`` itself (every client alike)."""
+    if layouts != "mixed":
+        return layouts
     return "ntu25" if client % 2 == 0 else "coco17"
 
 
@@ -194,12 +198,14 @@ def _view(joints: np.ndarray, yaw: float) -> np.ndarray:
     return joints @ rot.T
 
 
-def make_skeleton(clients: int, seed: int, per_action: int = SEQUENCES_PER_ACTION, frames: int = FRAMES):
-    """``(x [N, 3, T, 25] float32, y [N] int64, client [N] int64)``, deterministic in ``seed``."""
+def make_skeleton(clients: int, seed: int, per_action: int = SEQUENCES_PER_ACTION, frames: int = FRAMES,
+                  layouts: str = "mixed"):
+    """``(x [N, 3, T, 25] float32, y [N] int64, client [N] int64)``, deterministic in ``seed``.
+    ``layouts``: ``mixed`` (alternating by client) or one layout for every client."""
     xs, ys, cs = [], [], []
     for c in range(clients):
         rng = np.random.default_rng(derive_seed(seed, "skeleton", c))
-        layout = client_layout(c)
+        layout = client_layout(c, layouts)
         scales = rng.uniform(0.85, 1.15, SUBJECTS_PER_CLIENT)
         noise = 0.01 + 0.01 * (c % 3)
         for action in range(len(ACTIONS)):
@@ -219,18 +225,20 @@ def make_skeleton(clients: int, seed: int, per_action: int = SEQUENCES_PER_ACTIO
 
 
 def load_skeleton(name: str, o: SourceOptions) -> DataSource:
-    _, _, count = name.partition(":")
-    clients = int(count) if count else 6
+    parts = name.split(":")
+    clients = int(parts[1]) if len(parts) > 1 else 6
+    layouts = parts[2] if len(parts) > 2 else "mixed"
     if clients < 1:
         raise DataError(f"skeleton:<clients> needs at least one client, got {name!r}.")
-    x, y, ids = make_skeleton(clients, o.seed)
+    x, y, ids = make_skeleton(clients, o.seed, layouts=layouts)
     return DataSource(name=name, x_train=x, y_train=y, x_test=None, y_test=None, num_classes=len(ACTIONS),
                       input_shape=(3, FRAMES, SLOTS), client_ids=ids)
 
 
-register_source("skeleton", load_skeleton, pattern=r"skeleton(:[0-9]+)?",
+register_source("skeleton", load_skeleton, pattern=r"skeleton(:[0-9]+(:(mixed|ntu25|coco17))?)?",
                 description="skeleton action sequences [3, 16, 25], 8 actions; clients alternate a 25-joint (NTU) "
-                            "and a 17-joint (COCO) layout (skeleton:<clients>, default 6; partition natural)")
+                            "and a 17-joint (COCO) layout (skeleton:<clients>[:mixed|ntu25|coco17], default 6 mixed; "
+                            "partition natural)")
 
 
 # -- model --------------------------------------------------------------------------------
