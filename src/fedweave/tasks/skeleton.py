@@ -45,7 +45,6 @@ Model (``model.name: stgcn``)
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import torch
