@@ -19,7 +19,7 @@ from fedweave.methods.plora import blend, dynamic_weight
 from fedweave.params import FlatModel
 from fedweave.tasks import make_task
 from fedweave.tasks.vision_language import (ANSWERS, COLOURS, PIXELS, POSITIONS, SHAPES, answer_of, build_vlm,
-                                            make_vqa, render)
+                                            dialect_answer, make_vqa, render)
 from fedweave.train import TrainSettings
 
 VQA = {
@@ -43,6 +43,18 @@ def test_vqa_is_deterministic_and_skewed_by_question_type_and_colour():
         own_colours = float(np.mean(np.isin(colours[mine], [client % 4, (client + 1) % 4])))  # 0.8 + 0.2 / 2 = 0.9
         assert abs(own_type - 0.775) < 0.1 and abs(own_colours - 0.9) < 0.08
         assert own_type > 0.5 and float(np.mean(kinds[c == (client + 1) % 4] == client % 4)) < 0.2
+
+
+def test_dialect_clients_answer_in_their_own_convention():
+    x, y, c, _, _ = make_vqa(2, seed=5, per_client=20)
+    xd, yd, _, _, _ = make_vqa(2, seed=5, per_client=20, dialect=True)
+    assert torch.equal(x, xd)  # the same images and questions
+    even, odd = torch.as_tensor(c == 0), torch.as_tensor(c == 1)
+    assert torch.equal(yd[even], y[even])
+    assert torch.equal(yd[odd], torch.tensor([dialect_answer(int(a)) for a in y[odd]]))
+    # by hand: the next word of the group, cyclically
+    assert [ANSWERS[dialect_answer(ANSWERS.index(w))] for w in ("red", "yellow", "bar", "bottom-right", "three")] == \
+        ["green", "red", "square", "top-left", "one"]
 
 
 def test_images_show_what_the_answers_say():

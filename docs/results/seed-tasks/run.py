@@ -77,10 +77,10 @@ CENTRAL_RUNS = {
 }
 
 
-def vqa(method: dict, seed: int, base: str) -> dict:
+def vqa(method: dict, seed: int, base: str, dataset: str = "shapesvqa") -> dict:
     return {
         "name": "seed-plora", "seed": seed,
-        "data": {"dataset": "shapesvqa", "partition": {"kind": "natural", "num_clients": 8}, "client_val_fraction": 0.2},
+        "data": {"dataset": dataset, "partition": {"kind": "natural", "num_clients": 8}, "client_val_fraction": 0.2},
         "model": {"name": "vlm", "width": 32, "kwargs": {"init_from": base}},
         "client": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "optimizer": "adam"},
         "schedule": {"rounds": 8, "clients_per_round": 8},
@@ -133,7 +133,8 @@ def bicubic(dataset: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["fsar", "fsar-homogeneous", "fedvsr", "fedvsr-central", "plora", "all"], default="all")
+    parser.add_argument("--part", choices=["fsar", "fsar-homogeneous", "fedvsr", "fedvsr-central", "plora", "plora-dialect",
+                                           "all"], default="all")
     parser.add_argument("--work", default="/tmp/fedweave-seed-tasks")
     args = parser.parse_args()
     work = Path(args.work)
@@ -153,10 +154,14 @@ def main() -> None:
     if args.part in ("fedvsr-central", "all"):
         jobs += [("fedvsr", label, seed, video(m, seed, d, clients=1)) for label, (m, d) in CENTRAL_RUNS.items()
                  for seed in SEEDS]
-    if args.part in ("plora", "all"):
+    if args.part in ("plora", "plora-dialect", "all"):
         base = str(work / "vlm-base.pt")
         print(f"pretrained vlm base: public-set accuracy {pretrain_vlm(base, seed=0):.3f}")
+    if args.part in ("plora", "all"):
         jobs += [("plora", label, seed, vqa(m, seed, base)) for label, m in PLORA_RUNS.items() for seed in SEEDS]
+    if args.part in ("plora-dialect", "all"):  # clients that disagree on answers: where personalization should pay
+        jobs += [("plora-dialect", label, seed, vqa(m, seed, base, "shapesvqa:8:dialect"))
+                 for label, m in PLORA_RUNS.items() for seed in SEEDS]
     for part, label, seed, cfg in jobs:
         row = run_one(cfg, work / f"{part}-{label.replace(' ', '_').replace('/', '-')}-s{seed}")
         results.setdefault(part, {}).setdefault(label, {})[str(seed)] = row

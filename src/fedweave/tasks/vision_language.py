@@ -4,7 +4,7 @@ The task is ``classification`` over the answer vocabulary: the model reads an im
 question and its text decoder emits the one-word answer (cross-entropy on the answer
 token, accuracy = exact-match VQA accuracy). This bundle registers the data and the model.
 
-Data (``data.dataset: shapesvqa`` or ``shapesvqa:<clients>``, default 8 clients; use
+Data (``data.dataset: shapesvqa``, ``shapesvqa:<clients>`` or ``shapesvqa:<clients>:dialect``, default 8 clients; use
 ``data.partition.kind: natural``)
     Made offline and deterministically from ``data.seed``. An image is 16×16 RGB: 1–3
     copies of one shape (square, cross, bar) in one colour (red, green, blue, yellow),
@@ -21,6 +21,12 @@ Data (``data.dataset: shapesvqa`` or ``shapesvqa:<clients>``, default 8 clients;
     the colour from its own pair {c mod 4, (c+1) mod 4} with probability
     :data:`COLOUR_SKEW` = 0.8 (else a uniform colour); shape, position and count are
     uniform. 150 examples per client.
+
+    ``shapesvqa:<clients>:dialect`` adds a *conditional* shift: the odd-numbered clients
+    answer in another convention (each answer replaced by the next word of its group,
+    cyclically: red → green, square → cross, one → two, …) — a synthetic stand-in for
+    clients whose preferred answers differ (as preference data such as RLAIF-V may), where
+    one shared model cannot be right for everyone.
 
     :func:`public_split` makes a disjoint, balanced *public* set (other seeds) of colour
     and shape questions only, on which :func:`pretrain_vlm` trains the base model that
@@ -102,8 +108,22 @@ def _example(rng, kind: str, colour: int):
     return np.concatenate([image.ravel(), question]), answer_of(kind, colour, shape, position, count)
 
 
-def make_vqa(clients: int, seed: int, per_client: int = PER_CLIENT):
-    """``(x [N, 772] float32, y [N] int64, client [N] int64, question type [N] int64, colour [N] int64)``."""
+_GROUPS = ((0, len(COLOURS)), (len(COLOURS), len(SHAPES)), (len(COLOURS) + len(SHAPES), len(POSITIONS)),
+           (len(COLOURS) + len(SHAPES) + len(POSITIONS), len(COUNTS)))
+
+
+def dialect_answer(answer: int) -> int:
+    """The answer in the *dialect* convention: the next word of its group, cyclically
+    (red → green, …, yellow → red; square → cross; one → two, three → one)."""
+    for start, size in _GROUPS:
+        if start <= answer < start + size:
+            return start + (answer - start + 1) % size
+    raise ValueError(f"no answer {answer}")
+
+
+def make_vqa(clients: int, seed: int, per_client: int = PER_CLIENT, dialect: bool = False):
+    """``(x [N, 772] float32, y [N] int64, client [N] int64, question type [N] int64, colour [N] int64)``;
+    with ``dialect`` the odd-numbered clients answer in :func:`dialect_answer`'s convention."""
     xs, ys, cs, ts, cols = [], [], [], [], []
     for c in range(clients):
         rng = np.random.default_rng(derive_seed(seed, "shapesvqa", c))
@@ -111,6 +131,8 @@ def make_vqa(clients: int, seed: int, per_client: int = PER_CLIENT):
             t = c % 4 if rng.random() < TYPE_SKEW else int(rng.integers(4))
             colour = (c + int(rng.integers(2))) % 4 if rng.random() < COLOUR_SKEW else int(rng.integers(4))
             x, y = _example(rng, QUESTION_TYPES[t], colour)
+            if dialect and c % 2 == 1:
+                y = dialect_answer(y)
             xs.append(x), ys.append(y), cs.append(c), ts.append(t), cols.append(colour)
     return (torch.from_numpy(np.stack(xs).astype(np.float32)), torch.tensor(ys, dtype=torch.int64),
             np.asarray(cs, dtype=np.int64), np.asarray(ts, dtype=np.int64), np.asarray(cols, dtype=np.int64))
@@ -127,18 +149,18 @@ def public_split(seed: int, count: int = 1200) -> tuple[torch.Tensor, torch.Tens
 
 
 def load_vqa(name: str, o: SourceOptions) -> DataSource:
-    _, _, value = name.partition(":")
-    clients = int(value) if value else 8
+    parts = name.split(":")
+    clients = int(parts[1]) if len(parts) > 1 else 8
     if clients < 1:
         raise DataError(f"shapesvqa:<clients> needs at least one client, got {name!r}.")
-    x, y, ids, _, _ = make_vqa(clients, o.seed)
+    x, y, ids, _, _ = make_vqa(clients, o.seed, dialect=len(parts) > 2 and parts[2] == "dialect")
     return DataSource(name=name, x_train=x, y_train=y, x_test=None, y_test=None, num_classes=len(ANSWERS),
                       input_shape=(PIXELS + QUESTION_LEN,), client_ids=ids)
 
 
-register_source("shapesvqa", load_vqa, pattern=r"shapesvqa(:[0-9]+)?",
+register_source("shapesvqa", load_vqa, pattern=r"shapesvqa(:[0-9]+(:dialect)?)?",
                 description="visual questions about shapes (colour, shape, position, count; 14 answers); clients "
-                            "skewed by question type and colour (shapesvqa:<clients>, default 8; partition natural; "
+                            "skewed by question type and colour (shapesvqa:<clients>[:dialect], default 8; partition natural; "
                             "model vlm)")
 
 
@@ -250,4 +272,4 @@ def pretrain_vlm(path: str, seed: int = 0, width: int = 32, epochs: int = 6, lr:
 
 
 __all__ = ["ANSWERS", "COLOURS", "COLOUR_SKEW", "QUESTIONS", "QUESTION_TYPES", "TYPE_SKEW", "TinyVLM", "WORDS",
-           "answer_of", "build_vlm", "load_vqa", "make_vqa", "pretrain_vlm", "public_split", "render"]
+           "answer_of", "build_vlm", "dialect_answer", "load_vqa", "make_vqa", "pretrain_vlm", "public_split", "render"]
