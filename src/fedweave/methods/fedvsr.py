@@ -32,7 +32,9 @@ In round t (0-based) of T = ``schedule.rounds``:
 As in the code, the weights ignore client sizes (u is uniform) and the exponent starts at
 1 in the first round. Losses are floored at 1e-12 before inverting. Method ``fedvsr`` =
 weighting ``loss`` + the high-frequency client loss (which needs image outputs:
-``task.kind: restoration``; with ``method.hf_weight: 0`` it runs on any task).
+``task.kind: restoration``, or ``video_sr``, whose sliding-window models output the HR
+centre frame, so the 2-D transform is the per-frame counterpart of the paper's 3-D one;
+with ``method.hf_weight: 0`` it runs on any task).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from .registry import MethodInfo, MethodParams, Preset, register
 from .stages import register_weighting
 
 HF_EPS = 1e-9
+#: tasks whose outputs and targets are images: the high-frequency loss compares them
+IMAGE_OUTPUT_TASKS = ("restoration", "video_sr")
 
 
 # -- client: Haar DWT and the high-frequency loss ------------------------------------------
@@ -145,10 +149,10 @@ class FedVSRParams(MethodParams):
 
 
 def _client(config, params: FedVSRParams) -> ClientAlgorithm:
-    if params.hf_weight > 0 and config.task.kind != "restoration":
+    if params.hf_weight > 0 and config.task.kind not in IMAGE_OUTPUT_TASKS:
         raise ConfigError(
             f"FedVSR's high-frequency loss compares output and target images, which task.kind {config.task.kind!r} "
-            "does not have. Use task.kind: restoration (data.dataset: sr2:<image source>), or set method.hf_weight: 0 "
+            "does not have. Use task.kind: restoration (data.dataset: sr2:<image source>) or video_sr (data.dataset: clips), or set method.hf_weight: 0 "
             "(or use method.weighting: loss with another method) for the loss-aware weighting alone."
         )
     return FedVSRClient(config.client.objective, config.client.mu, params.hf_weight)

@@ -36,6 +36,26 @@ coincide, and B is averaged in an exactly shared basis.
 * ``local`` (no federation): A and B ``personal``; the server aggregates nothing, and
   messages carry no adapter.
 
+**Dynamic adaptation** (``method.dynamic: true``, with ``share: B``). FedVLM says pLoRA
+"dynamically adapts LoRA parameters to each client's unique data distribution" while B is
+aggregated and A_p stays on the client; the paper's text was not readable here and it has
+no code, so the rule below is ours, one closed-form reading of that sentence. Client i
+keeps, besides A_i, its own B_i from the end of its last round. At the start of round t it
+scores, on its own training data (mean task loss, eval mode, no gradient), the received
+global adapter and its own:
+
+    L_g = L_i(B̄^t, A_i)        L_p = L_i(B_i^{t−1}, A_i)
+    λ_i^t = σ((L_g − L_p) / τ)        (σ the logistic function; τ = ``method.temperature``, default 0.1)
+    B_i^{t,start} = B̄^t + λ_i^t (B_i^{t−1} − B̄^t)
+
+and trains from there; it uploads B_i^{t,end} − B̄^t (so the server's average stays the
+FedAvg of the clients' B), keeps B_i^t = B_i^{t,end} and λ_i^t. A client whose own adapter
+fits its data better than the global one (L_p < L_g) keeps more of it; one the global
+adapter serves better follows the global one; λ = 0 on a client's first round. With
+``eval.personalized`` the client is scored with B̄ + λ_i (B_i − B̄) and its A_i (its last
+λ). "B" here is the whole shared adapter vector (plus any layer ``model.roles`` makes
+trainable).
+
 Server: w ← w + Σ_k n_k Δ_k / Σ_k n_k over the shared adapter vector (FedAvg on the
 adapters); ``local`` only advances the version. With ``eval.personalized: true`` each
 client is scored with the global shared part and its own personal part: (B̄, A_i) for
@@ -83,6 +103,8 @@ class PLoRAParams(MethodParams):
         "shared", description="A's initialisation: one seeded A for all clients (shared basis) or one per client"
     )
     freeze_a: bool = Field(False, description="keep the shared initial A fixed (not trained, not sent)")
+    dynamic: bool = Field(False, description="per-client blend of the global and the client's own B, by their losses")
+    temperature: float = Field(0.1, gt=0, description="τ of the dynamic blend λ = σ((L_global − L_own) / τ)")
 
 
 def _params(config) -> PLoRAParams:
@@ -178,26 +200,65 @@ class PLoRAStrategy(Strategy):
 
 class PLoRAClient(ClientAlgorithm):
     """The standard trainer on the adapters; with ``a_init: per_client`` a client's first
-    job starts from its own A (a client that never trained is scored with the shared A)."""
+    job starts from its own A (a client that never trained is scored with the shared A);
+    with ``dynamic`` it starts from the blend of the global and its own B (see above)."""
 
     stateful = True
 
-    def __init__(self, objective: str = "plain", mu: float = 0.0, a_init: str = "shared", seed: int = 0):
+    def __init__(self, objective: str = "plain", mu: float = 0.0, a_init: str = "shared", seed: int = 0,
+                 dynamic: bool = False, temperature: float = 0.1):
         super().__init__(objective, mu)
         self.a_init = a_init
         self.seed = seed
+        self.dynamic, self.temperature = dynamic, temperature
 
     def train(self, job, worker, generator):
         if self.a_init == "per_client" and "personal" not in (job.state or {}):
             with torch.no_grad():
                 per_client_a(worker.model, self.seed, job.client_id)
-        return super().train(job, worker, generator)
+        if not self.dynamic:
+            return super().train(job, worker, generator)
+        own = (job.state or {}).get("b_own")
+        lam = 0.0
+        if own is not None:
+            model, idx = worker.model, worker.data.client_train[job.client_id]
+            x, y = worker.data.x[idx], worker.data.y[idx]
+            with torch.no_grad():
+                global_b = model.params.clone()
+                loss_global = worker.task.evaluate(model.module, x, y)["loss"]
+                model.params.copy_(own)
+                loss_own = worker.task.evaluate(model.module, x, y)["loss"]
+                lam = dynamic_weight(loss_global, loss_own, self.temperature)
+                model.params.copy_(blend(global_b, own, lam))
+        result = super().train(job, worker, generator)
+        result.state = {**(result.state or {}), "b_own": worker.model.params.clone(), "lambda": lam}
+        return result
+
+    @torch.no_grad()
+    def personalize(self, model, broadcast, state, initial) -> None:
+        super().personalize(model, broadcast, state, initial)
+        if self.dynamic and state and "b_own" in state:
+            model.params.copy_(blend(broadcast.params, state["b_own"], state["lambda"]))
+
+
+def dynamic_weight(loss_global: float, loss_own: float, temperature: float) -> float:
+    """λ = σ((L_global − L_own) / τ): how much of its own B a client keeps."""
+    return 1.0 / (1.0 + math.exp(-(loss_global - loss_own) / temperature))
+
+
+def blend(global_b: torch.Tensor, own_b: torch.Tensor, lam: float) -> torch.Tensor:
+    """B̄ + λ (B_own − B̄)."""
+    return global_b + lam * (own_b - global_b)
 
 
 def _build(config, params: PLoRAParams):
     if params.freeze_a and params.a_init == "per_client":
         raise ConfigError("method.freeze_a keeps the shared initial A; it cannot be combined with a_init: per_client.")
-    return PLoRAStrategy(params.share), PLoRAClient(config.client.objective, config.client.mu, params.a_init, config.seed)
+    if params.dynamic and params.share != "B":
+        raise ConfigError(f"method.dynamic blends the global and the client's own B, which needs share: B (pLoRA); "
+                          f"share: {params.share!r} has no per-client B to blend.")
+    return PLoRAStrategy(params.share), PLoRAClient(config.client.objective, config.client.mu, params.a_init,
+                                                    config.seed, params.dynamic, params.temperature)
 
 
 def setup_plora(exp) -> None:

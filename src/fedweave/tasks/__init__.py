@@ -9,6 +9,9 @@ its task (:func:`register_task`: loss, metrics, primary metric), its data source
 ``restoration``     Charbonnier loss, PSNR; data ``sr<k>:<source>``; model ``srnet``
 ``language_model``  token cross-entropy, perplexity; data ``pydocs[:<L>]``; model ``transformer``
 ``regression``      MSE, relative L2 error and RMSE; data ``burgers1d[:C[:R[:S]]]``; model ``fno1d``
+``video_sr``        Charbonnier loss, PSNR-Y and SSIM-Y; data ``clips[:<window>]``; model ``vsrnet``
+(``skeleton``)      no task of its own (classification): data ``skeleton[:<clients>]``; model ``stgcn``
+(``vision_language``) no task of its own (classification over answers): data ``shapesvqa[:<clients>]``; model ``vlm``
 ==================  =====================================================================
 
 Methods and metrics ask the task, never the dataset. The task contract itself,
@@ -23,6 +26,9 @@ from . import classification  # noqa: E402,F401
 from . import restoration  # noqa: E402,F401
 from . import language_model  # noqa: E402,F401
 from . import turbulence  # noqa: E402,F401
+from . import skeleton  # noqa: E402,F401
+from . import video_sr  # noqa: E402,F401
+from . import vision_language  # noqa: E402,F401
 from .classification import ClassificationTask  # noqa: E402
 
 __all__ = ["TASKS", "Task", "ClassificationTask", "make_task", "register_task"]
