@@ -119,6 +119,8 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     kwargs: dict[str, Any] = dict(m.kwargs)
     if m.hidden is not None:
         kwargs["hidden"] = list(m.hidden)
+    if m.name.startswith("hf:"):
+        kwargs["task"] = task.name  # the head: causal LM for language_model, a classifier otherwise
     if ":" not in m.name:
         kwargs.setdefault("norm", m.norm)
         kwargs.setdefault("width", m.width)
