@@ -139,7 +139,10 @@ def add_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dro
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
         raise ConfigError('Method plora needs the peft package: pip install "fedweave[lora]"') from None
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    # GPT-2's Conv1D stores its weight transposed (in x out): peft must be told
+    transposed = any(type(m).__name__ == "Conv1D" for n, m in module.named_modules() if n in set(targets))
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none",
+                        fan_in_fan_out=transposed)
     return inject_adapter_in_model(config, module)
 
 
