@@ -255,10 +255,21 @@ def _image_source(name, options):
     return fedweave.data.DataSource("tiny-images", x, y, None, None, 3, (3, 8, 8))
 
 
-def test_augmentation_is_seeded_per_job_and_changes_training(tmp_path):
-    from fedweave.data import register_source
+@pytest.fixture
+def tiny_images():
+    """A registered source of 120 random 3x8x8 images, unregistered afterwards."""
+    from fedweave.data import DATASETS, register_source, sources
 
-    register_source("tiny-images-test", _image_source, replace=True, description="test images")
+    saved = dict(sources._SOURCES), dict(DATASETS)
+    register_source("tiny-images-test", _image_source, description="test images")
+    yield
+    sources._SOURCES.clear()
+    sources._SOURCES.update(saved[0])
+    DATASETS.clear()
+    DATASETS.update(saved[1])
+
+
+def test_augmentation_is_seeded_per_job_and_changes_training(tmp_path, tiny_images):
     base = copy.deepcopy(IMAGES)
     base["data"]["dataset"] = "tiny-images-test"
     base["model"] = {"name": "cnn"}
@@ -313,3 +324,28 @@ def test_imagefolder_reads_pngs_once_and_caches_outside_the_data(tmp_path):
     Image.new("RGB", (4, 4)).save(root / "train" / "dog" / "2.png")
     with pytest.raises(DataError, match="resize the images to one size"):
         load_source("imagefolder", root=str(root), cache=str(cache))
+
+
+def test_hf_image_classifier_gets_the_datas_classes_and_pixel_values(tmp_path):
+    from fedweave.models import build_model
+
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32, num_labels=2)
+    transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+    model = build_model(f"hf:{tmp_path / 'vit'}", (3, 8, 8), 5, task="classification").eval()
+    # the saved 2-class head is replaced by one for the data's 5 classes; the body is the saved one
+    reference = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / "vit"), local_files_only=True)
+    assert model.model.classifier.out_features == 5
+    saved = reference.state_dict()
+    body = {k: v for k, v in model.model.state_dict().items() if not k.startswith("classifier")}
+    assert body and all(torch.equal(v, saved[k]) for k, v in body.items())
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.model(pixel_values=x).logits) and model(x).shape == (2, 5)
+    # plora's default: the attention's query and value projections, whatever transformers calls them
+    from fedweave.methods.plora import select_targets
+
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    qv = [n for n in linear if n.rsplit(".", 1)[-1] in ("query", "value", "q_proj", "v_proj")]
+    assert len(qv) == 2 and select_targets(model, None) == qv

@@ -58,7 +58,8 @@ HF_LORA_TARGETS: dict[str, list[str]] = {
     "bert": ["*attention.self.query", "*attention.self.value"],
     "roberta": ["*attention.self.query", "*attention.self.value"],
     "distilbert": ["*q_lin", "*v_lin"],
-    "vit": ["*attention.attention.query", "*attention.attention.value"],
+    # transformers 4 names ViT's projections attention.attention.query/value, 5 attention.q_proj/v_proj
+    "vit": ["*attention.attention.query", "*attention.attention.value", "*attention.q_proj", "*attention.v_proj"],
 }
 #: Default LoRA targets per torchvision family (name prefix): the residual blocks'
 #: convolutions and the classifier for ResNets; the linear layers elsewhere.
