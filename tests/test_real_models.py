@@ -90,6 +90,19 @@ def test_plora_on_gpt2_adapts_c_attn_by_default(gpt2_folder):
     assert exp.spec.num_params == 2 * (3 * 16) * 2
 
 
+def test_ferret_on_gpt2_uploads_block_coefficients(gpt2_folder, tmp_path):
+    from fedweave.messages import SCALAR_BYTES
+
+    reference = transformers.GPT2LMHeadModel.from_pretrained(str(gpt2_folder), local_files_only=True)
+    size = sum(p.numel() for p in reference.parameters())
+    block, n = 2048, 32
+    # a block of d entries sends n coefficients, or its d entries when d <= n
+    coefficients = sum(min(n, min(block, size - start)) for start in range(0, size, block))
+    result = fedweave.run(_lm_config(gpt2_folder, name="ferret", block_size=block, num_vectors=n), out=tmp_path / "f")
+    assert result.status == "completed"
+    assert result.summary["bytes_up"] == result.summary["client_updates"] * (4 * coefficients + 5 * SCALAR_BYTES)
+
+
 # -- sequence classification with a tokenizer from the same folder --------------------------------
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "movie", "film", "very"]
