@@ -108,10 +108,22 @@ class DataConfig(_Section):
     client_val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of each client's data")
     partition: PartitionConfig = PartitionConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
+    # image augmentation, tokenised text and file caches (real models, issue #15)
+    augment: Literal["none", "crop_flip"] = Field(
+        "none", description="per-client training augmentation of images: crop_flip = random crop with padding 4 "
+        "and horizontal flip (CIFAR), seeded per job")
+    tokenizer: Optional[str] = Field(
+        None, description="hf: a save_pretrained folder whose tokenizer turns a text column into token ids "
+        "(default: the model's folder when model.name is hf:<folder>)")
+    max_length: int = Field(128, ge=2, le=8192, description="hf text: tokens per example (padded or truncated)")
+    cache: Optional[str] = Field(
+        None, description="imagefolder: folder for the decoded-array cache (default: a fedweave folder in the "
+        "system's temporary directory; never inside data.root)")
 
 
 class ModelConfig(_Section):
-    name: str = Field("mlp", description="registered name or 'package.module:factory'")
+    name: str = Field("mlp", description="registered name, 'package.module:factory', 'torchvision:<name>' or "
+                      "'hf:<save_pretrained folder>' (local files only)")
     hidden: Optional[list[int]] = Field(None, description="hidden sizes for mlp (default [200, 200])")
     norm: Literal["group", "batch", "none"] = "group"
     width: int = Field(16, ge=1)
@@ -408,6 +420,13 @@ class Config(_Section):
         # its own is named after the method (runs/fedprox-..., not runs/quickstart-...)
         if "name" not in self.model_fields_set and self.method.name != MethodConfig().name:
             self.__dict__["name"] = self.method.name
+        return self
+
+    @model_validator(mode="after")
+    def _tokenizer_follows_hf_model(self):
+        # text from the hf source is tokenised with the model's own tokenizer unless told otherwise
+        if self.data.dataset == "hf" and self.data.tokenizer is None and self.model.name.startswith("hf:"):
+            self.data.__dict__["tokenizer"] = self.model.name[len("hf:"):]
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -90,6 +90,7 @@ class Experiment:
         return TrainSettings(
             epochs=None if c.local_steps else c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=lr,
             optimizer=c.optimizer, momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
+            augment=self.config.data.augment,
         )
 
     def worker_setup(self) -> WorkerSetup:
@@ -119,6 +120,8 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     kwargs: dict[str, Any] = dict(m.kwargs)
     if m.hidden is not None:
         kwargs["hidden"] = list(m.hidden)
+    if m.name.startswith("hf:"):
+        kwargs["task"] = task.name  # the head: causal LM for language_model, a classifier otherwise
     if ":" not in m.name:
         kwargs.setdefault("norm", m.norm)
         kwargs.setdefault("width", m.width)
@@ -134,6 +137,10 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
         except Exception as exc:  # a model that does not fit the data is a user error
             raise ModelError(f"Model {m.name!r} cannot process inputs of shape {tuple(data.input_shape)}: {exc}") from None
     module.train()
+    if config.data.augment != "none" and (len(data.input_shape) != 3 or not torch.is_floating_point(data.x)):
+        raise ConfigError(f"data.augment={config.data.augment} crops and flips images, but data.dataset "
+                          f"{config.data.dataset!r} has inputs of shape {tuple(data.input_shape)} ({data.x.dtype}); "
+                          "it needs float images [channels, height, width]. Use data.augment: none.")
     if task.name == "classification" and torch.is_floating_point(data.y):
         raise DataError(f"task.kind classification needs integer class labels, but data.dataset {config.data.dataset!r} "
                         "has real-valued targets; use its task (regression for burgers1d, restoration for sr<k>:...).")

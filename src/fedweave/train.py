@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .core.augment import augment_batch
 from .core.params import FlatModel
 from .core.task import Task
 from .step import SGDStep, add_weight_decay, clip_scale
@@ -41,6 +42,7 @@ class TrainSettings:
     grad_clip: Optional[float] = None
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    augment: str = "none"  # data.augment, applied to each minibatch (fedweave.core.augment)
 
     def num_steps(self, num_examples: int) -> int:
         """Local steps for a client with ``num_examples`` (the last batch may be short)."""
@@ -146,6 +148,8 @@ def local_train(
         for start in range(0, n, bs):
             batch = order[start : start + bs]
             xb, yb = x.index_select(0, batch), y.index_select(0, batch)
+            if settings.augment != "none":  # drawn from the job's generator after its epoch orders
+                xb = augment_batch(xb, settings.augment, generator)
             g.zero_()
             loss = loss_fn(module, xb, yb) if loss_fn else task.loss(module(xb), yb)
             loss.backward()

@@ -32,6 +32,7 @@ from fedweave.data.stats import heterogeneity, label_histograms, partition_summa
 # sources defined in their own modules register themselves when imported (in this order)
 from fedweave.data import leaf as _leaf  # noqa: E402,F401
 from fedweave.data import hf as _hf  # noqa: E402,F401
+from fedweave.data import imagefolder as _imagefolder  # noqa: E402,F401
 
 __all__ = [
     "DATASETS",

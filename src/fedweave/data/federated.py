@@ -42,6 +42,8 @@ class FederatedDataset:
     # class label of every example of x (partitions, label histograms); y itself when y holds
     # class labels, separate when y holds restoration targets
     labels: torch.Tensor | None = None
+    # data.augment of the training minibatches (the vectorized executor checks it)
+    augment: str = "none"
 
     def __post_init__(self):
         if self.labels is None:
@@ -78,6 +80,9 @@ def load_dataset_source(data_cfg) -> DataSource:
         data_name=getattr(data_cfg, "name", None),
         split=getattr(data_cfg, "split", None),
         columns=None if getattr(data_cfg, "columns", None) is None else data_cfg.columns.model_dump(),
+        tokenizer=getattr(data_cfg, "tokenizer", None),
+        max_length=getattr(data_cfg, "max_length", 128),
+        cache=getattr(data_cfg, "cache", None),
     )
 
 
@@ -125,4 +130,5 @@ def build_federated(data_cfg, source: DataSource | None = None) -> FederatedData
         num_classes=src.num_classes,
         input_shape=tuple(src.input_shape),
         labels=None if src.labels is None else torch.as_tensor(np.asarray(src.labels, dtype=np.int64)),
+        augment=getattr(data_cfg, "augment", "none"),
     )

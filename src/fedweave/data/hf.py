@@ -21,9 +21,12 @@ optional natural client id (for ``data.partition.kind: natural``).
 Conversion: images (``Image`` features, or uint8 arrays of rank 2/3) become float32
 ``[C, H, W]`` scaled to [0, 1] (channels-last arrays are transposed); other numeric
 arrays and lists become float32 as they are (one example = one array of fixed shape);
-a scalar column becomes one feature. Labels come from a ``ClassLabel`` (its class count),
-integers (max + 1 classes) or strings (sorted and numbered). Text inputs are refused:
-tokenise them into numbers first.
+a scalar column becomes one feature. A text column is turned into int64 token ids
+``[N, data.max_length]`` (padded with the pad token, truncated) by the tokenizer saved in
+``data.tokenizer`` — by default the folder of an ``hf:<folder>`` model — read with
+``local_files_only``. Labels come from a ``ClassLabel`` (its class count),
+integers (max + 1 classes) or strings (sorted and numbered). Text inputs without a
+tokenizer are refused.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import torch
 from fedweave.core.errors import DataError
 from fedweave.data.sources import DataSource, register_source
 
-X_COLUMNS = ("image", "img", "pixel_values", "x", "features", "input")
+X_COLUMNS = ("image", "img", "pixel_values", "x", "features", "input", "text", "sentence")
 Y_COLUMNS = ("label", "labels", "y", "fine_label")
 
 
@@ -199,14 +202,47 @@ def _value_dtype(feature) -> str | None:
     return None
 
 
-def _inputs(ds, col: str, where: str) -> np.ndarray:
+def load_tokenizer(folder: str):
+    """The tokenizer saved in ``folder`` (``save_pretrained``), read with ``local_files_only``."""
+    path = Path(os.fspath(folder)).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data.tokenizer: the folder {path} does not exist. Give a folder written by a tokenizer's "
+                        "save_pretrained (by default the hf: model's own folder).")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise DataError('Tokenising text needs transformers: pip install "fedweave[lora]"') from None
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise DataError(f"data.tokenizer: {path} holds no tokenizer that transformers can read "
+                        f"({type(exc).__name__}: {str(exc)[:200]}).") from None
+    if tok.pad_token_id is None:
+        raise DataError(f"data.tokenizer: the tokenizer in {path} has no padding token, which fixed-length examples "
+                        "need; set one (tokenizer.pad_token = ...) and save it again.")
+    return tok
+
+
+def _tokenize(ds, col: str, tokenizer, max_length: int, where: str) -> np.ndarray:
+    texts = [str(t) for t in ds[col]]
+    ids = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    arr = np.asarray(ids["input_ids"], dtype=np.int64)
+    if arr.shape != (len(texts), max_length):
+        raise DataError(f"{where}: tokenising column {col!r} gave shape {arr.shape}, not [examples, {max_length}].")
+    return arr
+
+
+def _inputs(ds, col: str, where: str, tokenizer=None, max_length: int = 128) -> np.ndarray:
     datasets = _datasets()
     feature = ds.features[col]
     is_image = isinstance(feature, datasets.Image)
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        if tokenizer is not None:  # token ids [N, max_length], padded with the tokenizer's pad token
+            return _tokenize(ds, col, tokenizer, max_length, where)
         raise DataError(
-            f"{where}: column {col!r} holds text. The 'hf' source needs numeric inputs or images; tokenise the text "
-            f"into numbers first (ds.map(...)) and save the result with save_to_disk."
+            f"{where}: column {col!r} holds text. The 'hf' source needs numeric inputs or images, or a tokenizer: "
+            "set data.tokenizer to a save_pretrained folder (an hf:<folder> model's own is used by default), or "
+            "tokenise the text into numbers first (ds.map(...)) and save the result with save_to_disk."
         )
     try:
         values = _as_array(ds, col)
@@ -268,16 +304,18 @@ def _labels(ds, col: str, where: str, names: list | None) -> tuple[np.ndarray, l
     return values.astype(np.int64), names
 
 
-def load_hf(root, name: str | None = None, *, split: str | None = None, columns: dict | None = None) -> DataSource:
+def load_hf(root, name: str | None = None, *, split: str | None = None, columns: dict | None = None,
+            tokenizer: str | None = None, max_length: int = 128) -> DataSource:
     """Load a cached or saved Hugging Face dataset as a DataSource."""
     obj = open_hf(root, name)
+    tok = load_tokenizer(tokenizer) if tokenizer else None
     train, test, split_name = _pick_split(obj, split)
     x_col, y_col, c_col = _pick_columns(train, columns)
     label = name or Path(os.fspath(root)).name
     where = f"Hugging Face dataset {label!r}, split {split_name!r}"
     if len(train) == 0:
         raise DataError(f"{where} has no examples.")
-    x = _inputs(train, x_col, where)
+    x = _inputs(train, x_col, where, tok, max_length)
     y, class_names = _labels(train, y_col, where, None)
     num_classes = len(class_names) if class_names is not None else int(y.max()) + 1
     client_ids = None
@@ -291,7 +329,7 @@ def load_hf(root, name: str | None = None, *, split: str | None = None, columns:
         if missing:
             raise DataError(f"The 'test' split of {label!r} lacks column(s) {', '.join(missing)}.")
         twhere = f"Hugging Face dataset {label!r}, split 'test'"
-        x_test = _inputs(test, x_col, twhere)
+        x_test = _inputs(test, x_col, twhere, tok, max_length)
         y_test, _ = _labels(test, y_col, twhere, class_names)
         if x_test.shape[1:] != x.shape[1:]:
             raise DataError(
@@ -309,6 +347,7 @@ def load_hf(root, name: str | None = None, *, split: str | None = None, columns:
     return DataSource(f"hf/{label}", xt, yt, xs, ys, int(num_classes), tuple(int(s) for s in x.shape[1:]), client_ids)
 
 
-register_source("hf", lambda name, o: load_hf(o.root, o.data_name, split=o.split, columns=o.columns),
+register_source("hf", lambda name, o: load_hf(o.root, o.data_name, split=o.split, columns=o.columns,
+                                              tokenizer=o.tokenizer, max_length=o.max_length),
                 description="a Hugging Face dataset: a save_to_disk folder in data.root, or data.name from the local "
                 "cache (never downloads); data.split, data.columns")

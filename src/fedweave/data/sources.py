@@ -81,6 +81,9 @@ class SourceOptions:
     data_name: str | None = None  # data.name
     split: str | None = None  # data.split
     columns: dict | None = None  # data.columns
+    tokenizer: str | None = None  # data.tokenizer: hf text columns
+    max_length: int = 128  # data.max_length: hf text columns
+    cache: str | None = None  # data.cache: imagefolder's decoded arrays
 
 
 #: ``factory(name, options) -> DataSource``; ``name`` is the ``data.dataset`` value as given.
@@ -645,12 +648,16 @@ def load_source(
     data_name: str | None = None,
     split: str | None = None,
     columns: dict | None = None,
+    tokenizer: str | None = None,
+    max_length: int = 128,
+    cache: str | None = None,
 ) -> DataSource:
     """Load the data source ``name`` (a key of :data:`DATASETS`, or a name one of them
     claims, such as ``pydocs:32`` or ``sr2:digits``).
 
     ``data_name``, ``split`` and ``columns`` are ``data.name``, ``data.split`` and
-    ``data.columns`` of the ``leaf`` and ``hf`` sources.
+    ``data.columns`` of the ``leaf`` and ``hf`` sources; ``tokenizer`` and ``max_length``
+    turn the ``hf`` source's text into token ids; ``cache`` is ``imagefolder``'s cache folder.
 
     ``root`` is the folder (or, for ``npz``, the file) of file sources.
     ``seed`` drives the generated sources (``mnist1d``, ``synthetic``); the
@@ -658,7 +665,7 @@ def load_source(
     missing files raise DataError; an unknown name raises ConfigError.
     """
     options = SourceOptions(root, seed, synthetic_alpha, synthetic_beta, synthetic_num_clients, synthetic_dim,
-                            synthetic_classes, data_name, split, columns)
+                            synthetic_classes, data_name, split, columns, tokenizer, max_length, cache)
     return _lookup(name).factory(name, options)
 
 

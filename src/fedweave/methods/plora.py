@@ -9,7 +9,11 @@ a ``peft`` LoRA layer, ``y = W x + b + (α/r)·B A x``: A is ``r × in``, B is `
 Targets (``method.target``, fnmatch patterns over module names) default to every
 ``nn.Linear`` except the last one in module order — the output layer (``lm_head`` of the
 ``transformer``): for the transformer that is the attention projections q, k, v, o and the
-MLP's fc1, fc2 of every block. All base weights (embeddings, LayerNorms, the targeted
+MLP's fc1, fc2 of every block. ``torchvision:`` and ``hf:`` models default to the
+targets of their architecture (``fedweave.models.hub``: ``c_attn`` for GPT-2, ``q_proj``
+and ``v_proj`` for Llama-style models, the residual blocks' convolutions and ``fc`` for
+ResNets), as in Hu et al. 2021 (LoRA), which adapts the attention's query and value; a
+``target`` pattern may name any ``nn.Linear``, convolution or GPT-2 ``Conv1D``. All base weights (embeddings, LayerNorms, the targeted
 layers' own weights and biases, the output layer) take role ``frozen``: neither trained
 nor sent, and not counted in bytes. A model without a ``nn.Linear`` (or a ``target`` that
 matches none) is rejected when the experiment is built, before any run directory exists.
@@ -97,7 +101,7 @@ class PLoRAParams(MethodParams):
     alpha: float = Field(16.0, gt=0, description="LoRA alpha: the adapter is scaled by alpha / rank")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout on the adapter's input")
     target: Optional[list[str]] = Field(
-        None, description="fnmatch patterns of the nn.Linear modules to adapt (default: all but the output layer)"
+        None, description="fnmatch patterns of the modules to adapt (default: the architecture's for torchvision:/hf: models, else every nn.Linear but the output layer)"
     )
     a_init: Literal["shared", "per_client"] = Field(
         "shared", description="A's initialisation: one seeded A for all clients (shared basis) or one per client"
@@ -119,19 +123,35 @@ def linear_names(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and n]
 
 
+def adaptable_names(module: nn.Module) -> list[str]:
+    """Modules ``peft`` can adapt by name: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and the
+    ``Conv1D`` of GPT-2-style ``transformers`` models (a linear layer stored transposed)."""
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return [n for n, m in module.named_modules()
+            if n and (isinstance(m, kinds) or type(m).__name__ == "Conv1D")]
+
+
 def select_targets(module: nn.Module, patterns: list[str] | None, model_name: str = "the model") -> list[str]:
-    """The ``nn.Linear`` module names LoRA adapts, or a ConfigError that says why none."""
-    names = linear_names(module)
-    if not names:
-        raise ConfigError(
-            f"pLoRA adapts nn.Linear layers, and {model_name} has none. Use a model with linear layers "
-            "(e.g. model.name: transformer, mlp)."
-        )
+    """The module names LoRA adapts, or a ConfigError that says why none.
+
+    Without ``method.target``, a model that declares its architecture's default
+    (``lora_targets``: ``torchvision:`` and ``hf:`` models, see
+    :mod:`fedweave.models.hub`) gets that; any other model every ``nn.Linear`` but the last."""
     if patterns is None:
-        return names[:-1] or names  # all but the output layer (the only one if it is alone)
+        patterns = getattr(module, "lora_targets", None)
+        if patterns is None:
+            names = linear_names(module)
+            if not names:
+                raise ConfigError(
+                    f"pLoRA adapts nn.Linear layers, and {model_name} has none. Use a model with linear layers "
+                    "(e.g. model.name: transformer, mlp)."
+                )
+            return names[:-1] or names  # all but the output layer (the only one if it is alone)
+    names = adaptable_names(module)
     chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     if not chosen:
-        raise ConfigError(f"method.target {patterns} matches no nn.Linear of {model_name}; its linear layers: {names}.")
+        raise ConfigError(f"method.target {patterns} matches no nn.Linear (or convolution) of {model_name}; its "
+                          f"adaptable layers: {names}.")
     return chosen
 
 
@@ -141,7 +161,10 @@ def add_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dro
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
         raise ConfigError('Method plora needs the peft package: pip install "fedweave[lora]"') from None
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    # GPT-2's Conv1D stores its weight transposed (in x out): peft must be told
+    transposed = any(type(m).__name__ == "Conv1D" for n, m in module.named_modules() if n in set(targets))
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none",
+                        fan_in_fan_out=transposed)
     return inject_adapter_in_model(config, module)
 
 

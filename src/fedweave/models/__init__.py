@@ -10,6 +10,9 @@ where ``kwargs`` are the extra keyword arguments given to :func:`build_model` (t
 options ``hidden``, ``norm`` and ``width`` are not passed on). It must return an
 ``nn.Module`` that maps a batch ``[B, *input_shape]`` to logits ``[B, num_classes]``.
 
+``torchvision:<name>`` and ``hf:<folder>`` build real models from local files (see
+:mod:`fedweave.models.hub`).
+
 Weights use PyTorch's default initialisation; seed torch before calling ``build_model``.
 """
 
@@ -24,6 +27,7 @@ from torch import nn
 
 from fedweave.core.errors import ConfigError, FedweaveError, ModelError, unknown_name
 from fedweave.core.registration import claim
+from fedweave.models.hub import build_hub_model, is_hub_name
 from fedweave.models.zoo import (
     build_cnn,
     build_lenet5,
@@ -180,6 +184,8 @@ def build_model(
     """
     shape = _check_shape(input_shape, num_classes)
     hidden_sizes = _check_hidden(hidden)
+    if is_hub_name(name):  # torchvision:<name>, hf:<folder> (models/hub.py)
+        return build_hub_model(name, shape, num_classes, **kwargs)
     if isinstance(name, str) and ":" in name:
         return _build_user_model(name, shape, num_classes, kwargs)
     if name in EXTRA_MODELS:

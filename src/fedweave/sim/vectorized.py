@@ -85,6 +85,8 @@ def unsupported_reason(setup: WorkerSetup, model: FlatModel, settings_optimizer:
         return "the model uses dropout"
     if settings_optimizer != "sgd":
         return f"client.optimizer={settings_optimizer} (only sgd is vectorized)"
+    if getattr(setup.data, "augment", "none") != "none":
+        return f"data.augment={setup.data.augment} (augmentation is applied by the serial and Ray executors' trainer)"
     task = make_task(setup.task_kind)
     try:
         task.per_example_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
