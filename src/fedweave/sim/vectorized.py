@@ -60,6 +60,7 @@ from ..methods.needs import client_needs
 from ..step import FusedSGD, SGDStep
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders
+from .conv_kernel import ConvKernel, conv_plan
 from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup
 
@@ -300,8 +301,11 @@ class VectorizedExecutor(Executor):
         self._shapes = [s.shape for s in trainable]
         self._row_bytes = self.data.x[:1].numel() * self.data.x.element_size()
         layers = mlp_layers(self.model, tuple(self.data.x.shape[1:])) if self.kernel_choice == "auto" else None
+        conv = conv_plan(self.model, tuple(self.data.x.shape[1:])) if self.kernel_choice == "auto" and layers is None else None
         if layers is not None:
             self.kernel = MLPKernel(layers, self.task)
+        elif conv is not None:
+            self.kernel = ConvKernel(*conv, self.task)
         else:
             frozen = {s.name: self.model.module.get_parameter(s.name).detach() for s in self.model.spec.group("frozen")}
             self.kernel = FuncKernel(self.model.module, self.task, [s.name for s in trainable], frozen)
