@@ -122,3 +122,36 @@ def test_conv_plan_accepts_only_known_layers():
     assert conv_plan(flat(Custom()), (1, 8, 8)) is None
     assert conv_plan(flat(nn.Sequential(nn.Conv2d(1, 2, 3, padding_mode="circular"), nn.Flatten())), (1, 8, 8)) is None
     assert conv_plan(flat(nn.Sequential(nn.Flatten(), nn.Linear(64, 3))), (1, 8, 8)) is None  # no convolution
+
+
+def test_conv_kernel_pays_rule():
+    """The measured rule: 8×8 maps pay, 28×28 and 32×32 do not; not an image: no."""
+    from fedweave.sim.conv_kernel import PAYING_PIXELS, conv_kernel_pays
+
+    assert PAYING_PIXELS == 8 * 8
+    assert conv_kernel_pays((1, 8, 8)) and conv_kernel_pays((3, 4, 16))
+    assert not conv_kernel_pays((1, 28, 28)) and not conv_kernel_pays((3, 32, 32)) and not conv_kernel_pays((1, 9, 8))
+    assert not conv_kernel_pays((64,))
+
+
+def _auto_executor(overrides):
+    exp = build_experiment(load_config(None, overrides + ["executor.kind=auto"]))
+    start_executor(exp)
+    return exp.executor
+
+
+def test_auto_uses_conv_kernel_where_the_rule_says(images):
+    from fedweave.sim.executors import SerialExecutor
+    from fedweave.sim.vectorized import VectorizedExecutor
+
+    # digits are 8×8: the rule says it pays
+    digits = _auto_executor(["data.partition.num_clients=6", "schedule.clients_per_round=3", "model.name=cnn"])
+    assert isinstance(digits, VectorizedExecutor) and digits.kernel_name == "conv"
+    # the 12×12 images of the fixture (144 pixels): serial, saying why
+    larger = _auto_executor(base(images) + MODELS["lenet5"])
+    assert isinstance(larger, SerialExecutor)
+    assert "conv kernel" in larger.fallback_reason and "12x12" in larger.fallback_reason
+    # forced, it is still the conv kernel
+    forced = build_experiment(load_config(None, base(images) + MODELS["lenet5"] + ["executor.kind=vectorized"]))
+    start_executor(forced)
+    assert forced.executor.kernel_name == "conv"

@@ -158,7 +158,18 @@ class ConvKernel:
         return weighted.detach().view(k, bs).sum(1)
 
 
-def conv_kernel_pays(threads: int) -> bool:
+PAYING_PIXELS = 64  # the largest measured H×W at which the conv kernel beat serial (8×8 digits)
+
+
+def conv_kernel_pays(example_shape: tuple[int, ...]) -> bool:
     """Whether ``executor.kind: auto`` should train a convolutional model with the conv
-    kernel rather than serially (the measured rule of docs/results/scale.md)."""
-    return True
+    kernel rather than serially: only for small images, H×W ≤ ``PAYING_PIXELS``.
+
+    Measured (docs/results/scale.md, 2 December 2026; CPU time per round, 10 clients of
+    batch 32, 1 thread): on 8×8 digits the ``cnn`` takes 0.90× serial with the conv kernel;
+    on 28×28 mnist5k ``lenet5`` takes 1.09× and on 32×32 the GroupNorm ``resnet`` more
+    than serial. Small maps are where serial training is dominated by the per-operation
+    overhead that batching saves; on larger maps the grouped convolutions and their
+    backward run slower per client than the plain ones. Sizes between 8×8 and 28×28 are
+    not measured, so they stay serial."""
+    return len(example_shape) == 3 and example_shape[1] * example_shape[2] <= PAYING_PIXELS
