@@ -11,16 +11,28 @@ from fedweave.experiment import _execute, build_experiment, start_executor
 from fedweave.rundir import RunDirectory
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """Tiny continuous images (2×12×12, Gaussian): no exactly tied max-pool windows, whose
-    argmax float rounding could flip (the 8×8 digits have runs of equal zero pixels)."""
+def _images(path, side):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 240)
-    x = rng.normal(size=(240, 2, 12, 12)).astype(np.float32) + y[:, None, None, None] * 0.3
-    path = tmp_path_factory.mktemp("conv") / "images.npz"
+    x = rng.normal(size=(240, 2, side, side)).astype(np.float32) + y[:, None, None, None] * 0.3
     np.savez(path, x=x, y=y)
     return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Tiny continuous images (2×8×8, Gaussian). Continuous, because the 8×8 digits have
+    runs of equal zero pixels: exactly tied max-pool windows whose argmax flips with the
+    order of float sums, after which a client's update differs by far more than rounding.
+    Tiny, because a pre-activation within rounding of 0 flips a ReLU the same way, and
+    the chance of one grows with the number of units × steps."""
+    return _images(tmp_path_factory.mktemp("conv") / "images.npz", 8)
+
+
+@pytest.fixture(scope="module")
+def larger_images(tmp_path_factory):
+    """2×12×12: the cnn's convolutions then do 2.07 M MACs per example, beyond the rule's bound."""
+    return _images(tmp_path_factory.mktemp("conv") / "larger.npz", 12)
 
 
 def base(images):
@@ -124,14 +136,19 @@ def test_conv_plan_accepts_only_known_layers():
     assert conv_plan(flat(nn.Sequential(nn.Flatten(), nn.Linear(64, 3))), (1, 8, 8)) is None  # no convolution
 
 
-def test_conv_kernel_pays_rule():
-    """The measured rule: 8×8 maps pay, 28×28 and 32×32 do not; not an image: no."""
-    from fedweave.sim.conv_kernel import PAYING_PIXELS, conv_kernel_pays
+def test_conv_macs_and_the_rule():
+    """MACs per example by hand (output elements × input channels × kernel area), and the
+    measured rule: at most 1 M MACs per example pays."""
+    from fedweave.models.zoo import build_cnn, build_lenet5
+    from fedweave.sim.conv_kernel import PAYING_MACS, conv_kernel_pays, conv_macs
 
-    assert PAYING_PIXELS == 8 * 8
-    assert conv_kernel_pays((1, 8, 8)) and conv_kernel_pays((3, 4, 16))
-    assert not conv_kernel_pays((1, 28, 28)) and not conv_kernel_pays((3, 32, 32)) and not conv_kernel_pays((1, 9, 8))
-    assert not conv_kernel_pays((64,))
+    # cnn on 1×8×8: conv1 32·8·8 outputs × 1·25, conv2 (after a 2×2 pool) 64·4·4 × 32·25
+    assert conv_macs(build_cnn((1, 8, 8), 10), (1, 8, 8)) == 32 * 64 * 25 + 64 * 16 * 32 * 25 == 870_400
+    # lenet5 on 1×28×28: conv1 (padded) 6·28·28 × 25, conv2 (valid, on 14×14) 16·10·10 × 6·25
+    assert conv_macs(build_lenet5((1, 28, 28), 10), (1, 28, 28)) == 6 * 784 * 25 + 16 * 100 * 150
+    assert PAYING_MACS == 1_000_000
+    assert conv_kernel_pays(870_400) and conv_kernel_pays(1_000_000)
+    assert not conv_kernel_pays(1_000_001) and not conv_kernel_pays(12_500_000)
 
 
 def _auto_executor(overrides):
@@ -140,18 +157,18 @@ def _auto_executor(overrides):
     return exp.executor
 
 
-def test_auto_uses_conv_kernel_where_the_rule_says(images):
+def test_auto_uses_conv_kernel_where_the_rule_says(larger_images):
     from fedweave.sim.executors import SerialExecutor
     from fedweave.sim.vectorized import VectorizedExecutor
 
-    # digits are 8×8: the rule says it pays
+    # cnn on the 8×8 digits: 0.87 M MACs per example, the rule says it pays
     digits = _auto_executor(["data.partition.num_clients=6", "schedule.clients_per_round=3", "model.name=cnn"])
     assert isinstance(digits, VectorizedExecutor) and digits.kernel_name == "conv"
-    # the 12×12 images of the fixture (144 pixels): serial, saying why
-    larger = _auto_executor(base(images) + MODELS["lenet5"])
+    # cnn on 2×12×12: conv1 32·144 × 2·25 + conv2 64·36 × 32·25 = 2.07 M: serial, saying why
+    larger = _auto_executor(base(larger_images) + MODELS["cnn"])
     assert isinstance(larger, SerialExecutor)
-    assert "conv kernel" in larger.fallback_reason and "12x12" in larger.fallback_reason
+    assert "conv kernel" in larger.fallback_reason and "2.1 M" in larger.fallback_reason
     # forced, it is still the conv kernel
-    forced = build_experiment(load_config(None, base(images) + MODELS["lenet5"] + ["executor.kind=vectorized"]))
+    forced = build_experiment(load_config(None, base(larger_images) + MODELS["cnn"] + ["executor.kind=vectorized"]))
     start_executor(forced)
     assert forced.executor.kernel_name == "conv"

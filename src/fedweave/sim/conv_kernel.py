@@ -97,9 +97,10 @@ class _CohortLinear(nn.Module):
         return torch.bmm(x, w)
 
 
-def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Module, _Cohort] | None:
-    """The model rebuilt with cohort layers (and the object they read the stacked
-    parameters from), or None if the model is not one the conv kernel accepts."""
+def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Module, _Cohort, int] | None:
+    """The model rebuilt with cohort layers, the object they read the stacked parameters
+    from and its convolutions' MACs per example (:func:`conv_macs`), or None if the model
+    is not one the conv kernel accepts."""
     if len(example_shape) != 3:
         return None
     index = {s.name: i for i, s in enumerate(model.spec.group("trainable"))}
@@ -128,7 +129,28 @@ def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Modu
             return None
         parent, _, attr = name.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, attr, new)
-    return (net, cohort) if convs else None
+    if not convs:
+        return None
+    return net, cohort, conv_macs(model.module, example_shape)
+
+
+def conv_macs(module: nn.Module, example_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of the model's convolutions for one example (forward), found
+    by a dry forward pass: Σ output elements × (input channels per group × kernel area)."""
+    total = 0
+
+    def count(conv, inputs, output):
+        nonlocal total
+        total += output[0].numel() * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *example_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
 
 
 class ConvKernel:
@@ -137,13 +159,17 @@ class ConvKernel:
 
     name = "conv"
 
-    def __init__(self, net: nn.Module, cohort: _Cohort, task):
-        self.net, self.cohort, self.task = net, cohort, task
+    channels_last = True
+
+    def __init__(self, net: nn.Module, cohort: _Cohort, macs: int, task):
+        self.net, self.cohort, self.macs, self.task = net, cohort, macs, task
 
     def step(self, k: int, x, y, weight, opt, first: bool) -> torch.Tensor:
         # x: [k, B, C, H, W] -> [B, k·C, H, W]
         bs = x.shape[1]
         xb = x.transpose(0, 1).reshape(bs, -1, *x.shape[3:])
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.enable_grad():
             leaves = [t[:k].detach().requires_grad_() for t in opt.params]
             self.cohort.params, self.cohort.k = leaves, k
@@ -158,18 +184,20 @@ class ConvKernel:
         return weighted.detach().view(k, bs).sum(1)
 
 
-PAYING_PIXELS = 64  # the largest measured H×W at which the conv kernel beat serial (8×8 digits)
+PAYING_MACS = 1_000_000  # the measured bound (docs/results/scale.md): convolution MACs per example
 
 
-def conv_kernel_pays(example_shape: tuple[int, ...]) -> bool:
+def conv_kernel_pays(macs_per_example: int) -> bool:
     """Whether ``executor.kind: auto`` should train a convolutional model with the conv
-    kernel rather than serially: only for small images, H×W ≤ ``PAYING_PIXELS``.
+    kernel rather than serially: only when its convolutions do at most ``PAYING_MACS``
+    multiply-accumulates per example (:func:`conv_macs`).
 
     Measured (docs/results/scale.md, 2 December 2026; CPU time per round, 10 clients of
-    batch 32, 1 thread): on 8×8 digits the ``cnn`` takes 0.90× serial with the conv kernel;
-    on 28×28 mnist5k ``lenet5`` takes 1.09× and on 32×32 the GroupNorm ``resnet`` more
-    than serial. Small maps are where serial training is dominated by the per-operation
-    overhead that batching saves; on larger maps the grouped convolutions and their
-    backward run slower per client than the plain ones. Sizes between 8×8 and 28×28 are
-    not measured, so they stay serial."""
-    return len(example_shape) == 3 and example_shape[1] * example_shape[2] <= PAYING_PIXELS
+    batch 32, 1 thread): the models below 1 M MACs per example (``cnn`` on 8×8 digits,
+    0.87 M; ``lenet5`` on 28×28 and 3×32×32, 0.36 M and 0.59 M) train faster with the conv
+    kernel, those above (``cnn`` on 28×28, 10.7 M; the GroupNorm ``resnet`` on 3×32×32,
+    12.5 M) slower. Small convolutions are where serial training is dominated by the
+    per-operation overhead that batching saves; large ones already run near the cores'
+    rate one client at a time, and the grouped form is then slower per client. Sizes
+    between 1 M and 10 M are not measured, so they stay serial."""
+    return macs_per_example <= PAYING_MACS

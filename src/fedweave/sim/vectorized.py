@@ -42,7 +42,7 @@ algorithm's :meth:`~fedweave.core.client.ClientAlgorithm.update_from`, as the se
 client's are),
 models without float buffers (no BatchNorm) and without dropout or personal segments.
 Anything else is refused with the reason. ``executor.kind: auto`` vectorizes only where
-the ``mlp`` kernel applies, or the ``conv`` kernel on small images (:func:`auto_reason`;
+the ``mlp`` kernel applies, or the ``conv`` kernel on small convolutions (:func:`auto_reason`;
 the ``func`` kernel measured slower than serial) and otherwise falls back to the serial
 executor. Results equal the serial executor's within float
 tolerance (sums run in another order), not bit for bit.
@@ -65,7 +65,7 @@ from ..methods.needs import client_needs
 from ..step import FusedSGD, SGDStep
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders
-from .conv_kernel import PAYING_PIXELS, ConvKernel, conv_kernel_pays, conv_plan
+from .conv_kernel import PAYING_MACS, ConvKernel, conv_kernel_pays, conv_plan
 from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup
 
@@ -445,19 +445,19 @@ class VectorizedExecutor(Executor):
         return self.stats["useful"] / self.stats["computed"] if self.stats["computed"] else 1.0
 
 
-def auto_reason(kernel_name: str, example_shape: tuple[int, ...]) -> str | None:
+def auto_reason(kernel) -> str | None:
     """Why ``executor.kind: auto`` trains serially rather than with this kernel, or None
-    if the kernel pays (docs/results/scale.md): the bmm kernel always; the conv kernel on
-    small images (:func:`fedweave.sim.conv_kernel.conv_kernel_pays`); the torch.func
+    if the kernel pays (docs/results/scale.md): the bmm kernel always; the conv kernel for
+    small convolutions (:func:`fedweave.sim.conv_kernel.conv_kernel_pays`); the torch.func
     kernel never."""
-    if kernel_name == "mlp":
+    if kernel.name == "mlp":
         return None
-    if kernel_name == "conv":
-        if conv_kernel_pays(example_shape):
+    if kernel.name == "conv":
+        if conv_kernel_pays(kernel.macs):
             return None
-        return (f"the conv kernel applies to this model but measured slower than serial on images of "
-                f"{'x'.join(map(str, example_shape[1:]))} pixels (it pays up to {PAYING_PIXELS} pixels); "
-                "set executor.kind=vectorized to use it anyway")
+        return (f"the conv kernel applies to this model but its convolutions do {kernel.macs / 1e6:.1f} M "
+                f"multiply-accumulates per example, where it measured slower than serial (it pays up to "
+                f"{PAYING_MACS / 1e6:g} M); set executor.kind=vectorized to use it anyway")
     return ("only the torch.func kernel applies to this model (it is neither a stack of Linear/ReLU/Tanh "
             "layers nor a convolutional model the conv kernel accepts), and it is slower than serial; set "
             "executor.kind=vectorized to use it anyway")
@@ -472,7 +472,7 @@ def make_vectorized(setup: WorkerSetup, optimizer: str, max_cohort: int, auto: b
     ex.start(setup)
     reason = unsupported_reason(setup, ex.model, optimizer)
     if reason is None and auto and kernel == "auto":
-        reason = auto_reason(ex.kernel_name, tuple(ex.data.x.shape[1:]))
+        reason = auto_reason(ex.kernel)
     if reason is None:
         return ex
     if auto:
