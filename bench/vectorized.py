@@ -14,10 +14,21 @@ Two measurements behind docs/results/scale.md (timings reported, never asserted)
     per round of serial, vectorized with the torch.func kernel and vectorized with the
     bmm kernel (where the model allows it), for the CNN and the MLP.
 
+``conv``
+    the conv kernel (clients as groups of a grouped convolution) against serial and the
+    torch.func kernel, 10 clients per round, batch 32, 1 epoch, 1 thread: digits with
+    ``cnn``, mnist5k with ``lenet5`` and ``cnn``, CIFAR-shaped synthetic data (5,000 × 3 ×
+    32 × 32, 10 classes, Dirichlet 0.5, 50 clients) with the GroupNorm ``resnet`` and
+    ``lenet5``. The executors
+    alternate within each repeat; each round is timed by the CPU time of the process's
+    one compute thread (``time.thread_time``, robust to other jobs on the machine) and by
+    the wall clock; the figures are medians over rounds 2 … R−1 of every repeat.
+
 Usage::
 
     .venv/bin/python bench/vectorized.py replay --threads 2 --repeats 5
     .venv/bin/python bench/vectorized.py kernels --threads 1
+    .venv/bin/python bench/vectorized.py conv --repeats 3
 """
 
 from __future__ import annotations
@@ -126,16 +137,88 @@ def kernels(threads: int, repeats: int) -> None:
             print(f"  {model:4s} {name:16s} {sec * 1e3:7.1f} ms  {sec / serial:5.2f}× serial  ({what})")
 
 
+def _conv_round_times(overrides: list[str]) -> tuple[list[float], list[float], str]:
+    """CPU (thread) and wall seconds of each round 2 … R−1 of one run."""
+    cpu, wall = [time.thread_time()], [time.perf_counter()]
+    cfg = load_config(None, overrides)
+    cfg.output.dir = tempfile.mkdtemp() + "/run"
+    exp = build_experiment(cfg)
+    run_dir = RunDirectory(cfg.output.dir)
+    run_dir.create(cfg.to_yaml())
+
+    def mark(done, total, record):
+        cpu.append(time.thread_time())
+        wall.append(time.perf_counter())
+
+    _execute(exp, run_dir, None, mark)
+    # marks[0] is before the build; rounds 2 … R−1 exclude the first (warm-up) and the last (evaluation)
+    cpu_rounds = [b - a for a, b in zip(cpu[1:], cpu[2:])][:-1]
+    wall_rounds = [b - a for a, b in zip(wall[1:], wall[2:])][:-1]
+    return cpu_rounds, wall_rounds, exp.executor.describe()
+
+
+def _cifar_like(path: Path, n: int = 5000) -> None:
+    """CIFAR-shaped synthetic data: x = mean[y] + N(0, 1) in 3 × 32 × 32, 10 classes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n)
+    means = rng.normal(scale=0.5, size=(10, 3, 32, 32)).astype(np.float32)
+    x = means[y] + rng.normal(size=(n, 3, 32, 32)).astype(np.float32)
+    np.savez(path, x=x, y=y, x_test=x[:500], y_test=y[:500])
+
+
+def conv(repeats: int, rounds: int, only: list[str] | None) -> None:
+    npz = Path(tempfile.mkdtemp()) / "cifar_like.npz"
+    _cifar_like(npz)
+    common = ["schedule.clients_per_round=10", f"schedule.rounds={rounds}", f"eval.every={rounds}",
+              "client.batch_size=32", "client.epochs=1", "client.lr=0.05", "executor.threads=1"]
+    workloads = {
+        "digits/cnn": ["data.dataset=digits", "data.partition.num_clients=50", "model.name=cnn"],
+        "mnist5k/lenet5": ["data.dataset=mnist5k", "data.partition.num_clients=50", "model.name=lenet5"],
+        "cifar-like/resnet": ["data.dataset=npz", f"data.root={npz}", "data.partition.num_clients=50",
+                              "model.name=resnet", "model.norm=group"],
+        # where the rule's boundary lies: a small model on large maps, a wide one on larger maps
+        "cifar-like/lenet5": ["data.dataset=npz", f"data.root={npz}", "data.partition.num_clients=50",
+                              "model.name=lenet5"],
+        "mnist5k/cnn": ["data.dataset=mnist5k", "data.partition.num_clients=50", "model.name=cnn"],
+    }
+    executors = {"serial": [], "conv": ["executor.kind=vectorized"],
+                 "func": ["executor.kind=vectorized", "executor.vectorized_kernel=func"]}
+    print(f"10 clients per round, batch 32, 1 thread; {repeats} repeats × rounds 2..{rounds - 1}, executors alternating")
+    for name, extra in workloads.items():
+        if only and name not in only:
+            continue
+        cpu: dict[str, list[float]] = {e: [] for e in executors}
+        wall: dict[str, list[float]] = {e: [] for e in executors}
+        what = {}
+        for r in range(repeats):
+            order = list(executors)[r % 3:] + list(executors)[: r % 3]
+            for e in order:
+                c, w, what[e] = _conv_round_times(common + extra + executors[e])
+                cpu[e] += c
+                wall[e] += w
+        s_cpu, s_wall = statistics.median(cpu["serial"]), statistics.median(wall["serial"])
+        for e in executors:
+            c, w = statistics.median(cpu[e]), statistics.median(wall[e])
+            print(f"  {name:18s} {e:7s} CPU {c * 1e3:8.1f} ms/round ({c / s_cpu:4.2f}× serial)  "
+                  f"wall {w * 1e3:8.1f} ms ({w / s_wall:4.2f}×)  {what[e]}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["replay", "kernels"])
+    ap.add_argument("what", choices=["replay", "kernels", "conv"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=None, help="replay: 5; kernels: 2")
+    ap.add_argument("--repeats", type=int, default=None, help="replay: 5; kernels: 2; conv: 3")
+    ap.add_argument("--rounds", type=int, default=6, help="conv: rounds per run")
+    ap.add_argument("--only", default=None, help="conv: comma-separated workloads (digits/cnn,mnist5k/lenet5,cifar-like/resnet)")
     args = ap.parse_args(argv)
     if args.what == "replay":
         replay(args.threads, args.repeats or 5)
-    else:
+    elif args.what == "kernels":
         kernels(args.threads, args.repeats or 2)
+    else:
+        conv(args.repeats or 3, args.rounds, args.only.split(",") if args.only else None)
     return 0
 
 

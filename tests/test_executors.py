@@ -69,12 +69,13 @@ def test_vectorized_kernel_choice(tmp_path):
     chosen = {}
     for name, extra in {
         "mlp": [], "logistic": ["model.name=logistic"], "func": ["executor.vectorized_kernel=func"],
-        "cnn": ["data.dataset=digits", "model.name=cnn"],
+        "cnn": ["data.dataset=digits", "model.name=cnn"], "mlp_norm": ["model.name=mlp_norm", "model.norm=group"],
     }.items():
         exp = build_experiment(load_config(None, BASE + ["executor.kind=vectorized"] + extra))
         start_executor(exp)
         chosen[name] = exp.executor.kernel_name
-    assert chosen == {"mlp": "mlp", "logistic": "mlp", "func": "func", "cnn": "func"}
+    # convolutional models get the conv kernel; what neither kernel accepts gets func
+    assert chosen == {"mlp": "mlp", "logistic": "mlp", "func": "func", "cnn": "conv", "mlp_norm": "func"}
 
 
 USER_MODELS = '''
@@ -203,8 +204,9 @@ def test_auto_vectorizes_only_where_the_bmm_kernel_applies():
         return exp.executor
 
     assert isinstance(executor([]), VectorizedExecutor)
-    cnn = executor(["data.dataset=digits", "model.name=cnn"])
-    assert isinstance(cnn, SerialExecutor) and "torch.func" in cnn.fallback_reason
+    # GroupNorm between Linear layers: neither the bmm nor the conv kernel applies
+    norm_mlp = executor(["model.name=mlp_norm", "model.norm=group"])
+    assert isinstance(norm_mlp, SerialExecutor) and "torch.func" in norm_mlp.fallback_reason
     forced = executor(["data.dataset=digits", "model.name=cnn", "executor.vectorized_kernel=func"])
     assert isinstance(forced, VectorizedExecutor) and forced.kernel_name == "func"
 

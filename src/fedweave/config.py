@@ -294,7 +294,7 @@ class ExecutorConfig(_Section):
     num_workers: Optional[int] = Field(None, ge=1, description="ray: long-lived workers (default: one per CPU)")
     max_cohort: int = Field(64, ge=1, description="vectorized: most clients trained at once")
     vectorized_kernel: Literal["auto", "func"] = Field(
-        "auto", description="vectorized: auto (bmm kernel for Linear/ReLU/Tanh stacks, torch.func otherwise) or func (always torch.func)"
+        "auto", description="vectorized: auto (bmm kernel for Linear/ReLU/Tanh stacks, conv kernel for convolutional models, torch.func otherwise) or func (always torch.func)"
     )
     state_memory_mb: Optional[float] = Field(
         None, gt=0, description="client-state store budget; the rest spills to <run dir>/client_state (default: no limit)"

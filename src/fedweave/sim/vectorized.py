@@ -20,6 +20,10 @@ use every core. Two kernels compute that step:
     coefficients of :meth:`fedweave.step.SGDStep.fused`: the gradient is never
     materialised). On W1 (the 2NN) this is what makes vectorized
     training faster than a plain loop; see ``docs/results/scale.md``.
+``conv`` (convolutional models: the zoo's ``cnn``, ``lenet5``, GroupNorm ``resnet``;
+chosen automatically for them)
+    the clients as the groups of grouped convolutions, one autograd graph per step for
+    the cohort (:mod:`fedweave.sim.conv_kernel`).
 
 Every client does exactly the steps it would do serially: its minibatches come from the
 same generator (``(seed, "batches", client id, job counter)``) in the same order; a short
@@ -38,8 +42,9 @@ algorithm's :meth:`~fedweave.core.client.ClientAlgorithm.update_from`, as the se
 client's are),
 models without float buffers (no BatchNorm) and without dropout or personal segments.
 Anything else is refused with the reason. ``executor.kind: auto`` vectorizes only where
-the ``mlp`` kernel applies (the ``func`` kernel measured slower than serial) and otherwise
-falls back to the serial executor. Results equal the serial executor's within float
+the ``mlp`` kernel applies, or the ``conv`` kernel on small convolutions (:func:`auto_reason`;
+the ``func`` kernel measured slower than serial) and otherwise falls back to the serial
+executor. Results equal the serial executor's within float
 tolerance (sums run in another order), not bit for bit.
 """
 
@@ -60,6 +65,7 @@ from ..methods.needs import client_needs
 from ..step import FusedSGD, SGDStep
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders
+from .conv_kernel import PAYING_MACS, ConvKernel, conv_kernel_pays, conv_plan
 from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup
 
@@ -302,8 +308,11 @@ class VectorizedExecutor(Executor):
         self._shapes = [s.shape for s in trainable]
         self._row_bytes = self.data.x[:1].numel() * self.data.x.element_size()
         layers = mlp_layers(self.model, tuple(self.data.x.shape[1:])) if self.kernel_choice == "auto" else None
+        conv = conv_plan(self.model, tuple(self.data.x.shape[1:])) if self.kernel_choice == "auto" and layers is None else None
         if layers is not None:
             self.kernel = MLPKernel(layers, self.task)
+        elif conv is not None:
+            self.kernel = ConvKernel(*conv, self.task)
         else:
             frozen = {s.name: self.model.module.get_parameter(s.name).detach() for s in self.model.spec.group("frozen")}
             self.kernel = FuncKernel(self.model.module, self.task, [s.name for s in trainable], frozen)
@@ -438,17 +447,34 @@ class VectorizedExecutor(Executor):
         return self.stats["useful"] / self.stats["computed"] if self.stats["computed"] else 1.0
 
 
+def auto_reason(kernel) -> str | None:
+    """Why ``executor.kind: auto`` trains serially rather than with this kernel, or None
+    if the kernel pays (docs/results/scale.md): the bmm kernel always; the conv kernel for
+    small convolutions (:func:`fedweave.sim.conv_kernel.conv_kernel_pays`); the torch.func
+    kernel never."""
+    if kernel.name == "mlp":
+        return None
+    if kernel.name == "conv":
+        if conv_kernel_pays(kernel.macs):
+            return None
+        return (f"the conv kernel applies to this model but its convolutions do {kernel.macs / 1e6:.1f} M "
+                f"multiply-accumulates per example, where it measured slower than serial (it pays up to "
+                f"{PAYING_MACS / 1e6:g} M); set executor.kind=vectorized to use it anyway")
+    return ("only the torch.func kernel applies to this model (it is neither a stack of Linear/ReLU/Tanh "
+            "layers nor a convolutional model the conv kernel accepts), and it is slower than serial; set "
+            "executor.kind=vectorized to use it anyway")
+
+
 def make_vectorized(setup: WorkerSetup, optimizer: str, max_cohort: int, auto: bool, kernel: str = "auto"):
     """The vectorized executor, or (``auto``) the serial one where vectorizing is impossible
-    or would not pay: ``auto`` with the default kernel choice vectorizes only models the bmm
-    kernel runs, since the torch.func kernel measured slower than serial on the CNN and MLPs
-    of docs/results/scale.md (asking for ``vectorized_kernel: func`` overrides that)."""
+    or would not pay: ``auto`` with the default kernel choice vectorizes only where
+    :func:`auto_reason` finds the kernel pays (asking for ``vectorized_kernel: func``
+    overrides that)."""
     ex = VectorizedExecutor(max_cohort, kernel)
     ex.start(setup)
     reason = unsupported_reason(setup, ex.model, optimizer)
-    if reason is None and auto and kernel == "auto" and ex.kernel_name != "mlp":
-        reason = ("only the torch.func kernel applies to this model (it is not a stack of Linear/ReLU/Tanh "
-                  "layers), and it is slower than serial; set executor.kind=vectorized to use it anyway")
+    if reason is None and auto and kernel == "auto":
+        reason = auto_reason(ex.kernel)
     if reason is None:
         return ex
     if auto:

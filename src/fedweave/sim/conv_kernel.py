@@ -1,0 +1,203 @@
+"""The vectorized executor's kernel for convolutional models: clients as groups.
+
+A cohort of K clients runs as one network whose every layer holds the K clients side by
+side, so that one step of all K is one forward and one backward pass of ordinary PyTorch
+operations:
+
+* feature maps are ``[B, K·C, H, W]``: client j's C channels are channels j·C … j·C+C−1;
+* ``Conv2d`` (C→O channels, g groups) becomes a convolution with K·g groups whose weight
+  is the clients' ``[K, O, C/g, kh, kw]`` stack reshaped to ``[K·O, C/g, kh, kw]``, so
+  client j's output channels see only client j's input channels;
+* ``GroupNorm(G, C)`` becomes ``GroupNorm(K·G, K·C)`` (groups are runs of consecutive
+  channels, so each stays within one client) with the stacked affine parameters;
+* ReLU/Tanh, max and average pooling, the residual additions of the zoo's ``BasicBlock``
+  act channel by channel or element by element, so they need no change;
+* a flatten gives ``[B, K·F]`` (client-major); the first ``Linear`` views it as
+  ``[K, B, F]`` and every ``Linear`` is a batched product with the stacked ``[K, O, F]``
+  weights (``baddbmm``).
+
+The loss is the sum over clients of each client's own mean minibatch loss (the weights
+``1/n`` of its real examples, 0 on padding), so autograd's gradient of the sum with
+respect to client j's stacked slice is client j's gradient alone. The step is
+:class:`fedweave.step.SGDStep` applied per client (:class:`~fedweave.sim.vectorized.StackedSGD`;
+momentum, weight decay, FedProx and per-client clipping), as for the ``func`` kernel.
+
+Accepted models (:func:`conv_plan`): built from ``nn.Sequential``, the zoo's
+``BasicBlock`` and ``ResNet8`` (whose ``forward`` only adds, applies ReLU and flattens) and
+the leaf layers above (``Conv2d`` with zero padding, ``GroupNorm``, ``Linear``, ``ReLU``,
+``Tanh``, ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``Flatten``, ``Identity``),
+every parameter trainable, with at least one convolution, on ``[C, H, W]`` examples.
+BatchNorm is refused earlier (its running statistics are float buffers,
+:func:`~fedweave.sim.vectorized.unsupported_reason`). Other containers are refused
+because their ``forward`` could reshape in a way the stacked layout does not survive.
+
+Whether it pays is :func:`conv_kernel_pays` (measured in docs/results/scale.md).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.params import FlatModel
+from ..models.zoo import BasicBlock, ResNet8
+
+_CONTAINERS = (nn.Sequential, BasicBlock, ResNet8)
+_PASS_THROUGH = (nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
+
+
+class _Cohort:
+    """What the cohort layers read at each step: the active clients' stacked tensors."""
+
+    params: list[torch.Tensor] = []
+    k: int = 0
+
+
+class _CohortConv(nn.Module):
+    def __init__(self, conv: nn.Conv2d, weight: int, bias: int, cohort: _Cohort):
+        super().__init__()
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.weight, self.bias, self.cohort = weight, bias, cohort
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, k = self.cohort.params, self.cohort.k
+        w = p[self.weight].reshape(-1, *p[self.weight].shape[2:])
+        b = p[self.bias].reshape(-1) if self.bias >= 0 else None
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * k)
+
+
+class _CohortGroupNorm(nn.Module):
+    def __init__(self, norm: nn.GroupNorm, weight: int, bias: int, cohort: _Cohort):
+        super().__init__()
+        self.groups, self.eps = norm.num_groups, norm.eps
+        self.weight, self.bias, self.cohort = weight, bias, cohort
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, k = self.cohort.params, self.cohort.k
+        w = p[self.weight].reshape(-1) if self.weight >= 0 else None
+        b = p[self.bias].reshape(-1) if self.bias >= 0 else None
+        return F.group_norm(x, self.groups * k, w, b, self.eps)
+
+
+class _CohortLinear(nn.Module):
+    def __init__(self, weight: int, bias: int, cohort: _Cohort):
+        super().__init__()
+        self.weight, self.bias, self.cohort = weight, bias, cohort
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, k = self.cohort.params, self.cohort.k
+        if x.dim() == 2:  # [B, K·F] from a flatten of the channel-stacked maps
+            x = x.view(x.shape[0], k, -1).transpose(0, 1)
+        w = p[self.weight].transpose(1, 2)
+        if self.bias >= 0:
+            return torch.baddbmm(p[self.bias].unsqueeze(1), x, w)
+        return torch.bmm(x, w)
+
+
+def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Module, _Cohort, int] | None:
+    """The model rebuilt with cohort layers, the object they read the stacked parameters
+    from and its convolutions' MACs per example (:func:`conv_macs`), or None if the model
+    is not one the conv kernel accepts."""
+    if len(example_shape) != 3:
+        return None
+    index = {s.name: i for i, s in enumerate(model.spec.group("trainable"))}
+    if len(index) != len(list(model.module.parameters())):
+        return None  # frozen parameters are not stacked
+    cohort = _Cohort()
+    net = copy.deepcopy(model.module)
+    convs = 0
+    for name, m in list(net.named_modules()):
+        if isinstance(m, _CONTAINERS) or isinstance(m, _PASS_THROUGH):
+            continue
+        if isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                return None
+            continue
+        prefix = name + "."
+        w, b = index.get(prefix + "weight", -1), index.get(prefix + "bias", -1)
+        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            convs += 1
+            new: nn.Module = _CohortConv(m, w, b, cohort)
+        elif isinstance(m, nn.GroupNorm):
+            new = _CohortGroupNorm(m, w, b, cohort)
+        elif isinstance(m, nn.Linear):
+            new = _CohortLinear(w, b, cohort)
+        else:
+            return None
+        parent, _, attr = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, attr, new)
+    if not convs:
+        return None
+    return net, cohort, conv_macs(model.module, example_shape)
+
+
+def conv_macs(module: nn.Module, example_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of the model's convolutions for one example (forward), found
+    by a dry forward pass: Σ output elements × (input channels per group × kernel area)."""
+    total = 0
+
+    def count(conv, inputs, output):
+        nonlocal total
+        total += output[0].numel() * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *example_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+class ConvKernel:
+    """One step of every active client through the cohort network (see the module
+    docstring), gradients by autograd over the one graph, the step by ``SGDStep``."""
+
+    name = "conv"
+
+    channels_last = True
+
+    def __init__(self, net: nn.Module, cohort: _Cohort, macs: int, task):
+        self.net, self.cohort, self.macs, self.task = net, cohort, macs, task
+
+    def step(self, k: int, x, y, weight, opt, first: bool) -> torch.Tensor:
+        # x: [k, B, C, H, W] -> [B, k·C, H, W]
+        bs = x.shape[1]
+        xb = x.transpose(0, 1).reshape(bs, -1, *x.shape[3:])
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.enable_grad():
+            leaves = [t[:k].detach().requires_grad_() for t in opt.params]
+            self.cohort.params, self.cohort.k = leaves, k
+            out = self.net(xb)  # [k, B, outputs], or [B, k·F] if no Linear follows the flatten
+            if out.dim() == 2:
+                out = out.view(bs, k, -1).transpose(0, 1)
+            per_example = self.task.per_example_loss(out.reshape(k * bs, *out.shape[2:]), y.reshape(k * bs, *y.shape[2:]))
+            weighted = per_example * weight.reshape(-1)
+            grads = list(torch.autograd.grad(weighted.sum(), leaves))
+        self.cohort.params = []
+        opt.apply(k, grads, first)
+        return weighted.detach().view(k, bs).sum(1)
+
+
+PAYING_MACS = 1_000_000  # the measured bound (docs/results/scale.md): convolution MACs per example
+
+
+def conv_kernel_pays(macs_per_example: int) -> bool:
+    """Whether ``executor.kind: auto`` should train a convolutional model with the conv
+    kernel rather than serially: only when its convolutions do at most ``PAYING_MACS``
+    multiply-accumulates per example (:func:`conv_macs`).
+
+    Measured (docs/results/scale.md, 2 December 2026; CPU time per round, 10 clients of
+    batch 32, 1 thread): the models below 1 M MACs per example (``cnn`` on 8×8 digits,
+    0.87 M; ``lenet5`` on 28×28 and 3×32×32, 0.36 M and 0.59 M) train faster with the conv
+    kernel, those above (``cnn`` on 28×28, 10.7 M; the GroupNorm ``resnet`` on 3×32×32,
+    12.5 M) slower. Small convolutions are where serial training is dominated by the
+    per-operation overhead that batching saves; large ones already run near the cores'
+    rate one client at a time, and the grouped form is then slower per client. Sizes
+    between 1 M and 10 M are not measured, so they stay serial."""
+    return macs_per_example <= PAYING_MACS

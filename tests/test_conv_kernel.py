@@ -1,0 +1,174 @@
+"""The vectorized executor's conv kernel (clients as groups of grouped convolutions):
+per-client updates equal the serial executor's, ragged cohorts, refusals, and auto's rule."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedweave.config import load_config
+from fedweave.errors import ConfigError
+from fedweave.experiment import _execute, build_experiment, start_executor
+from fedweave.rundir import RunDirectory
+
+
+def _images(path, side):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 240)
+    x = rng.normal(size=(240, 2, side, side)).astype(np.float32) + y[:, None, None, None] * 0.3
+    np.savez(path, x=x, y=y)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Tiny continuous images (2×8×8, Gaussian). Continuous, because the 8×8 digits have
+    runs of equal zero pixels: exactly tied max-pool windows whose argmax flips with the
+    order of float sums, after which a client's update differs by far more than rounding.
+    Tiny, because a pre-activation within rounding of 0 flips a ReLU the same way, and
+    the chance of one grows with the number of units × steps."""
+    return _images(tmp_path_factory.mktemp("conv") / "images.npz", 8)
+
+
+@pytest.fixture(scope="module")
+def larger_images(tmp_path_factory):
+    """2×12×12: the cnn's convolutions then do 2.07 M MACs per example, beyond the rule's bound."""
+    return _images(tmp_path_factory.mktemp("conv") / "larger.npz", 12)
+
+
+def base(images):
+    return ["data.dataset=npz", f"data.root={images}", "data.partition.num_clients=6",
+            "schedule.clients_per_round=4", "schedule.rounds=2", "eval.every=2", "client.epochs=1",
+            "client.batch_size=8", "client.lr=0.05"]
+
+
+def run_capturing(tmp_path, name, overrides):
+    cfg = load_config(None, overrides)
+    exp = build_experiment(cfg)
+    rounds = []
+
+    def capture(updates, state, round_, ctx):
+        rounds.append({u.client_id: (u.delta.clone(), u.num_steps, u.metrics["loss"]) for u in updates})
+        return updates
+
+    exp.cohort_hooks.append(capture)
+    run_dir = RunDirectory(tmp_path / name)
+    run_dir.create(cfg.to_yaml())
+    _execute(exp, run_dir, None, None)
+    return rounds, exp
+
+
+MODELS = {
+    "cnn": ["model.name=cnn"],
+    "lenet5": ["model.name=lenet5"],
+    "resnet": ["model.name=resnet", "model.width=4", "model.norm=group"],
+}
+OPTIMIZERS = {
+    "sgd": [],
+    "momentum-wd-clip": ["client.momentum=0.9", "client.weight_decay=0.001", "client.grad_clip=1.0"],
+    "fedprox-momentum-wd": ["method.name=fedprox", "client.mu=0.5", "client.momentum=0.5", "client.weight_decay=0.01"],
+}
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+@pytest.mark.parametrize("model", list(MODELS))
+def test_conv_kernel_updates_match_serial(tmp_path, images, model, opt):
+    extra = base(images) + MODELS[model] + OPTIMIZERS[opt]
+    serial, _ = run_capturing(tmp_path, "s", extra)
+    vec, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized"])
+    assert exp.executor.kernel_name == "conv"
+    assert len(serial) == len(vec) == 2
+    for a, b in zip(serial, vec):
+        assert a.keys() == b.keys() and len(a) == 4
+        for cid in a:
+            assert a[cid][1] == b[cid][1]
+            assert torch.allclose(a[cid][0], b[cid][0], atol=1e-5, rtol=1e-4), (cid, (a[cid][0] - b[cid][0]).abs().max())
+            assert a[cid][2] == pytest.approx(b[cid][2], rel=1e-4, abs=1e-5)
+
+
+def test_conv_kernel_ragged_cohort_matches_serial(tmp_path, images):
+    """Dirichlet client sizes and 2 epochs: clients of a cohort stop at different steps
+    (the active prefix shrinks), and a cohort that is split in two by max_cohort."""
+    extra = base(images) + ["model.name=lenet5", "data.partition.kind=dirichlet", "data.partition.alpha=0.3",
+                            "client.epochs=2", "client.batch_size=5"]
+    serial, _ = run_capturing(tmp_path, "s", extra)
+    vec, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", "executor.max_cohort=3"])
+    steps = {cid: s for r in serial for cid, (_, s, _) in r.items()}
+    assert len(set(steps.values())) >= 3  # genuinely ragged
+    assert exp.executor.padding_efficiency < 1  # short last batches padded, finished clients dropped
+    for a, b in zip(serial, vec):
+        for cid in a:
+            assert a[cid][1] == b[cid][1]
+            assert torch.allclose(a[cid][0], b[cid][0], atol=1e-5, rtol=1e-4)
+
+
+def test_conv_kernel_refuses_batchnorm_with_reason(tmp_path, images):
+    import fedweave
+
+    with pytest.raises(ConfigError, match="buffers.*BatchNorm"):
+        fedweave.run(None, out=tmp_path / "bn", overrides=base(images) + [
+            "model.name=resnet", "model.width=4", "model.norm=batch", "executor.kind=vectorized"])
+    assert not (tmp_path / "bn").exists()
+
+
+def test_conv_plan_accepts_only_known_layers():
+    from torch import nn
+
+    from fedweave.core.params import FlatModel
+    from fedweave.models.zoo import build_cnn
+    from fedweave.sim.conv_kernel import conv_plan
+
+    def flat(module):
+        return FlatModel(module, {})
+
+    assert conv_plan(flat(build_cnn((1, 8, 8), 10)), (1, 8, 8)) is not None
+    assert conv_plan(flat(build_cnn((1, 8, 8), 10)), (64,)) is None  # not image examples
+
+    class Custom(nn.Module):  # a forward the stacked layout might not survive
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean(1)
+
+    assert conv_plan(flat(Custom()), (1, 8, 8)) is None
+    assert conv_plan(flat(nn.Sequential(nn.Conv2d(1, 2, 3, padding_mode="circular"), nn.Flatten())), (1, 8, 8)) is None
+    assert conv_plan(flat(nn.Sequential(nn.Flatten(), nn.Linear(64, 3))), (1, 8, 8)) is None  # no convolution
+
+
+def test_conv_macs_and_the_rule():
+    """MACs per example by hand (output elements × input channels × kernel area), and the
+    measured rule: at most 1 M MACs per example pays."""
+    from fedweave.models.zoo import build_cnn, build_lenet5
+    from fedweave.sim.conv_kernel import PAYING_MACS, conv_kernel_pays, conv_macs
+
+    # cnn on 1×8×8: conv1 32·8·8 outputs × 1·25, conv2 (after a 2×2 pool) 64·4·4 × 32·25
+    assert conv_macs(build_cnn((1, 8, 8), 10), (1, 8, 8)) == 32 * 64 * 25 + 64 * 16 * 32 * 25 == 870_400
+    # lenet5 on 1×28×28: conv1 (padded) 6·28·28 × 25, conv2 (valid, on 14×14) 16·10·10 × 6·25
+    assert conv_macs(build_lenet5((1, 28, 28), 10), (1, 28, 28)) == 6 * 784 * 25 + 16 * 100 * 150
+    assert PAYING_MACS == 1_000_000
+    assert conv_kernel_pays(870_400) and conv_kernel_pays(1_000_000)
+    assert not conv_kernel_pays(1_000_001) and not conv_kernel_pays(12_500_000)
+
+
+def _auto_executor(overrides):
+    exp = build_experiment(load_config(None, overrides + ["executor.kind=auto"]))
+    start_executor(exp)
+    return exp.executor
+
+
+def test_auto_uses_conv_kernel_where_the_rule_says(larger_images):
+    from fedweave.sim.executors import SerialExecutor
+    from fedweave.sim.vectorized import VectorizedExecutor
+
+    # cnn on the 8×8 digits: 0.87 M MACs per example, the rule says it pays
+    digits = _auto_executor(["data.partition.num_clients=6", "schedule.clients_per_round=3", "model.name=cnn"])
+    assert isinstance(digits, VectorizedExecutor) and digits.kernel_name == "conv"
+    # cnn on 2×12×12: conv1 32·144 × 2·25 + conv2 64·36 × 32·25 = 2.07 M: serial, saying why
+    larger = _auto_executor(base(larger_images) + MODELS["cnn"])
+    assert isinstance(larger, SerialExecutor)
+    assert "conv kernel" in larger.fallback_reason and "2.1 M" in larger.fallback_reason
+    # forced, it is still the conv kernel
+    forced = build_experiment(load_config(None, base(larger_images) + MODELS["cnn"] + ["executor.kind=vectorized"]))
+    start_executor(forced)
+    assert forced.executor.kernel_name == "conv"
