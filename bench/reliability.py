@@ -48,7 +48,7 @@ import grpc  # noqa: E402
 
 from fedweave.deploy import fedweave_pb2 as pb2  # noqa: E402
 from fedweave.deploy.loopback import LoopbackRun, free_port  # noqa: E402
-from fedweave.deploy.wire import PROTOCOL, encode_update  # noqa: E402
+from fedweave.deploy.wire import encode_update  # noqa: E402
 from test_deploy_server import Raw, config, honest_update  # noqa: E402
 
 HELD, FAILED, NA = "held", "FAILED", "not available"
@@ -566,7 +566,8 @@ def concurrent_resume(tmp: Path):
     proc.wait(30)
     procs = [subprocess.Popen(fedweave_cmd("run", "--quiet", "--resume", str(out)), env=env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    for p in procs:
+        p.communicate(timeout=300)
     codes = sorted(p.returncode for p in procs)
     rounds = [r["round"] for r in _records(out)]
     return [("two resumes started together", codes == [0, 2] and rounds == list(range(1, 41)),
