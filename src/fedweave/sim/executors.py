@@ -71,7 +71,7 @@ def make_executor(executor: ExecutorConfig | str, setup: WorkerSetup | None = No
     if kind == "serial":
         ex: Executor = SerialExecutor()
     elif kind == "ray":
-        ex = RayExecutor(executor.address, executor.num_workers, executor.threads)
+        ex = RayExecutor(executor.address, executor.num_workers, executor.threads, executor.gpus_per_worker)
     else:
         raise unknown_name("executor", kind, EXECUTORS)
     if setup is not None:
