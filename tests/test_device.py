@@ -219,3 +219,15 @@ def test_deterministic_changes_no_cpu_number_and_is_restored_after_the_run(tiny,
     det = _run(tiny, tmp_path, "det", {"schedule": {"rounds": 2}, "executor": {"device": "cpu", "deterministic": True}})
     assert torch.equal(plain.params, det.params)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("budget", [None, 0.001])
+def test_serial_and_vectorized_agree_on_the_device_with_data_resident_or_pinned(tiny, tmp_path, device, budget):
+    """``executor.data_memory_mb`` tiny: on CUDA the data stays in pinned host memory and
+    every minibatch is copied over; the numbers must not change (on the CPU: no effect)."""
+    ex = {"device": device, "data_memory_mb": budget}
+    serial = _run(tiny, tmp_path, "s", {"executor": ex})
+    vec = _run(tiny, tmp_path, "v", {"executor": {**ex, "kind": "vectorized"}})
+    resident = _run(tiny, tmp_path, "r", {"executor": {"device": device}})
+    torch.testing.assert_close(vec.params, serial.params, rtol=1e-4, atol=1e-5)
+    assert torch.equal(serial.params, resident.params)  # the data's place changes no number
