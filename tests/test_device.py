@@ -231,3 +231,35 @@ def test_serial_and_vectorized_agree_on_the_device_with_data_resident_or_pinned(
     resident = _run(tiny, tmp_path, "r", {"executor": {"device": device}})
     torch.testing.assert_close(vec.params, serial.params, rtol=1e-4, atol=1e-5)
     assert torch.equal(serial.params, resident.params)  # the data's place changes no number
+
+
+# -- aggregation of the stacked updates on the device ---------------------------------------
+def test_device_safe_combiners_get_the_stacked_updates_on_the_device_and_others_on_the_host():
+    from types import SimpleNamespace
+
+    from fedweave.methods.stages import combine, mean_combiner
+    from fedweave.methods.robust import RobustCombiner
+
+    assert mean_combiner.device_safe and RobustCombiner.device_safe
+    seen = []
+
+    def probe(deltas, weights, state, ctx):
+        seen.append((deltas.device.type, weights.device.type))
+        return torch.full((deltas.shape[1],), 2.0)  # made on the host: comes back as it is
+
+    deltas, weights = torch.randn(3, 4), torch.ones(3, dtype=torch.float64)
+    ctx = SimpleNamespace(device=torch.device("meta"))  # meta: any device other than the updates'
+    out = combine(probe, deltas, weights, None, ctx)
+    assert seen == [("cpu", "cpu")] and torch.equal(out, torch.full((4,), 2.0))  # not declared safe
+    probe.device_safe = True
+    combine(probe, deltas, weights, None, ctx)
+    assert seen[-1] == ("meta", "meta")
+
+
+@pytest.mark.parametrize("method", ["fedavg", "median", "krum"])
+def test_aggregation_on_the_device_matches_the_cpu_within_float_tolerance(tiny, tmp_path, device, method):
+    extra = {"method": {"name": method}, "schedule": {"rounds": 2}}
+    on_cpu = _run(tiny, tmp_path, "cpu", {**extra, "executor": {"device": "cpu"}})
+    on_device = _run(tiny, tmp_path, "dev", {**extra, "executor": {"device": device}})
+    assert on_device.params.device.type == "cpu"  # the server's state stays in host memory
+    torch.testing.assert_close(on_device.params, on_cpu.params, rtol=1e-3, atol=1e-4)

@@ -122,6 +122,14 @@ def epoch_orders(indices: torch.Tensor, settings: TrainSettings, generator: torc
     return [indices[torch.randperm(n, generator=generator, device="cpu")] for _ in range(math.ceil(total / per_epoch))]
 
 
+def to_compute_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A minibatch gathered where the data lives, on the model's device: from host memory
+    through a pinned copy, so that the transfer does not block the host."""
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class LossScaler:
     """Dynamic loss scaling for float16 training (the rule of ``torch.amp.GradScaler``,
     applied to the flat gradient): the loss is multiplied by ``scale`` before backward and
@@ -182,8 +190,7 @@ def local_train(
             batch = order[start : start + bs]
             xb, yb = x.index_select(0, batch), y.index_select(0, batch)
             if not resident:
-                xb = xb.pin_memory().to(device, non_blocking=True)
-                yb = yb.pin_memory().to(device, non_blocking=True)
+                xb, yb = to_compute_device(xb, device), to_compute_device(yb, device)
             g.zero_()
             with autocast(settings.precision, device):
                 loss = loss_fn(module, xb, yb) if loss_fn else task.loss(module(xb), yb)

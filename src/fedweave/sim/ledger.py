@@ -179,10 +179,11 @@ class RoundLedger:
             spec=exp.spec, num_clients=exp.data.num_clients, client_sizes=exp.data.client_sizes(),
             clock=clock, seed=self.cfg.seed, server_data=exp.data.server_data(),
             model_factory=exp.model_factory, client_store=self.server_store,
+            device=resolve_device(self.cfg.executor.device),
         )
         self.eval_model = FlatModel(exp.model_factory(), exp.roles)
         # the global model's test evaluation runs on executor.device (a copy of the host model)
-        self.eval_device = resolve_device(self.cfg.executor.device)
+        self.eval_device = self.ctx.device
         self._device_eval: tuple[torch.nn.Module, torch.Tensor, torch.Tensor] | None = None
         self.initial_personal = {"personal": self.eval_model.personal.clone(),
                                  "personal_buffers": self.eval_model.personal_buffers.clone()}

@@ -60,7 +60,7 @@ from ..core.rng import torch_generator
 from ..methods.needs import client_needs
 from ..step import FusedSGD, SGDStep
 from ..tasks import make_task
-from ..train import TrainSettings, epoch_orders
+from ..train import TrainSettings, epoch_orders, to_compute_device
 from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup, place_data
 
@@ -422,8 +422,7 @@ class VectorizedExecutor(Executor):
                 end, stop = end + active[stop] * bs, stop + 1
             xs, ys = x.index_select(0, rows[start:end]), y.index_select(0, rows[start:end])
             if not resident:  # pinned host data: one non-blocking copy per gathered block
-                xs = xs.pin_memory().to(dev, non_blocking=True)
-                ys = ys.pin_memory().to(dev, non_blocking=True)
+                xs, ys = to_compute_device(xs, dev), to_compute_device(ys, dev)
             offset = 0
             for t in range(t, stop):
                 kt = active[t]
