@@ -263,3 +263,38 @@ def test_aggregation_on_the_device_matches_the_cpu_within_float_tolerance(tiny, 
     on_device = _run(tiny, tmp_path, "dev", {**extra, "executor": {"device": device}})
     assert on_device.params.device.type == "cpu"  # the server's state stays in host memory
     torch.testing.assert_close(on_device.params, on_cpu.params, rtol=1e-3, atol=1e-4)
+
+
+def test_gpus_per_worker_without_ray_is_flagged_as_having_no_effect():
+    from fedweave.config import inapplicable_keys, load_config
+
+    problems = inapplicable_keys(load_config(None, ["executor.gpus_per_worker=0.5"]))
+    assert problems == ["executor.gpus_per_worker=0.5 has no effect: it is used only with executor.kind ray."]
+    assert inapplicable_keys(load_config(None, ["executor.gpus_per_worker=0.5", "executor.kind=ray"])) == []
+
+
+def test_checkpoints_and_spilled_states_load_onto_the_host(tmp_path, monkeypatch):
+    """A checkpoint or spilled client state written on a GPU machine loads on one without:
+    every ``torch.load`` of the run directory and the store maps storages to the CPU."""
+    from fedweave.core.state_store import ClientStateStore
+
+    calls = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs.get("map_location"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    store = ClientStateStore(100, tmp_path / "spill")  # 100 bytes: all but the newest state spills
+    store.put(3, {"c": torch.arange(64, dtype=torch.float32)})
+    store.put(4, {"c": torch.zeros(64)})
+    assert store.spills == 1
+    assert torch.equal(store.get(3)["c"], torch.arange(64, dtype=torch.float32))
+    from fedweave.rundir import RunDirectory
+
+    ckpt = RunDirectory(tmp_path / "run2")
+    ckpt.create("name: x\n")
+    ckpt.save_checkpoint({"state": {"params": torch.ones(2)}})
+    assert torch.equal(ckpt.load_checkpoint()["state"]["params"], torch.ones(2))
+    assert calls and all(c == "cpu" for c in calls), calls

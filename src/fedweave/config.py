@@ -454,6 +454,7 @@ _APPLIES: dict[tuple[str, str], tuple[str, Any]] = {
                              lambda c: c.client.lr_schedule in ("step", "exponential")),
     ("client", "lr_step_rounds"): ("client.lr_schedule step", lambda c: c.client.lr_schedule == "step"),
     ("client", "lr_min"): ("client.lr_schedule cosine", lambda c: c.client.lr_schedule == "cosine"),
+    ("executor", "gpus_per_worker"): ("executor.kind ray", lambda c: c.executor.kind == "ray"),
 }
 
 
