@@ -298,3 +298,13 @@ def test_checkpoints_and_spilled_states_load_onto_the_host(tmp_path, monkeypatch
     ckpt.save_checkpoint({"state": {"params": torch.ones(2)}})
     assert torch.equal(ckpt.load_checkpoint()["state"]["params"], torch.ones(2))
     assert calls and all(c == "cpu" for c in calls), calls
+
+
+def test_ray_with_a_cuda_device_needs_gpus_per_worker_and_auto_says_cpu_without():
+    from fedweave.config import ExecutorConfig
+    from fedweave.sim.executors import check_executor, executor_device
+
+    with pytest.raises(ConfigError, match="needs executor.gpus_per_worker > 0"):
+        check_executor(ExecutorConfig(kind="ray", device="cuda"))
+    assert executor_device(ExecutorConfig(kind="ray", device="auto")).startswith("cpu")
+    assert executor_device(ExecutorConfig(kind="serial", device="cpu")) == "cpu"

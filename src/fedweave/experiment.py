@@ -32,8 +32,8 @@ from .metrics import degenerate_reason, summarize
 from .models import build_model
 from .rundir import CHECKPOINT, CONFIG, LOCK, RunDirectory, check_output_path
 from .sim.devices import DeviceFleet, make_fleet
-from .core.device import check_precision, describe_device, resolve_device, set_deterministic
-from .sim.executors import Executor, check_executor, check_executor_fits, make_executor
+from .core.device import check_precision, resolve_device, set_deterministic
+from .sim.executors import Executor, check_executor, check_executor_fits, executor_device, make_executor
 from .sim.worker import WorkerSetup
 from .tasks import make_task
 from .tracking import check_trackers, close_trackers, make_trackers, track_progress
@@ -430,7 +430,7 @@ def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, mes
         # accepted updates per client, indexed by client id
         "participation": [int(v) for v in c.participation] if c.participation is not None else None,
         "executor": exp.executor.describe() if exp.executor is not None else None,
-        "device": describe_device(cfg.executor.device),
+        "device": executor_device(cfg.executor),
     })
     for obs in exp.observers:
         summary.update(obs.summary())

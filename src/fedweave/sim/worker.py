@@ -63,6 +63,13 @@ class Worker:
         # a client's personal segments start from the initial model
         self._initial_personal = self.model.personal.clone()
         self._initial_personal_buffers = self.model.personal_buffers.clone()
+        self._broadcast = None  # (the newest broadcast, its copy on the device)
+
+    def _on_device(self, broadcast):
+        """The broadcast on the worker's device, copied once for all the clients that share it."""
+        if self._broadcast is None or self._broadcast[0] is not broadcast:
+            self._broadcast = (broadcast, to_device(broadcast, self.device))
+        return self._broadcast[1]
 
     def run(self, job: ClientJob) -> JobResult:
         seed, cid = self.setup.seed, job.client_id
@@ -70,7 +77,7 @@ class Worker:
         generator = torch_generator(seed, "batches", cid, job.counter)
         on_host = self.device.type == "cpu"
         if not on_host:
-            job = replace(job, broadcast=to_device(job.broadcast, self.device), state=to_device(job.state, self.device))
+            job = replace(job, broadcast=self._on_device(job.broadcast), state=to_device(job.state, self.device))
         m = self.model
         with torch.no_grad():
             m.params.copy_(job.broadcast.params)
