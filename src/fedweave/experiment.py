@@ -20,6 +20,7 @@ import torch
 
 from .config import Config, ConfigWarning, inapplicable_keys, load_config, read_yaml
 from .core.client import ClientAlgorithm
+from .core.device import check_precision, resolve_device, set_deterministic
 from .core.errors import ConfigError, DataError, DivergedError, FedweaveError, ModelError
 from .core.params import FlatModel, ParamSpec, check_role_patterns
 from .core.rng import derive_seed
@@ -32,7 +33,6 @@ from .metrics import degenerate_reason, summarize
 from .models import build_model
 from .rundir import CHECKPOINT, CONFIG, LOCK, RunDirectory, check_output_path
 from .sim.devices import DeviceFleet, make_fleet
-from .core.device import check_precision, resolve_device, set_deterministic
 from .sim.executors import Executor, check_executor, check_executor_fits, executor_device, make_executor
 from .sim.worker import WorkerSetup
 from .tasks import make_task
@@ -98,7 +98,8 @@ class Experiment:
     def worker_setup(self) -> WorkerSetup:
         ex = self.config.executor
         return WorkerSetup(self.model_factory, self.roles, self.task.name, self.data, self.algorithm,
-                           self.config.seed, ex.threads, ex.device, ex.data_memory_mb, self.config.client.precision)
+                           self.config.seed, ex.threads, ex.device, ex.data_memory_mb, self.config.client.precision,
+                           ex.deterministic)
 
 
 def build_experiment(config: Config, data: FederatedDataset | None = None) -> Experiment:

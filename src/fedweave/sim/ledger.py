@@ -46,9 +46,9 @@ import numpy as np
 import torch
 
 from ..aggregate.staleness import staleness
+from ..core.device import data_fits, resolve_device
 from ..core.errors import ConfigError, DivergedError
 from ..core.messages import Broadcast, Update, tensor_is_finite
-from ..core.device import data_fits, resolve_device
 from ..core.params import FlatModel
 from ..core.state_store import ClientStateStore
 from ..core.strategy import ServerContext, ServerState

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..core.client import ClientJob, JobResult
+from ..core.device import set_deterministic
 from ..core.errors import ConfigError
 from .executor_base import Executor
 from .worker import Worker, WorkerSetup
@@ -60,6 +61,8 @@ class _RayWorkerImpl:
     CACHED_BROADCASTS = 4  # async modes train from a few versions at once
 
     def __init__(self, setup: WorkerSetup):
+        if setup.deterministic:  # the driver's setting does not reach the actor's process
+            set_deterministic(True)
         self.worker = Worker(setup)
         self.broadcasts: dict[Any, Any] = {}
 

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from ..core.device import data_fits, resolve_device, to_device
 from ..core.client import ClientAlgorithm, ClientJob, JobResult
+from ..core.device import data_fits, resolve_device, to_device
 from ..core.params import FlatModel
 from ..core.rng import seed_job_generators, torch_generator
 from ..data.federated import FederatedDataset
@@ -35,6 +35,7 @@ class WorkerSetup:
     device: str = "cpu"  # executor.device; resolved where the worker runs
     data_memory_mb: float | None = None  # executor.data_memory_mb
     precision: str = "fp32"  # client.precision (the vectorized executor trains fp32 only)
+    deterministic: bool = False  # executor.deterministic (set in each process that trains)
 
 
 def place_data(data: FederatedDataset, device: torch.device, budget_mb: float | None) -> FederatedDataset:
