@@ -52,3 +52,15 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def device() -> str:
+    """The device the device-dependent tests run on: ``FEDWEAVE_TEST_DEVICE`` (default
+    ``cpu``; ``bench/gpu.sh`` sets ``cuda``). Skips, saying why, where it does not exist."""
+    import os
+
+    name = os.environ.get("FEDWEAVE_TEST_DEVICE", "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"FEDWEAVE_TEST_DEVICE={name} but this machine has no CUDA device")
+    return name

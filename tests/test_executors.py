@@ -56,7 +56,8 @@ def _assert_same_rounds(serial, vec):
     ["method.name=fedprox", "client.mu=0.1", "client.momentum=0.5", "client.weight_decay=0.01"],
     ["model.name=logistic", "client.weight_decay=0.01", "client.epochs=3", "client.batch_size=7"],
 ])
-def test_vectorized_updates_match_serial_every_round(tmp_path, extra, kernel):
+def test_vectorized_updates_match_serial_every_round(tmp_path, extra, kernel, device):
+    extra = extra + [f"executor.device={device}"]  # FEDWEAVE_TEST_DEVICE (tests/conftest.py)
     serial, rs, _ = _run_capturing(tmp_path, "s", extra)
     vec, rv, _ = _run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", f"executor.vectorized_kernel={kernel}"])
     _assert_same_rounds(serial, vec)

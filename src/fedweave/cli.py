@@ -207,7 +207,7 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
             *[k for k in summary if k.startswith("final_global_")],
             *FEATURE_FIGURES, *[k for k in summary if k.startswith("final_eavesdropper_")],
             "final_loss", "time_to_target_s", "virtual_time_s", "wall_time_s", "bytes_up", "bytes_down",
-            "client_updates", "dropped_updates", "client_acc_mean", "client_acc_worst10", "jain_index", "executor"]
+            "client_updates", "dropped_updates", "client_acc_mean", "client_acc_worst10", "jain_index", "executor", "device"]
     rows = []
     for key in dict.fromkeys(keys):
         value = summary.get(key)

@@ -177,6 +177,9 @@ class ClientConfig(_Section):
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: Optional[float] = Field(None, gt=0, description="max gradient norm per step")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="local training: fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler, CUDA only); aggregation stays fp32"
+    )
 
 
 class ScheduleConfig(_Section):
@@ -299,6 +302,14 @@ class ExecutorConfig(_Section):
     state_memory_mb: Optional[float] = Field(
         None, gt=0, description="client-state store budget; the rest spills to <run dir>/client_state (default: no limit)"
     )
+    device: str = Field("auto", description="where clients train: auto (CUDA when available), cpu, cuda or cuda:N")
+    deterministic: bool = Field(
+        False, description="PyTorch deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG on CUDA); slower, see howto/gpu.md"
+    )
+    data_memory_mb: Optional[float] = Field(
+        None, gt=0, description="client data kept on a CUDA device up to this size, else pinned host memory (default: half the free device memory)"
+    )
+    gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs each actor reserves (fractions such as 0.25 share a GPU)")
 
 
 class OutputConfig(_Section):
@@ -462,6 +473,7 @@ _APPLIES: dict[tuple[str, str], tuple[str, Any]] = {
                              lambda c: c.client.lr_schedule in ("step", "exponential")),
     ("client", "lr_step_rounds"): ("client.lr_schedule step", lambda c: c.client.lr_schedule == "step"),
     ("client", "lr_min"): ("client.lr_schedule cosine", lambda c: c.client.lr_schedule == "cosine"),
+    ("executor", "gpus_per_worker"): ("executor.kind ray", lambda c: c.executor.kind == "ray"),
 }
 
 

@@ -20,6 +20,7 @@ import torch
 
 from .config import Config, ConfigWarning, inapplicable_keys, load_config, read_yaml
 from .core.client import ClientAlgorithm
+from .core.device import check_precision, resolve_device, set_deterministic
 from .core.errors import ConfigError, DataError, DivergedError, FedweaveError, ModelError
 from .core.params import FlatModel, ParamSpec, check_role_patterns
 from .core.rng import derive_seed
@@ -32,7 +33,7 @@ from .metrics import degenerate_reason, summarize
 from .models import build_model
 from .rundir import CHECKPOINT, CONFIG, LOCK, RunDirectory, check_output_path
 from .sim.devices import DeviceFleet, make_fleet
-from .sim.executors import Executor, check_executor, check_executor_fits, make_executor
+from .sim.executors import Executor, check_executor, check_executor_fits, executor_device, make_executor
 from .sim.worker import WorkerSetup
 from .tasks import make_task
 from .tracking import check_trackers, close_trackers, make_trackers, track_progress
@@ -68,6 +69,7 @@ class Experiment:
     algorithm: ClientAlgorithm
     fleet: DeviceFleet
     executor: Executor | None = None
+    deterministic_before: bool | None = None  # the process's setting, restored when the run ends
     # Extension points (attacks, privacy, eavesdroppers...), filled by `extensions()`:
     # cohort hooks map the accepted updates of a round before aggregation,
     # (updates, state, round, ctx) -> updates; observers see uplinks, rounds and evaluations
@@ -91,11 +93,14 @@ class Experiment:
             epochs=None if c.local_steps else c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=lr,
             optimizer=c.optimizer, momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
             augment=self.config.data.augment,
+            precision=c.precision,
         )
 
     def worker_setup(self) -> WorkerSetup:
+        ex = self.config.executor
         return WorkerSetup(self.model_factory, self.roles, self.task.name, self.data, self.algorithm,
-                           self.config.seed, self.config.executor.threads)
+                           self.config.seed, ex.threads, ex.device, ex.data_memory_mb, self.config.client.precision,
+                           ex.deterministic)
 
 
 def build_experiment(config: Config, data: FederatedDataset | None = None) -> Experiment:
@@ -109,6 +114,7 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     check_trackers(config.output)
     strategy, algorithm = build_method(config)  # config-only checks come before loading data
     check_executor(config.executor)  # Ray installed and reachable, before loading data
+    check_precision(config.client.precision, resolve_device(config.executor.device))
     data = data if data is not None else build_federated(config.data)
     sched = config.schedule
     if sched.sampling != "poisson" and sched.clients_per_round > data.num_clients:
@@ -151,7 +157,8 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
     if flat.spec.num_params == 0:
         raise ModelError(f"Model {m.name!r} has no trainable shared parameters under model.roles "
                          f"and the roles of method {config.method.name!r}: {roles}.")
-    check_executor_fits(config.executor, WorkerSetup(factory, roles, task.name, data, algorithm, config.seed),
+    check_executor_fits(config.executor, WorkerSetup(factory, roles, task.name, data, algorithm, config.seed,
+                                                     precision=config.client.precision),
                         flat, config.client.optimizer)
     exp = Experiment(
         config=config, task=task, data=data, model_factory=factory, roles=roles, spec=flat.spec,
@@ -306,6 +313,8 @@ def start_executor(exp: Experiment) -> None:
     """Start the configured executor in ``exp.executor`` (vectorized/auto fall back or refuse)."""
     cfg = exp.config
     torch.set_num_threads(cfg.executor.threads)
+    if cfg.executor.deterministic:
+        exp.deterministic_before = set_deterministic(True)
     exp.executor = make_executor(cfg.executor, exp.worker_setup(), cfg.client.optimizer)
 
 
@@ -339,6 +348,8 @@ def _execute(exp: Experiment, run_dir: RunDirectory, ckpt: dict | None, progress
         raise _stopped_on_full_disk(exp, run_dir, sim, trackers, exc) from None
     finally:
         exp.executor.close()
+        if exp.deterministic_before is not None:
+            set_deterministic(exp.deterministic_before)
     summary = _write_summary(exp, run_dir, sim, status, message)
     close_trackers(trackers, summary)
     if status == "completed":
@@ -427,6 +438,7 @@ def _write_summary(exp: Experiment, run_dir: RunDirectory, sim, status: str, mes
         # accepted updates per client, indexed by client id
         "participation": [int(v) for v in c.participation] if c.participation is not None else None,
         "executor": exp.executor.describe() if exp.executor is not None else None,
+        "device": executor_device(cfg.executor),
     })
     for obs in exp.observers:
         summary.update(obs.summary())

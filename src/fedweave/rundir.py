@@ -213,7 +213,7 @@ class RunDirectory:
         path = self.path / CHECKPOINT
         if not path.exists():
             return None
-        return torch.load(path, weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)  # a GPU-written checkpoint loads anywhere
 
     def clear_summary(self) -> None:
         (self.path / SUMMARY).unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from .core.augment import augment_batch
+from .core.device import autocast
 from .core.params import FlatModel
 from .core.task import Task
 from .step import SGDStep, add_weight_decay, clip_scale
@@ -43,6 +44,7 @@ class TrainSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     augment: str = "none"  # data.augment, applied to each minibatch (fedweave.core.augment)
+    precision: str = "fp32"  # client.precision: autocast of the forward pass (fedweave.core.device)
 
     def num_steps(self, num_examples: int) -> int:
         """Local steps for a client with ``num_examples`` (the last batch may be short)."""
@@ -74,7 +76,7 @@ class FlatOptimizer:
     """SGD (momentum, weight decay; the rule of :class:`fedweave.step.SGDStep`) or Adam over
     one flat vector, after clipping the gradient to ``grad_clip``."""
 
-    def __init__(self, settings: TrainSettings, size: int, dtype: torch.dtype):
+    def __init__(self, settings: TrainSettings, size: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
         self.s = settings
         self.t = 0
         self.exp_avg: torch.Tensor | None = None
@@ -83,7 +85,7 @@ class FlatOptimizer:
             raise ValueError(f"unknown local optimizer {settings.optimizer!r}")
         # FedProx's term is not part of this rule: it comes as a gradient hook (see fedweave.step)
         self.rule = SGDStep.of(settings)
-        self.bufs = [torch.empty(size, dtype=dtype)] if settings.optimizer == "sgd" and settings.momentum else []
+        self.bufs = [torch.empty(size, dtype=dtype, device=device)] if settings.optimizer == "sgd" and settings.momentum else []
 
     @torch.no_grad()
     def step(self, w: torch.Tensor, g: torch.Tensor) -> None:
@@ -118,7 +120,38 @@ def epoch_orders(indices: torch.Tensor, settings: TrainSettings, generator: torc
     if n == 0 or total == 0:
         return []
     per_epoch = math.ceil(n / settings.batch_size)
-    return [indices[torch.randperm(n, generator=generator)] for _ in range(math.ceil(total / per_epoch))]
+    # the permutation is drawn on the host, whatever the device: the same batches everywhere
+    return [indices[torch.randperm(n, generator=generator, device="cpu")] for _ in range(math.ceil(total / per_epoch))]
+
+
+def to_compute_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A minibatch gathered where the data lives, on the model's device: from host memory
+    through a pinned copy, so that the transfer does not block the host."""
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class LossScaler:
+    """Dynamic loss scaling for float16 training (the rule of ``torch.amp.GradScaler``,
+    applied to the flat gradient): the loss is multiplied by ``scale`` before backward and
+    the gradient divided by it after; a step whose gradient is not finite is skipped and
+    the scale halved; after ``growth_interval`` finite steps in a row it doubles."""
+
+    def __init__(self, scale: float = 2.0**16, growth_interval: int = 2000):
+        self.scale, self.growth_interval, self._good = scale, growth_interval, 0
+
+    def unscale(self, g: torch.Tensor) -> bool:
+        """Divide ``g`` by the scale in place; whether the step may be taken."""
+        g.mul_(1.0 / self.scale)
+        finite = bool(torch.isfinite(g).all())
+        if finite:
+            self._good += 1
+            if self._good == self.growth_interval:
+                self.scale, self._good = self.scale * 2.0, 0
+        else:
+            self.scale, self._good = self.scale * 0.5, 0
+        return finite
 
 
 def local_train(
@@ -132,30 +165,44 @@ def local_train(
     grad_hooks: tuple[GradHook, ...] = (),
     loss_fn: LossFn | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``x[indices], y[indices]``."""
+    """Train ``model`` in place on ``x[indices], y[indices]``, on the model's device.
+
+    ``x`` and ``y`` may live on that device, or in (pinned) host memory, in which case each
+    minibatch is gathered on the host and copied over without blocking. With
+    ``settings.precision`` bf16 or fp16 the forward pass and the loss run under autocast;
+    fp16 scales the loss (:class:`LossScaler`) and skips steps whose gradient overflowed.
+    The gradient hooks and the optimizer step always work on the fp32 flat vectors."""
     n = len(indices)
     total_steps = settings.num_steps(n)
     if n == 0 or total_steps == 0:
         return TrainResult(0, 0, float("nan"))
     module = model.module
     module.train()
-    opt = FlatOptimizer(settings, model.trained.numel(), model.trained.dtype)
     w, g = model.trained, model.grad
+    device = w.device
+    opt = FlatOptimizer(settings, w.numel(), w.dtype, device)
     bs = settings.batch_size
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    scaler = LossScaler() if settings.precision == "fp16" else None
+    resident = x.device == device
     steps = processed = 0
     for order in epoch_orders(indices, settings, generator):
+        order = order.to(x.device)
         for start in range(0, n, bs):
             batch = order[start : start + bs]
             xb, yb = x.index_select(0, batch), y.index_select(0, batch)
+            if not resident:
+                xb, yb = to_compute_device(xb, device), to_compute_device(yb, device)
             if settings.augment != "none":  # drawn from the job's generator after its epoch orders
                 xb = augment_batch(xb, settings.augment, generator)
             g.zero_()
-            loss = loss_fn(module, xb, yb) if loss_fn else task.loss(module(xb), yb)
-            loss.backward()
-            for hook in grad_hooks:
-                hook(g, w)
-            opt.step(w, g)
+            with autocast(settings.precision, device):
+                loss = loss_fn(module, xb, yb) if loss_fn else task.loss(module(xb), yb)
+            (loss * scaler.scale if scaler else loss).backward()
+            if scaler is None or scaler.unscale(g):  # an overflowed fp16 step is skipped
+                for hook in grad_hooks:
+                    hook(g, w)
+                opt.step(w, g)
             loss_sum += loss.detach()
             steps += 1
             processed += len(batch)

@@ -42,7 +42,7 @@ class SpilledState:
 
     def load(self) -> dict[str, Any]:
         # memory-mapped: the other clients' tensors in the file are not read
-        saved = torch.load(self.path, mmap=True, weights_only=False)
+        saved = torch.load(self.path, mmap=True, map_location="cpu", weights_only=False)
         return saved if self.key is None else saved[self.key]
 
     def __reduce__(self):

@@ -63,6 +63,9 @@ class ServerContext:
     # device): bounded by executor.state_memory_mb like the clients' store, snapshotted with
     # every commit. Use get/put with whole new dicts; never modify a stored tensor in place.
     client_store: ClientStateStore = field(default_factory=ClientStateStore)
+    # executor.device: where a combiner that declares ``device_safe`` combines the stacked
+    # [K, P] updates (the server's state itself stays in host memory)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 class Strategy:

@@ -97,7 +97,8 @@ class FSARClient(ClientAlgorithm):
     def _teacher(self, worker) -> FlatModel:
         teacher = getattr(worker, "_fsar_teacher", None)
         if teacher is None:
-            teacher = FlatModel(worker.setup.model_factory(), worker.setup.roles)
+            # on the worker's device, beside the student and the data
+            teacher = FlatModel(worker.setup.model_factory().to(worker.model.flat.device), worker.setup.roles)
             worker._fsar_teacher = teacher
         return teacher
 

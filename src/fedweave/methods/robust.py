@@ -89,6 +89,8 @@ def _trim_count(f: int, k: int, beta: float | None) -> int:
 class RobustCombiner:
     """A combiner stage bound to the defender's assumptions."""
 
+    device_safe = True  # fedweave.aggregate follows its inputs' device (StagedStrategy may use the GPU)
+
     def __init__(self, kind: str, f: int = 0, beta: float | None = None, num_selected: int | None = None,
                  clip_norm: float | None = None):
         self.kind = kind

@@ -56,6 +56,10 @@ def mean_combiner(deltas: torch.Tensor, weights: torch.Tensor, state=None, ctx=N
     return weighted_mean(deltas, weights.to(deltas.dtype))
 
 
+# its maths follows the device of its inputs: the staged strategy may run it on executor.device
+mean_combiner.device_safe = True
+
+
 COMBINERS: dict[str, tuple[Combiner, str]] = {
     "mean": (mean_combiner, "weighted mean of the deltas"),
 }
@@ -162,6 +166,16 @@ def get_combiner(name: str) -> Combiner:
     return COMBINERS[name][0]
 
 
+def combine(combiner, deltas: torch.Tensor, weights: torch.Tensor, state, ctx) -> torch.Tensor:
+    """``combiner(deltas, weights, state, ctx)``, on ``ctx.device`` when the combiner says
+    its maths follows its inputs' device (``device_safe``: the mean and the robust
+    combiners), the result back beside the server's state; elsewhere where the updates are."""
+    device = getattr(ctx, "device", None)
+    if device is None or device.type == deltas.device.type or not getattr(combiner, "device_safe", False):
+        return combiner(deltas, weights, state, ctx)
+    return combiner(deltas.to(device), weights.to(device), state, ctx).to(deltas.device)
+
+
 class StagedStrategy(Strategy):
     # buffered mode merges full buffers with `aggregate`, exactly like a sync round;
     # async mode would hand single updates to a cohort-mean, which is not what these mean
@@ -201,7 +215,7 @@ class StagedStrategy(Strategy):
             return state
         deltas = stack_deltas(updates)
         weights = self.weighting(updates, state, ctx)
-        combined = self.combiner(deltas, weights, state, ctx)
+        combined = combine(self.combiner, deltas, weights, state, ctx)
         state.params, state.extra["opt"] = self.server_opt.step(state.params, combined, state.extra["opt"])
         state.buffers = average_buffers(updates, state)
         state.version += 1

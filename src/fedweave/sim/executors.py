@@ -16,6 +16,7 @@ an :class:`~fedweave.sim.executor_base.Executor` subclass in its own module, a l
 from __future__ import annotations
 
 from ..config import ExecutorConfig
+from ..core.device import describe_device
 from ..core.errors import ConfigError, unknown_name
 from ..core.params import FlatModel
 from .executor_base import Executor, SerialExecutor
@@ -33,8 +34,12 @@ EXECUTORS = {
 
 def check_executor(executor_cfg: ExecutorConfig) -> None:
     """What can be refused from ``executor.*`` alone, before any data is loaded: Ray not
-    installed, an unreachable ``executor.address``."""
+    installed, an unreachable ``executor.address``, a CUDA device for actors that reserve no GPU."""
     if executor_cfg.kind == "ray":
+        if executor_cfg.device.strip().lower().startswith("cuda") and not executor_cfg.gpus_per_worker:
+            raise ConfigError(f"executor.device={executor_cfg.device} with executor.kind=ray needs "
+                              "executor.gpus_per_worker > 0 (e.g. 1, or 0.25 to share a GPU between four actors): "
+                              "Ray shows an actor only the GPUs it reserved. Use executor.device=auto or cpu otherwise.")
         import_ray()
         check_address(executor_cfg.address)
 
@@ -71,7 +76,7 @@ def make_executor(executor: ExecutorConfig | str, setup: WorkerSetup | None = No
     if kind == "serial":
         ex: Executor = SerialExecutor()
     elif kind == "ray":
-        ex = RayExecutor(executor.address, executor.num_workers, executor.threads)
+        ex = RayExecutor(executor.address, executor.num_workers, executor.threads, executor.gpus_per_worker)
     else:
         raise unknown_name("executor", kind, EXECUTORS)
     if setup is not None:
@@ -79,4 +84,12 @@ def make_executor(executor: ExecutorConfig | str, setup: WorkerSetup | None = No
     return ex
 
 
-__all__ = ["EXECUTORS", "Executor", "SerialExecutor", "check_executor", "check_executor_fits", "make_executor"]
+def executor_device(executor_cfg: ExecutorConfig) -> str:
+    """Where the clients of ``executor.*`` train, for the summary: Ray actors that reserve
+    no GPU see none, so ``auto`` means their CPUs."""
+    if executor_cfg.kind == "ray" and not executor_cfg.gpus_per_worker:
+        return "cpu (ray actors reserve no GPU)"
+    return describe_device(executor_cfg.device)
+
+
+__all__ = ["executor_device", "EXECUTORS", "Executor", "SerialExecutor", "check_executor", "check_executor_fits", "make_executor"]

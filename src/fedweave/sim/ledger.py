@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..aggregate.staleness import staleness
+from ..core.device import data_fits, resolve_device
 from ..core.errors import ConfigError, DivergedError
 from ..core.messages import Broadcast, Update, tensor_is_finite
 from ..core.params import FlatModel
@@ -178,8 +179,12 @@ class RoundLedger:
             spec=exp.spec, num_clients=exp.data.num_clients, client_sizes=exp.data.client_sizes(),
             clock=clock, seed=self.cfg.seed, server_data=exp.data.server_data(),
             model_factory=exp.model_factory, client_store=self.server_store,
+            device=resolve_device(self.cfg.executor.device),
         )
         self.eval_model = FlatModel(exp.model_factory(), exp.roles)
+        # the global model's test evaluation runs on executor.device (a copy of the host model)
+        self.eval_device = self.ctx.device
+        self._device_eval: tuple[torch.nn.Module, torch.Tensor, torch.Tensor] | None = None
         self.initial_personal = {"personal": self.eval_model.personal.clone(),
                                  "personal_buffers": self.eval_model.personal_buffers.clone()}
         state = exp.strategy.init(exp.initial_params, exp.initial_buffers, self.ctx)
@@ -533,6 +538,22 @@ class RoundLedger:
         return m.module
 
     @torch.no_grad()
+    def test_scores(self, module: torch.nn.Module) -> dict:
+        """The task's figures of ``module`` (the host evaluation model) on the test split, on
+        ``executor.device``: on a CUDA device a copy of the model evaluates the test split
+        there in batches of ``eval.batch_size`` when the split fits the data budget, else the
+        host model evaluates it."""
+        exp, x, y, bs = self.exp, self.exp.data.x_test, self.exp.data.y_test, self.cfg.eval.batch_size
+        dev = self.eval_device
+        nbytes = x.numel() * x.element_size() + y.numel() * y.element_size()
+        if dev.type == "cpu" or not data_fits(nbytes, dev, self.cfg.executor.data_memory_mb):
+            return exp.task.evaluate(module, x, y, bs)
+        if self._device_eval is None:
+            self._device_eval = (copy.deepcopy(module).to(dev), x.to(dev), y.to(dev))
+        device_module, xd, yd = self._device_eval
+        device_module.load_state_dict(module.state_dict())
+        return exp.task.evaluate(device_module, xd, yd, bs)
+
     def evaluate(self, state: ServerState, round_: int, totals: Totals, train_losses: list[float],
                  at_time: float | None = None) -> dict:
         """The evaluation record of ``state`` (after ``round_`` rounds/versions) at time
@@ -540,7 +561,7 @@ class RoundLedger:
         exp, cfg = self.exp, self.cfg
         module = self.load_eval_model(state)
         task = exp.task
-        scores = task.evaluate(module, exp.data.x_test, exp.data.y_test, cfg.eval.batch_size)
+        scores = self.test_scores(module)
         if not all(math.isfinite(v) for v in scores.values()):
             raise DivergedError(f"The global model's test loss became non-finite after round {round_}; lower client.lr.")
         finite_losses = [v for v in train_losses if not math.isnan(v)]

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..core.client import ClientJob, JobResult
+from ..core.device import set_deterministic
 from ..core.errors import ConfigError
 from .executor_base import Executor
 from .worker import Worker, WorkerSetup
@@ -60,6 +61,8 @@ class _RayWorkerImpl:
     CACHED_BROADCASTS = 4  # async modes train from a few versions at once
 
     def __init__(self, setup: WorkerSetup):
+        if setup.deterministic:  # the driver's setting does not reach the actor's process
+            set_deterministic(True)
         self.worker = Worker(setup)
         self.broadcasts: dict[Any, Any] = {}
 
@@ -76,9 +79,21 @@ class _RayWorkerImpl:
         return self.worker.run(replace(job, broadcast=broadcast))
 
 
+def actor_resources(gpus_per_worker: float) -> dict[str, float]:
+    """The resources one actor reserves: a CPU, and ``executor.gpus_per_worker`` GPUs
+    (a fraction shares a GPU between actors, as Flower's client resources do). Ray then
+    sets each actor's ``CUDA_VISIBLE_DEVICES``, so ``cuda`` in the actor is its own GPU."""
+    resources: dict[str, float] = {"num_cpus": 1}
+    if gpus_per_worker:
+        resources["num_gpus"] = gpus_per_worker
+    return resources
+
+
 class RayExecutor(Executor):
-    def __init__(self, address: str | None = None, num_workers: int | None = None, threads: int = 1):
+    def __init__(self, address: str | None = None, num_workers: int | None = None, threads: int = 1,
+                 gpus_per_worker: float = 0.0):
         self.ray = import_ray()
+        self.gpus_per_worker = gpus_per_worker  # Ray's num_gpus per actor: 0.25 puts four actors on a GPU
         self.address = address
         self.num_workers = num_workers
         self.threads = threads
@@ -101,7 +116,7 @@ class RayExecutor(Executor):
             self._started_ray = True
         n = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         setup_ref = ray.put(setup)  # the dataset enters the object store once
-        actor_cls = ray.remote(num_cpus=1)(_RayWorkerImpl)
+        actor_cls = ray.remote(**actor_resources(self.gpus_per_worker))(_RayWorkerImpl)
         self.actors = [actor_cls.remote(setup_ref) for _ in range(n)]
         self.outstanding = [0] * n
 

@@ -58,16 +58,17 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from ..core.client import ClientJob, JobResult
+from ..core.device import resolve_device, to_device
 from ..core.errors import ConfigError
 from ..core.params import FlatModel
 from ..core.rng import torch_generator
 from ..methods.needs import client_needs
 from ..step import FusedSGD, SGDStep
 from ..tasks import make_task
-from ..train import TrainSettings, epoch_orders
+from ..train import TrainSettings, epoch_orders, to_compute_device
 from .conv_kernel import PAYING_MACS, ConvKernel, conv_kernel_pays, conv_plan
 from .executor_base import Executor, SerialExecutor
-from .worker import WorkerSetup
+from .worker import WorkerSetup, place_data
 
 KERNELS = ("auto", "func")
 COHORT_BYTES = 1 << 30  # a cohort's stacked tensors stay under this (see VectorizedExecutor.cohort_size)
@@ -89,6 +90,8 @@ def unsupported_reason(setup: WorkerSetup, model: FlatModel, settings_optimizer:
         return "the model has personal segments"
     if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.module.modules()):
         return "the model uses dropout"
+    if setup.precision != "fp32":
+        return f"client.precision={setup.precision} (the vectorized kernels train in fp32)"
     if settings_optimizer != "sgd":
         return f"client.optimizer={settings_optimizer} (only sgd is vectorized)"
     if getattr(setup.data, "augment", "none") != "none":
@@ -301,9 +304,10 @@ class VectorizedExecutor(Executor):
     def start(self, setup: WorkerSetup) -> None:
         torch.set_num_threads(setup.threads)
         self.setup = setup
-        self.model = FlatModel(setup.model_factory(), setup.roles)
+        self.device = resolve_device(setup.device)
+        self.model = FlatModel(setup.model_factory().to(self.device), setup.roles)
         self.task = make_task(setup.task_kind)
-        self.data = setup.data
+        self.data = place_data(setup.data, self.device, setup.data_memory_mb)
         trainable = self.model.spec.group("trainable")  # in offset order, as mlp_layers indexes them
         self._shapes = [s.shape for s in trainable]
         self._row_bytes = self.data.x[:1].numel() * self.data.x.element_size()
@@ -353,8 +357,9 @@ class VectorizedExecutor(Executor):
         gen = torch_generator(self.setup.seed, "batches", job.client_id, job.counter)
         orders = epoch_orders(idx, s, gen)
         per_epoch = -(-n // bs)
-        padded = torch.zeros(len(orders), per_epoch * bs, dtype=torch.long)
-        weight = torch.full((len(orders), per_epoch, bs), 1.0 / bs, dtype=self.data.x.dtype)
+        # the plan is host bookkeeping: it goes to the device with the whole cohort's
+        padded = torch.zeros(len(orders), per_epoch * bs, dtype=torch.long, device="cpu")
+        weight = torch.full((len(orders), per_epoch, bs), 1.0 / bs, dtype=self.data.x.dtype, device="cpu")
         for e, order in enumerate(orders):
             padded[e, :n] = order
         if n % bs:
@@ -388,7 +393,7 @@ class VectorizedExecutor(Executor):
         out, off = [], 0
         for shape in self._shapes:
             n = math.prod(shape)
-            out.append(torch.empty(len(flat), *shape, dtype=flat.dtype).copy_(flat[:, off : off + n].view(len(flat), *shape)))
+            out.append(torch.empty(len(flat), *shape, dtype=flat.dtype, device=flat.device).copy_(flat[:, off : off + n].view(len(flat), *shape)))
             off += n
         return out
 
@@ -400,20 +405,26 @@ class VectorizedExecutor(Executor):
         # in a synchronous round every client starts from the same tensor: no copies of it
         same = all(b is bases[0] for b in bases)
         base_flat = bases[0].expand(k, -1) if same else torch.stack(bases)
+        base_flat = to_device(base_flat, self.device)
+        dev = self.device
         rule = SGDStep.of(s, self.setup.algorithm.proximal_mu)
         opt = StackedSGD(self._stack(base_flat), self._stack(base_flat) if rule.mu else [], rule)
         steps = [p.steps for p in plans]
         max_steps, bs = steps[0], s.batch_size
         # [step, client, example]: the cohort's example indices and loss weights
-        all_idx = torch.zeros(max_steps, k, bs, dtype=torch.long)
-        all_weight = torch.zeros(max_steps, k, bs, dtype=x.dtype)
+        # built on the host, then moved once: indices where the data is, weights to the device
+        all_idx = torch.zeros(max_steps, k, bs, dtype=torch.long, device="cpu")
+        all_weight = torch.zeros(max_steps, k, bs, dtype=x.dtype, device="cpu")
         for i, p in enumerate(plans):
             all_idx[: p.steps, i] = p.idx
             all_weight[: p.steps, i] = p.weight
-        training = torch.tensor(steps)[None, :] > torch.arange(max_steps)[:, None]  # [step, client]
-        active = training.sum(1).tolist()  # clients still training at each step: a prefix
+        all_weight = to_device(all_weight, dev)
+        training = torch.tensor(steps, device="cpu")[None, :] > torch.arange(max_steps, device="cpu")[:, None]
+        active = training.sum(1).tolist()  # clients still training at each step (a prefix), per step
         rows = all_idx[training].reshape(-1)  # the examples of every step's active clients, in step order
-        step_losses = torch.zeros(max_steps, k, dtype=x.dtype)
+        rows = to_device(rows, x.device)
+        resident = x.device == dev
+        step_losses = torch.zeros(max_steps, k, dtype=x.dtype, device=dev)
         t = start = 0
         while t < max_steps:
             # gather the inputs of several steps at once, up to GATHER_BYTES
@@ -421,6 +432,8 @@ class VectorizedExecutor(Executor):
             while stop < max_steps and (end + active[stop] * bs) * self._row_bytes <= GATHER_BYTES:
                 end, stop = end + active[stop] * bs, stop + 1
             xs, ys = x.index_select(0, rows[start:end]), y.index_select(0, rows[start:end])
+            if not resident:  # pinned host data: one non-blocking copy per gathered block
+                xs, ys = to_compute_device(xs, dev), to_compute_device(ys, dev)
             offset = 0
             for t in range(t, stop):
                 kt = active[t]
@@ -429,12 +442,13 @@ class VectorizedExecutor(Executor):
                 step_losses[t, :kt] = self.kernel.step(kt, xb, yb, all_weight[t, :kt], opt, t == 0)
                 offset += kt * bs
             t, start = stop, end
-        loss_sum = step_losses.to(torch.float64).sum(0)
+        loss_sum = step_losses.to(torch.float64).sum(0).cpu()
         self.stats["useful"] += sum(p.examples for p in plans)
         self.stats["computed"] += bs * sum(active)
         self.stats["cohorts"] += 1
-        w = torch.cat([p.reshape(k, -1) for p in opt.params], dim=1)
-        no_buffers = self.model.buffers  # empty: models with buffers are not vectorized
+        # the cohort's [K, P] result goes back to host memory, where the server aggregates it
+        w = torch.cat([p.reshape(k, -1) for p in opt.params], dim=1).cpu()
+        no_buffers = self.model.buffers.cpu()  # empty: models with buffers are not vectorized
         for i, p in enumerate(plans):
             job = p.job
             update = self.setup.algorithm.update_from(

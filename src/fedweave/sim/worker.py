@@ -8,14 +8,15 @@ do not depend on which worker ran the job, or when — and returns the Update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
 from ..core.client import ClientAlgorithm, ClientJob, JobResult
+from ..core.device import data_fits, resolve_device, to_device
 from ..core.params import FlatModel
-from ..core.rng import derive_seed, torch_generator
+from ..core.rng import seed_job_generators, torch_generator
 from ..data.federated import FederatedDataset
 from ..tasks import make_task
 
@@ -31,26 +32,53 @@ class WorkerSetup:
     algorithm: ClientAlgorithm
     seed: int
     threads: int = 1
+    device: str = "cpu"  # executor.device; resolved where the worker runs
+    data_memory_mb: float | None = None  # executor.data_memory_mb
+    precision: str = "fp32"  # client.precision (the vectorized executor trains fp32 only)
+    deterministic: bool = False  # executor.deterministic (set in each process that trains)
+
+
+def place_data(data: FederatedDataset, device: torch.device, budget_mb: float | None) -> FederatedDataset:
+    """The federation's training tensors on ``device`` when they fit its budget (see
+    :func:`fedweave.core.device.data_fits`), else pinned in host memory so that minibatches
+    copy without blocking. The index tensors, test split and labels stay on the host."""
+    if device.type == "cpu":
+        return data
+    nbytes = data.x.numel() * data.x.element_size() + data.y.numel() * data.y.element_size()
+    if data_fits(nbytes, device, budget_mb):
+        x, y = data.x.to(device), data.y.to(device)
+    else:
+        x, y = data.x.pin_memory(), data.y.pin_memory()
+    return replace(data, x=x, y=y, labels=data.labels)
 
 
 class Worker:
     def __init__(self, setup: WorkerSetup):
         torch.set_num_threads(setup.threads)
         self.setup = setup
-        self.model = FlatModel(setup.model_factory(), setup.roles)
+        self.device = resolve_device(setup.device)
+        self.model = FlatModel(setup.model_factory().to(self.device), setup.roles)
         self.task = make_task(setup.task_kind)
-        self.data = setup.data
+        self.data = place_data(setup.data, self.device, setup.data_memory_mb)
         self.algorithm = setup.algorithm
         # a client's personal segments start from the initial model
         self._initial_personal = self.model.personal.clone()
         self._initial_personal_buffers = self.model.personal_buffers.clone()
+        self._broadcast = None  # (the newest broadcast, its copy on the device)
+
+    def _on_device(self, broadcast):
+        """The broadcast on the worker's device, copied once for all the clients that share it."""
+        if self._broadcast is None or self._broadcast[0] is not broadcast:
+            self._broadcast = (broadcast, to_device(broadcast, self.device))
+        return self._broadcast[1]
 
     def run(self, job: ClientJob) -> JobResult:
         seed, cid = self.setup.seed, job.client_id
-        # dropout and the like; the CPU generator alone (torch.manual_seed also walks every
-        # accelerator backend, ~60 µs a job)
-        torch.default_generator.manual_seed(derive_seed(seed, "torch", cid, job.counter))
+        seed_job_generators(seed, cid, job.counter, self.device)  # dropout and the like
         generator = torch_generator(seed, "batches", cid, job.counter)
+        on_host = self.device.type == "cpu"
+        if not on_host:
+            job = replace(job, broadcast=self._on_device(job.broadcast), state=to_device(job.state, self.device))
         m = self.model
         with torch.no_grad():
             m.params.copy_(job.broadcast.params)
@@ -65,4 +93,4 @@ class Worker:
             new_state["personal"] = m.personal.clone()
             new_state["personal_buffers"] = m.personal_buffers.clone()
             result.state = new_state
-        return result
+        return result if on_host else to_device(result, torch.device("cpu"))
