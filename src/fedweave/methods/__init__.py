@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 # the framework's own modules; every other public module here is a method
-_FRAMEWORK = {"base", "merge", "needs", "registry", "rejection", "robust", "stages", "threat_adapter"}
+_FRAMEWORK = {"base", "distill", "merge", "needs", "registry", "rejection", "robust", "stages", "threat_adapter"}
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if not _info.name.startswith("_") and _info.name not in _FRAMEWORK:

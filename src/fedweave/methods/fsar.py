@@ -44,7 +44,7 @@ from pydantic import Field
 
 from ..core.client import ClientAlgorithm, JobResult
 from ..core.errors import ConfigError
-from ..core.params import FlatModel
+from .distill import teacher_model, train_distilling
 from .fedper import HeadParams, head_roles
 from .registry import MethodInfo, Preset, register
 
@@ -94,57 +94,19 @@ class FSARClient(ClientAlgorithm):
         self.temperature = params.temperature
         self.layers = params.distill_layers
 
-    def _teacher(self, worker) -> FlatModel:
-        teacher = getattr(worker, "_fsar_teacher", None)
-        if teacher is None:
-            # on the worker's device, beside the student and the data
-            teacher = FlatModel(worker.setup.model_factory().to(worker.model.flat.device), worker.setup.roles)
-            worker._fsar_teacher = teacher
-        return teacher
-
     def train(self, job, worker, generator) -> JobResult:
-        from ..train import local_train
-
         model = worker.model
-        teacher = self._teacher(worker)
+        teacher = teacher_model(worker, "_fsar_teacher")
         with torch.no_grad():
             teacher.flat.copy_(model.flat)  # the received global model (+ this client's personal part)
         names = self.layers or [first_block(model.module)]
-        s_mod, t_mod = dict(model.module.named_modules()), dict(teacher.module.named_modules())
-        feats: dict[tuple[str, str], torch.Tensor] = {}
+        beta, kind, temp = self.beta, self.kind, self.temperature
 
-        def capture(side: str, name: str):
-            def hook(mod, inp, out):
-                feats[(side, name)] = out
+        def term(student, teacher_feats):
+            d = sum(feature_distance(s, t.detach(), kind, temp) for s, t in zip(student, teacher_feats))
+            return beta * d / len(names)
 
-            return hook
-
-        handles = [s_mod[n].register_forward_hook(capture("s", n)) for n in names]
-        handles += [t_mod[n].register_forward_hook(capture("t", n)) for n in names]
-        task, beta, kind, temp = worker.task, self.beta, self.kind, self.temperature
-        teacher.module.train()
-
-        def loss_fn(module, xb, yb):
-            feats.clear()
-            out = module(xb)
-            loss = task.loss(out, yb)
-            if beta == 0:
-                return loss
-            with torch.no_grad():
-                teacher.module(xb)
-            d = sum(feature_distance(feats[("s", n)], feats[("t", n)].detach(), kind, temp) for n in names)
-            return loss + beta * d / len(names)
-
-        idx = worker.data.client_train[job.client_id]
-        try:
-            result = local_train(model, task, worker.data.x, worker.data.y, idx, job.settings, generator,
-                                 self.grad_hooks(job, worker), loss_fn)
-        finally:
-            for h in handles:
-                h.remove()
-            feats.clear()
-        update = self.build_update(job, worker, result.steps, {"loss": result.mean_loss})
-        return JobResult(update, None, result.examples_processed)
+        return train_distilling(self, job, worker, generator, teacher, names, term if beta != 0 else None)
 
 
 def _client(config, params):

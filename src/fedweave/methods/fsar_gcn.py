@@ -48,7 +48,7 @@ from pydantic import Field
 
 from ..core.client import ClientAlgorithm, JobResult
 from ..core.errors import ConfigError
-from ..core.params import FlatModel
+from .distill import teacher_model, train_distilling
 from .registry import MethodInfo, MethodParams, Preset, register
 
 SHARED_TOPOLOGY = "*topology_shared"
@@ -120,55 +120,19 @@ class FSARGCNClient(ClientAlgorithm):
         super().__init__(objective, mu)
         self.params = params
 
-    def _teacher(self, worker) -> FlatModel:
-        teacher = getattr(worker, "_fsar_gcn_teacher", None)
-        if teacher is None:
-            teacher = FlatModel(worker.setup.model_factory(), worker.setup.roles)
-            worker._fsar_gcn_teacher = teacher
-        return teacher
-
     def train(self, job, worker, generator) -> JobResult:
-        from ..train import local_train
-
         model = worker.model
-        teacher = self._teacher(worker)
+        teacher = teacher_model(worker, "_fsar_gcn_teacher")
         with torch.no_grad():
             teacher.flat.copy_(model.flat)  # the received shared model ...
             teacher.personal.zero_()  # ... as the server holds it: no domain-specific topology
-        names = distill_layers(self.params, model.module)
-        s_mod, t_mod = dict(model.module.named_modules()), dict(teacher.module.named_modules())
-        feats: dict[tuple[str, str], torch.Tensor] = {}
+        beta, grains = self.params.beta, list(self.params.grains)
 
-        def capture(side: str, name: str):
-            def hook(mod, inp, out):
-                feats[(side, name)] = out
+        def term(student, teacher_feats):
+            return beta * mkd_loss(student, teacher_feats, grains)
 
-            return hook
-
-        handles = [s_mod[n].register_forward_hook(capture("s", n)) for n in names]
-        handles += [t_mod[n].register_forward_hook(capture("t", n)) for n in names]
-        task, beta, grains = worker.task, self.params.beta, list(self.params.grains)
-        teacher.module.train()
-
-        def loss_fn(module, xb, yb):
-            feats.clear()
-            loss = task.loss(module(xb), yb)
-            if beta == 0:
-                return loss
-            with torch.no_grad():
-                teacher.module(xb)
-            return loss + beta * mkd_loss([feats[("s", n)] for n in names], [feats[("t", n)] for n in names], grains)
-
-        idx = worker.data.client_train[job.client_id]
-        try:
-            result = local_train(model, task, worker.data.x, worker.data.y, idx, job.settings, generator,
-                                 self.grad_hooks(job, worker), loss_fn)
-        finally:
-            for h in handles:
-                h.remove()
-            feats.clear()
-        update = self.build_update(job, worker, result.steps, {"loss": result.mean_loss})
-        return JobResult(update, None, result.examples_processed)
+        return train_distilling(self, job, worker, generator, teacher, distill_layers(self.params, model.module),
+                                term if beta != 0 else None)
 
 
 def _client(config, params):
