@@ -7,8 +7,8 @@ import torch
 
 from fedweave.config import load_config
 from fedweave.errors import ConfigError
-from fedweave.experiment import _execute, build_experiment, start_executor
-from fedweave.rundir import RunDirectory
+from fedweave.experiment import build_experiment, start_executor
+from helpers_runs import run_capturing
 
 
 def _images(path, side):
@@ -41,22 +41,6 @@ def base(images):
             "client.batch_size=8", "client.lr=0.05"]
 
 
-def run_capturing(tmp_path, name, overrides):
-    cfg = load_config(None, overrides)
-    exp = build_experiment(cfg)
-    rounds = []
-
-    def capture(updates, state, round_, ctx):
-        rounds.append({u.client_id: (u.delta.clone(), u.num_steps, u.metrics["loss"]) for u in updates})
-        return updates
-
-    exp.cohort_hooks.append(capture)
-    run_dir = RunDirectory(tmp_path / name)
-    run_dir.create(cfg.to_yaml())
-    _execute(exp, run_dir, None, None)
-    return rounds, exp
-
-
 MODELS = {
     "cnn": ["model.name=cnn"],
     "lenet5": ["model.name=lenet5"],
@@ -73,8 +57,8 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("model", list(MODELS))
 def test_conv_kernel_updates_match_serial(tmp_path, images, model, opt):
     extra = base(images) + MODELS[model] + OPTIMIZERS[opt]
-    serial, _ = run_capturing(tmp_path, "s", extra)
-    vec, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized"])
+    serial, _, _ = run_capturing(tmp_path, "s", extra)
+    vec, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized"])
     assert exp.executor.kernel_name == "conv"
     assert len(serial) == len(vec) == 2
     for a, b in zip(serial, vec):
@@ -90,8 +74,8 @@ def test_conv_kernel_ragged_cohort_matches_serial(tmp_path, images):
     (the active prefix shrinks), and a cohort that is split in two by max_cohort."""
     extra = base(images) + ["model.name=lenet5", "data.partition.kind=dirichlet", "data.partition.alpha=0.3",
                             "client.epochs=2", "client.batch_size=5"]
-    serial, _ = run_capturing(tmp_path, "s", extra)
-    vec, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", "executor.max_cohort=3"])
+    serial, _, _ = run_capturing(tmp_path, "s", extra)
+    vec, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", "executor.max_cohort=3"])
     steps = {cid: s for r in serial for cid, (_, s, _) in r.items()}
     assert len(set(steps.values())) >= 3  # genuinely ragged
     assert exp.executor.padding_efficiency < 1  # short last batches padded, finished clients dropped

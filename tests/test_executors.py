@@ -6,8 +6,8 @@ import torch
 import fedweave
 from fedweave.config import load_config
 from fedweave.errors import ConfigError
-from fedweave.experiment import _execute, build_experiment
-from fedweave.rundir import RunDirectory
+from fedweave.experiment import build_experiment
+from helpers_runs import run_capturing
 
 BASE = [
     "data.partition.num_clients=8", "schedule.clients_per_round=4", "schedule.rounds=3", "eval.every=3",
@@ -16,21 +16,7 @@ BASE = [
 
 
 def _run_capturing(tmp_path, name, overrides):
-    """Run and record every round's updates as the strategy receives them; returns the
-    rounds, the run's result and the experiment (whose executor stays reachable)."""
-    cfg = load_config(None, BASE + overrides)
-    exp = build_experiment(cfg)
-    rounds = []
-
-    def capture(updates, state, round_, ctx):
-        rounds.append({u.client_id: (u.delta.clone(), u.num_steps, u.metrics["loss"]) for u in updates})
-        return updates
-
-    exp.cohort_hooks.append(capture)
-    run_dir = RunDirectory(tmp_path / name)
-    run_dir.create(cfg.to_yaml())
-    result = _execute(exp, run_dir, None, None)
-    return rounds, result, exp
+    return run_capturing(tmp_path, name, BASE + overrides)
 
 
 def _assert_same_rounds(serial, vec):

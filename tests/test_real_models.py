@@ -17,6 +17,7 @@ import fedweave
 from fedweave.core.augment import crop_flip
 from fedweave.errors import ConfigError, DataError, ModelError
 from fedweave.models.hub import load_state_dict_checked
+from helpers_runs import assert_run_refused
 
 transformers = pytest.importorskip("transformers")
 
@@ -202,10 +203,6 @@ def test_torchvision_resnet18_loads_a_local_state_dict(tmp_path):
 
 
 def test_bad_real_models_exit_2_without_a_run_directory(tmp_path, gpt2_folder):
-    from typer.testing import CliRunner
-
-    from fedweave.cli import app
-
     empty = tmp_path / "empty"
     empty.mkdir()
     torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
@@ -217,14 +214,7 @@ def test_bad_real_models_exit_2_without_a_run_directory(tmp_path, gpt2_folder):
          ["at most 32 tokens", "pydocs:<L>"]),
     ]
     for args, needles in cases:
-        out = tmp_path / "run"
-        result = CliRunner().invoke(app, ["run", "--quiet", "--out", str(out), *args])
-        text = " ".join(result.output.split())
-        assert result.exit_code == 2, result.output
-        assert "Traceback" not in result.output
-        for needle in needles:
-            assert needle in text, (needle, text)
-        assert not out.exists()
+        assert_run_refused(tmp_path / "run", args, needles)
 
 
 # -- augmentation ----------------------------------------------------------------------------------
