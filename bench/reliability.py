@@ -49,7 +49,8 @@ import grpc  # noqa: E402
 from fedweave.deploy import fedweave_pb2 as pb2  # noqa: E402
 from fedweave.deploy.loopback import LoopbackRun, free_port  # noqa: E402
 from fedweave.deploy.wire import encode_update  # noqa: E402
-from test_deploy_server import Raw, config, honest_update  # noqa: E402
+from helpers_runs import full_disk_write  # noqa: E402
+from test_deploy_server import Raw, config, health, honest_update, run_quietly  # noqa: E402
 
 HELD, FAILED, NA = "held", "FAILED", "not available"
 
@@ -136,18 +137,6 @@ def code_of(call) -> grpc.StatusCode | None:
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
-
-
-def _run_quietly(client):
-    """A client's run() in a thread: what it returned, or the error it ended with."""
-    try:
-        return client.run()
-    except Exception as exc:
-        return exc
-
-
-def health(address: str, timeout: float = 3.0):
-    return Raw(address, None).stub.Health(pb2.HealthRequest(), timeout=timeout)
 
 
 def frames_with(enc, change: Callable[[dict], dict] | None = None, extra_data: bytes = b""):
@@ -403,7 +392,7 @@ def duplicate_session(tmp: Path):
             time.sleep(0.1)
         second = run.client(0, give_up_s=3)
         ended: list = []  # after the stop it gives up reconnecting
-        t = threading.Thread(target=lambda: ended.append(_run_quietly(second)), daemon=True)
+        t = threading.Thread(target=lambda: ended.append(run_quietly(second)), daemon=True)
         t.start()
         end = time.monotonic() + 60
         while (second.tasks_done < 3 or 0 not in run.client_errors) and time.monotonic() < end:
@@ -576,29 +565,13 @@ def concurrent_resume(tmp: Path):
 
 @case("faults", "a full disk while writing records", requires=INPUT_CHECKS)
 def full_disk(tmp: Path):
-    import errno
-
     import fedweave
     from fedweave.errors import FedweaveError
 
     cfg = {"data": {"partition": {"num_clients": 4}}, "model": {"hidden": [16]}, "schedule": {"rounds": 5,
                                                                                               "clients_per_round": 4}}
     real = os.write
-    count = {"n": 0}
-
-    def write(fd, data):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            target = ""
-        if target.endswith("metrics.jsonl"):
-            count["n"] += 1
-            if count["n"] > 2:
-                real(fd, bytes(data)[: len(data) // 2])
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(fd, data)
-
-    os.write = write
+    os.write = full_disk_write(2, real)  # ENOSPC on the third record
     message = ""
     try:
         fedweave.run(cfg, out=tmp / "run")

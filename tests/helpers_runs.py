@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 from typer.testing import CliRunner
 
 from fedweave.cli import app
@@ -39,3 +42,23 @@ def assert_run_refused(out, args, needles) -> None:
     for needle in needles:
         assert needle in text, (needle, text)
     assert not out.exists()
+
+
+def full_disk_write(appends_ok: int, real_write=os.write):
+    """A stand-in for ``os.write``: the first ``appends_ok`` appends to ``metrics.jsonl`` go
+    through whole, the next writes half its line and fails with ENOSPC (a full disk)."""
+    state = {"appends": 0}
+
+    def write(fd, data):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if target.endswith("metrics.jsonl"):
+            state["appends"] += 1
+            if state["appends"] > appends_ok:
+                real_write(fd, bytes(data)[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    return write

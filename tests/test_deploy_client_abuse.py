@@ -13,24 +13,11 @@ import torch
 
 grpc = pytest.importorskip("grpc")
 
-from fedweave.deploy import fedweave_pb2 as pb2  # noqa: E402
 from fedweave.deploy.loopback import LoopbackRun  # noqa: E402
 from fedweave.deploy.sessions import MAX_UPLOADS_PER_CLIENT, SESSION_METADATA  # noqa: E402
-from test_deploy_server import Raw, config, honest_update  # noqa: E402
+from test_deploy_server import Raw, config, health, honest_update, run_quietly  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _run_quietly(client):
-    """A client's run() in a thread: what it returned, or the error it ended with."""
-    try:
-        return client.run()
-    except Exception as exc:
-        return exc
-
-
-def health(address: str, timeout: float = 3.0):
-    return Raw(address, None).stub.Health(pb2.HealthRequest(), timeout=timeout)
 
 
 def test_idle_upload_streams_with_a_valid_token_neither_stall_rounds_nor_the_health_check(tmp_path):
@@ -129,7 +116,7 @@ def test_a_second_session_with_the_same_token_supersedes_the_first_and_both_logs
     first = run.clients[0]
     second = run.client(0, give_up_s=3)  # another process with client 0's token
     ended: list = []  # after the stop it gives up reconnecting: keep that out of the thread's top level
-    t = threading.Thread(target=lambda: ended.append(_run_quietly(second)), daemon=True)
+    t = threading.Thread(target=lambda: ended.append(run_quietly(second)), daemon=True)
     t.start()
     deadline = time.monotonic() + 60
     while (second.tasks_done < 3 or 0 not in run.client_errors) and time.monotonic() < deadline:

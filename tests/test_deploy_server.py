@@ -71,6 +71,18 @@ def honest_update(cid: int, header: dict, b, n: int, **changes) -> Update:
     return Update(**kw)
 
 
+def run_quietly(client):
+    """A client's run() in a thread: what it returned, or the error it ended with."""
+    try:
+        return client.run()
+    except Exception as exc:
+        return exc
+
+
+def health(address: str, timeout: float = 3.0):
+    return Raw(address, None).stub.Health(pb2.HealthRequest(), timeout=timeout)
+
+
 def test_calls_without_a_valid_token_are_unauthenticated_and_logged_without_the_token(tmp_path, caplog):
     run = LoopbackRun(config(), out=tmp_path / "run", server_kwargs={"min_clients": 4})
     try:

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 import fedweave
 from fedweave.cli import app
 from fedweave.errors import FedweaveError
+from helpers_runs import full_disk_write
 from helpers_subprocess import subprocess_env
 
 TINY = {
@@ -142,22 +143,7 @@ def test_sigterm_stops_fedweave_run_like_ctrl_c_with_a_checkpoint_and_exit_143(t
 
 def _full_disk_after(monkeypatch, appends_ok: int):
     """os.write to metrics.jsonl: ``appends_ok`` whole appends, then half a line and ENOSPC."""
-    real_write = os.write
-    state = {"appends": 0}
-
-    def write(fd, data):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            target = ""
-        if target.endswith("metrics.jsonl"):
-            state["appends"] += 1
-            if state["appends"] > appends_ok:
-                real_write(fd, bytes(data)[: len(data) // 2])
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "write", full_disk_write(appends_ok))
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to tell the metrics file's writes apart")
