@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import fedweave
+from fedweave.messages import Broadcast
+from fedweave.params import FlatModel
 
 
 def run_keeping_the_final_checkpoint(cfg, out) -> tuple[dict, dict, dict]:
@@ -24,3 +26,17 @@ def run_keeping_the_final_checkpoint(cfg, out) -> tuple[dict, dict, dict]:
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     states = {cid: (st.load() if hasattr(st, "load") else st) for cid, st in ckpt["client_states"].items()}
     return last, ckpt["state"], states
+
+
+def each_clients_own_model(exp, last: dict, server: dict, states: dict):
+    """For every client with a validation split, load its own model (the method's
+    ``personalize`` over the final global model and the client's final state) into one
+    fresh flat model; yields (client id, validation indices, that module)."""
+    flat = FlatModel(exp.model_factory(), exp.roles)
+    initial = {"personal": flat.personal.clone(), "personal_buffers": flat.personal_buffers.clone()}
+    broadcast = Broadcast(last["version"], server["params"], server["buffers"])
+    for cid, val in enumerate(exp.data.client_val):
+        if len(val) == 0:
+            continue
+        exp.algorithm.personalize(flat, broadcast, states.get(cid), initial)
+        yield cid, val, flat.module

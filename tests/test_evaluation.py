@@ -18,9 +18,8 @@ import torch.nn.functional as F
 import fedweave
 from fedweave.config import load_config
 from fedweave.experiment import build_experiment
-from fedweave.messages import Broadcast
 from fedweave.params import FlatModel
-from helpers_eval import run_keeping_the_final_checkpoint
+from helpers_eval import each_clients_own_model, run_keeping_the_final_checkpoint
 
 
 def _fresh_model(exp) -> FlatModel:
@@ -67,16 +66,8 @@ def test_personalized_accuracy_is_each_clients_own_model_on_its_validation_split
     last, server, states = run_keeping_the_final_checkpoint(cfg, tmp_path / "r")
     assert last["round"] == 3 and states  # the final round; some clients trained and kept a state
     exp = build_experiment(load_config(cfg))
-    flat = _fresh_model(exp)
-    initial = {"personal": flat.personal.clone(), "personal_buffers": flat.personal_buffers.clone()}
-    broadcast = Broadcast(last["version"], server["params"], server["buffers"])
-    scores = []
-    for cid, val in enumerate(exp.data.client_val):
-        if len(val) == 0:
-            continue
-        exp.algorithm.personalize(flat, broadcast, states.get(cid), initial)
-        scores.append(_accuracy_and_loss(flat.module, exp.data.x[val], exp.data.y[val])[0])
-    scores = np.array(scores)
+    scores = np.array([_accuracy_and_loss(module, exp.data.x[val], exp.data.y[val])[0]
+                       for _, val, module in each_clients_own_model(exp, last, server, states)])
     worst = np.sort(scores)[: max(1, math.ceil(0.1 * len(scores)))]  # the worst 10% of clients
     assert last["personalized_acc_mean"] == pytest.approx(scores.mean(), abs=1e-12)
     assert last["personalized_acc_std"] == pytest.approx(scores.std(), abs=1e-12)

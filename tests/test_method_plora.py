@@ -62,23 +62,16 @@ def test_plora_personalized_perplexity_is_recomputed_from_each_clients_adapters(
     per-sequence loss — and personalized_acc_mean is their mean over clients."""
     import torch.nn.functional as F
 
-    from fedweave.messages import Broadcast
-    from helpers_eval import run_keeping_the_final_checkpoint
+    from helpers_eval import each_clients_own_model, run_keeping_the_final_checkpoint
 
     cfg = _cfg()
     last, server, states = run_keeping_the_final_checkpoint(cfg.model_dump(), tmp_path / "plora")
     exp = fedweave.build_experiment(_cfg())
-    flat = FlatModel(exp.model_factory(), exp.roles)
-    initial = {"personal": flat.personal.clone(), "personal_buffers": flat.personal_buffers.clone()}
-    broadcast = Broadcast(last["version"], server["params"], server["buffers"])
     perplexities = []
-    for cid, val in enumerate(exp.data.client_val):
-        if len(val) == 0:
-            continue
-        exp.algorithm.personalize(flat, broadcast, states.get(cid), initial)
-        flat.module.eval()
+    for _, val, module in each_clients_own_model(exp, last, server, states):
+        module.eval()
         with torch.no_grad():
-            logits = flat.module(exp.data.x[val]).double()
+            logits = module(exp.data.x[val]).double()
         target = exp.data.y[val]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
         perplexities.append(float(torch.exp(nll)))
