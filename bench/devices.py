@@ -11,9 +11,11 @@ of clients to match, keeping the examples per client of the workload), one evalu
 after the last round. ``--scale`` shrinks the data (the examples per client) for a quick look.
 
 Per runner: seconds per round (median over rounds 2..R-1: round 1 pays first-call costs),
-clients trained per second, the ratio to the plain loop and to serial; for W1 the achieved
-GFLOP/s (training ≈ 3 x the forward's 2·Σ fan_in·fan_out per example) and its share of the
-device's fp32 matmul rate measured here (4096 x 4096 products). The plain loop trains
+clients trained per second, the ratio to the plain loop and to serial; the achieved
+GFLOP/s (training ≈ 3 x the forward's 2 x multiply-accumulates of its Linear and Conv2d
+layers per example) and its share of the device's fp32 matmul rate measured here
+(1024 x 1024 products on CPU, 4096 x 4096 on CUDA) — on W2 this share says how much room
+any batched kernel has left. The plain loop trains
 cohorts drawn by its own seeded generator from the same partition: per-round times are
 comparable, the trained models are not. Never asserts a time.
 
@@ -147,9 +149,30 @@ def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 10) -> flo
     return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
 
 
-def w1_flops_per_example() -> float:
-    sizes = [784, 200, 200, 10]
-    return 3 * 2 * sum(a * b for a, b in zip(sizes, sizes[1:]))
+def training_flops_per_example(workload: str) -> float:
+    """3 x the forward's 2 x multiply-accumulates of the model's Linear and Conv2d layers
+    (backward = input gradients + weight gradients, each the forward's size; the first
+    layer's input gradient, which training never computes, is counted too, so the rate
+    below is a slight overestimate). Counted by forward hooks on one example."""
+    spec = WORKLOADS[workload]
+    model = build_model(spec["model"]["name"], spec["shape"], CLASSES, hidden=spec["model"].get("hidden"))
+    macs = 0
+
+    def count(layer, inputs, output):
+        nonlocal macs
+        if isinstance(layer, torch.nn.Linear):
+            macs += layer.in_features * layer.out_features
+        else:
+            kh, kw = layer.kernel_size
+            macs += output[0].numel() * (layer.in_channels // layer.groups) * kh * kw
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    with torch.no_grad():
+        model(torch.zeros(1, *spec["shape"]))
+    for h in hooks:
+        h.remove()
+    return 3 * 2 * macs
 
 
 def main(argv=None) -> int:
@@ -171,6 +194,7 @@ def main(argv=None) -> int:
     peak = matmul_gflops(device, 4096 if device.type == "cuda" else 1024, 10 if device.type == "cuda" else 3)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{args.workload}: {n} examples, device {device}, fp32 matmul {peak:.1f} GFLOP/s, load average {load:.2f}")
+    flops_per_example = training_flops_per_example(args.workload)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedweave-devices-") as tmp:
         tmp = Path(tmp)
@@ -195,9 +219,8 @@ def main(argv=None) -> int:
                 row = {"workload": args.workload, "per_round": per_round, "runner": runner, **r,
                        "vs_plain": r["s_per_round"] / results["plain"]["s_per_round"] if "plain" in results else None,
                        "vs_serial": r["s_per_round"] / results["serial"]["s_per_round"] if "serial" in results else None}
-                if args.workload == "w1":
-                    row["gflops"] = r["clients_per_s"] * examples_per_client * w1_flops_per_example() / 1e9
-                    row["share_of_matmul"] = row["gflops"] / peak
+                row["gflops"] = r["clients_per_s"] * examples_per_client * flops_per_example / 1e9
+                row["share_of_matmul"] = row["gflops"] / peak
                 rows.append(row)
     print(f"{'K':>6} {'runner':>11} {'s/round':>9} {'clients/s':>10} {'x plain':>8} {'x serial':>9} {'GFLOP/s':>8} {'% mm':>6}")
     for r in rows:

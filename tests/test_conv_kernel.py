@@ -156,3 +156,44 @@ def test_auto_uses_conv_kernel_where_the_rule_says(larger_images):
     forced = build_experiment(load_config(None, base(larger_images) + MODELS["cnn"] + ["executor.kind=vectorized"]))
     start_executor(forced)
     assert forced.executor.kernel_name == "conv"
+
+
+def test_probe_counts_every_leaf_output_on_the_modules_device():
+    """Activation bytes per example by hand: the outputs of the leaf layers of
+    Conv2d(1→2, 3×3, same) → ReLU → MaxPool(2) → Flatten → Linear(8→3) on 1×4×4 are
+    2·4·4 + 2·4·4 + 2·2·2 + 8 + 3 = 83 floats = 332 bytes; MACs 2·16 outputs × 9.
+    On the meta device (no storage) the probe must still run: it builds its example
+    where the parameters are, not on a hard-coded device."""
+    from torch import nn
+
+    from fedweave.sim.conv_kernel import probe
+
+    def net():
+        return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3))
+
+    assert probe(net(), (1, 4, 4)) == (32 * 9, 83 * 4)
+    with torch.device("meta"):
+        model = net()
+    assert probe(model, (1, 4, 4)) == (32 * 9, 83 * 4)
+    model = net().train()
+    probe(model, (1, 4, 4))
+    assert model.training  # the probe's eval mode is undone
+
+
+def test_conv_cohorts_are_capped_by_their_activations(tmp_path, images):
+    """executor.cohort_memory_mb bounds stacked parameters and activations together: a
+    budget of about two clients' worth gives cohorts of two (4 clients per round ⇒ 2
+    cohorts a round), with the same updates as serial."""
+    from fedweave.sim.conv_kernel import probe
+
+    extra = base(images) + MODELS["cnn"]
+    serial, _, exp = run_capturing(tmp_path, "s", extra)
+    activations = probe(exp.model_factory(), (2, 8, 8))[1]
+    per_client = 3 * exp.spec.num_params * 4 + 8 * activations  # 3 stacked copies + batch 8 × activations
+    # conv1 + ReLU 2·(32·8·8), pool 32·4·4, conv2 + ReLU 2·(64·4·4), pool + flatten 2·(64·2·2),
+    # fc + ReLU 2·512, logits 4 (four classes): float32
+    assert activations == 4 * (2 * 32 * 64 + 32 * 16 + 2 * 64 * 16 + 2 * 64 * 4 + 2 * 512 + 4)
+    budget_mb = 2.5 * per_client / 2**20
+    rounds, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", f"executor.cohort_memory_mb={budget_mb}"])
+    assert exp.executor.stats["cohorts"] == 4  # 2 rounds × (4 clients in cohorts of 2)
+    assert len(serial) == len(rounds)

@@ -215,11 +215,15 @@ def test_vectorized_padding_efficiency_reported(tmp_path):
 
 
 def test_vectorized_cohorts_are_capped_by_memory(tmp_path, monkeypatch):
-    """A big model gets smaller cohorts (stacked tensors under COHORT_BYTES), same numbers."""
+    """A big model gets smaller cohorts (stacked tensors and activations under
+    COHORT_BYTES), same numbers."""
     from fedweave.sim import vectorized
+    from fedweave.sim.conv_kernel import probe
 
     serial, _, exp = _run_capturing(tmp_path, "s", [])
-    two_clients = 2 * 3 * exp.spec.num_params * 4  # 3 stacked copies of float32 parameters
+    activations = probe(exp.model_factory(), tuple(exp.data.x.shape[1:]))[1]
+    # 3 stacked copies of float32 parameters and a batch of activations per client
+    two_clients = 2 * (3 * exp.spec.num_params * 4 + exp.config.client.batch_size * activations)
     monkeypatch.setattr(vectorized, "COHORT_BYTES", two_clients)
     rounds, _, exp = _run_capturing(tmp_path, "v", ["executor.kind=vectorized"])
     assert exp.executor.stats["cohorts"] == 6  # 4 clients per round in cohorts of 2

@@ -296,6 +296,9 @@ class ExecutorConfig(_Section):
     address: Optional[str] = Field(None, description="ray: cluster address (e.g. 'auto'); default starts a local runtime")
     num_workers: Optional[int] = Field(None, ge=1, description="ray: long-lived workers (default: one per CPU)")
     max_cohort: int = Field(64, ge=1, description="vectorized: most clients trained at once")
+    cohort_memory_mb: Optional[float] = Field(
+        None, gt=0, description="vectorized: memory for a cohort's stacked parameters and activations; fewer clients train at once above it (default 1024)"
+    )
     vectorized_kernel: Literal["auto", "func"] = Field(
         "auto", description="vectorized: auto (bmm kernel for Linear/ReLU/Tanh stacks, conv kernel for convolutional models, torch.func otherwise) or func (always torch.func)"
     )

@@ -137,20 +137,43 @@ def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Modu
 def conv_macs(module: nn.Module, example_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of the model's convolutions for one example (forward), found
     by a dry forward pass: Σ output elements × (input channels per group × kernel area)."""
-    total = 0
+    return probe(module, example_shape)[0]
 
-    def count(conv, inputs, output):
-        nonlocal total
-        total += output[0].numel() * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
 
-    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
+def probe(module: nn.Module, example_shape: tuple[int, ...], dtype: torch.dtype | None = None) -> tuple[int, int]:
+    """One dry forward pass of one example, on the module's own device: the MACs of its
+    convolutions (:func:`conv_macs`) and the bytes of every leaf module's output — what
+    autograd keeps for the backward, about, and what a cohort of K clients at batch B
+    holds K·B times over (:meth:`~fedweave.sim.vectorized.VectorizedExecutor.cohort_size`).
+    The example is zeros of ``dtype`` (the data's; default the parameters' dtype), made
+    where the module's parameters live, and the module runs in eval mode for the probe."""
+    macs = activation = 0
+
+    def count(layer, inputs, output):
+        nonlocal macs, activation
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        for out in outputs:
+            if isinstance(out, torch.Tensor):
+                activation += out.numel() * out.element_size()
+        if isinstance(layer, nn.Conv2d):
+            macs += outputs[0][0].numel() * (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    if dtype is None:
+        dtype = first.dtype if first is not None and first.is_floating_point() else torch.get_default_dtype()
+    training = module.training
+    module.eval()
     try:
         with torch.no_grad():
-            module(torch.zeros(1, *example_shape))
+            module(torch.zeros(1, *example_shape, device=device, dtype=dtype))
     finally:
+        module.train(training)
         for h in hooks:
             h.remove()
-    return total
+    return macs, activation
 
 
 class ConvKernel:

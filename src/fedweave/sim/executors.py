@@ -71,8 +71,9 @@ def make_executor(executor: ExecutorConfig | str, setup: WorkerSetup | None = No
     if kind in ("vectorized", "auto"):
         if setup is None:
             raise ValueError(f"executor.kind={kind} decides from the model what it can run: pass the worker setup")
+        memory = None if executor.cohort_memory_mb is None else int(executor.cohort_memory_mb * 2**20)
         return make_vectorized(setup, optimizer, executor.max_cohort, auto=kind == "auto",
-                               kernel=executor.vectorized_kernel)
+                               kernel=executor.vectorized_kernel, memory_bytes=memory)
     if kind == "serial":
         ex: Executor = SerialExecutor()
     elif kind == "ray":

@@ -66,12 +66,12 @@ from ..methods.needs import client_needs
 from ..step import FusedSGD, SGDStep
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders, to_compute_device
-from .conv_kernel import PAYING_MACS, ConvKernel, conv_kernel_pays, conv_plan
+from .conv_kernel import PAYING_MACS, ConvKernel, conv_kernel_pays, conv_plan, probe
 from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup, place_data
 
 KERNELS = ("auto", "func")
-COHORT_BYTES = 1 << 30  # a cohort's stacked tensors stay under this (see VectorizedExecutor.cohort_size)
+COHORT_BYTES = 1 << 30  # default executor.cohort_memory_mb: a cohort's stacked tensors and activations (cohort_size)
 GATHER_BYTES = 4 * 2**20  # a cohort's minibatches are gathered from the dataset this much at a time
 
 
@@ -292,10 +292,11 @@ class _Plan:
 
 
 class VectorizedExecutor(Executor):
-    def __init__(self, max_cohort: int = 64, kernel: str = "auto"):
+    def __init__(self, max_cohort: int = 64, kernel: str = "auto", memory_bytes: int | None = None):
         if kernel not in KERNELS:
             raise ConfigError(f"Unknown vectorized kernel {kernel!r}. Allowed: {', '.join(KERNELS)}.")
         self.max_cohort = max_cohort
+        self.memory_bytes = memory_bytes
         self.kernel_choice = kernel
         self.pending: dict[int, ClientJob] = {}
         self.results: dict[int, JobResult] = {}
@@ -311,6 +312,8 @@ class VectorizedExecutor(Executor):
         trainable = self.model.spec.group("trainable")  # in offset order, as mlp_layers indexes them
         self._shapes = [s.shape for s in trainable]
         self._row_bytes = self.data.x[:1].numel() * self.data.x.element_size()
+        example = tuple(self.data.x.shape[1:])
+        self._activation_bytes = probe(self.model.module, example, self.data.x.dtype)[1] if self.data.x.is_floating_point() else 0
         layers = mlp_layers(self.model, tuple(self.data.x.shape[1:])) if self.kernel_choice == "auto" else None
         conv = conv_plan(self.model, tuple(self.data.x.shape[1:])) if self.kernel_choice == "auto" and layers is None else None
         if layers is not None:
@@ -383,10 +386,17 @@ class VectorizedExecutor(Executor):
     def cohort_size(self, s: TrainSettings) -> int:
         """``max_cohort``, lowered so that a cohort's stacked tensors (parameters, their
         gradients or the fused update's temporaries, the momentum buffers, FedProx's
-        anchor, the final ``[K, P]`` matrix) stay within ``COHORT_BYTES``."""
+        anchor, the final ``[K, P]`` matrix) and its activations (the batch times the
+        bytes of every layer's output for one example, :func:`~fedweave.sim.conv_kernel.probe`:
+        what autograd keeps for the backward) stay within ``executor.cohort_memory_mb``
+        (default ``COHORT_BYTES``, 1 GiB). The activations are what bound a convolutional
+        cohort: the GroupNorm ``resnet`` on 3×32×32 at batch 32 keeps ≈ 26 MB of layer outputs
+        per client, so 64 clients would need ≈ 1.7 GB."""
         copies = 3 + bool(s.momentum) + bool(self.setup.algorithm.proximal_mu)
         per_client = copies * self.model.spec.num_params * self.model.params.element_size()
-        return max(1, min(self.max_cohort, COHORT_BYTES // max(per_client, 1)))
+        per_client += s.batch_size * self._activation_bytes
+        budget = self.memory_bytes if self.memory_bytes is not None else COHORT_BYTES
+        return max(1, min(self.max_cohort, budget // max(per_client, 1)))
 
     def _stack(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Contiguous ``[K, *shape]`` tensors, one per trainable segment, from ``[K, P]``."""
@@ -479,12 +489,13 @@ def auto_reason(kernel) -> str | None:
             "executor.kind=vectorized to use it anyway")
 
 
-def make_vectorized(setup: WorkerSetup, optimizer: str, max_cohort: int, auto: bool, kernel: str = "auto"):
+def make_vectorized(setup: WorkerSetup, optimizer: str, max_cohort: int, auto: bool, kernel: str = "auto",
+                    memory_bytes: int | None = None):
     """The vectorized executor, or (``auto``) the serial one where vectorizing is impossible
     or would not pay: ``auto`` with the default kernel choice vectorizes only where
     :func:`auto_reason` finds the kernel pays (asking for ``vectorized_kernel: func``
     overrides that)."""
-    ex = VectorizedExecutor(max_cohort, kernel)
+    ex = VectorizedExecutor(max_cohort, kernel, memory_bytes)
     ex.start(setup)
     reason = unsupported_reason(setup, ex.model, optimizer)
     if reason is None and auto and kernel == "auto":
