@@ -308,3 +308,33 @@ def test_ray_with_a_cuda_device_needs_gpus_per_worker_and_auto_says_cpu_without(
         check_executor(ExecutorConfig(kind="ray", device="cuda"))
     assert executor_device(ExecutorConfig(kind="ray", device="auto")).startswith("cpu")
     assert executor_device(ExecutorConfig(kind="serial", device="cpu")) == "cpu"
+
+
+# -- evaluation on the device -------------------------------------------------------------------
+
+EVAL_CASE = {"method": {"name": "fedper"}, "schedule": {"rounds": 2},
+             "eval": {"personalized": True, "per_client": True}}
+EVAL_KEYS = ("accuracy", "loss", "client_acc_mean", "client_acc_worst10", "personalized_acc_mean", "personalized_acc_worst10")
+
+
+def test_the_device_branch_of_evaluation_gives_the_hosts_figures(tiny, tmp_path, monkeypatch):
+    """The test split, per-client and personalized figures computed through the device
+    branch (a model copy synchronised per client, the validation set gathered once and
+    sliced client by client) equal the host branch's — here both on the CPU, so exactly."""
+    from fedweave.sim.ledger import RoundLedger
+
+    host = _run(tiny, tmp_path, "host", {**EVAL_CASE, "executor": {"device": "cpu"}})
+    monkeypatch.setattr(RoundLedger, "_evaluates_on_host", lambda self: False)
+    branch = _run(tiny, tmp_path, "branch", {**EVAL_CASE, "executor": {"device": "cpu"}})
+    for a, b in zip(host.history, branch.history):
+        assert all(k in a for k in EVAL_KEYS)
+        assert {k: a[k] for k in EVAL_KEYS} == {k: b[k] for k in EVAL_KEYS}
+        assert a["client_scores"] == b["client_scores"]
+
+
+def test_evaluation_on_the_device_matches_the_cpu_within_float_tolerance(tiny, tmp_path, device):
+    on_cpu = _run(tiny, tmp_path, "cpu", {**EVAL_CASE, "executor": {"device": "cpu"}})
+    on_device = _run(tiny, tmp_path, "dev", {**EVAL_CASE, "executor": {"device": device}})
+    for a, b in zip(on_cpu.history, on_device.history):
+        for key in EVAL_KEYS:
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-3), key

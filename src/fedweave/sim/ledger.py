@@ -184,7 +184,8 @@ class RoundLedger:
         self.eval_model = FlatModel(exp.model_factory(), exp.roles)
         # the global model's test evaluation runs on executor.device (a copy of the host model)
         self.eval_device = self.ctx.device
-        self._device_eval: tuple[torch.nn.Module, torch.Tensor, torch.Tensor] | None = None
+        self._device_eval: torch.nn.Module | None = None  # the eval model's copy on executor.device
+        self._device_data: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self.initial_personal = {"personal": self.eval_model.personal.clone(),
                                  "personal_buffers": self.eval_model.personal_buffers.clone()}
         state = exp.strategy.init(exp.initial_params, exp.initial_buffers, self.ctx)
@@ -537,6 +538,28 @@ class RoundLedger:
             m.personal_buffers.copy_(self.initial_personal["personal_buffers"])
         return m.module
 
+    def _evaluates_on_host(self) -> bool:
+        return self.eval_device.type == "cpu"
+
+    def _on_eval_device(self, x: torch.Tensor, y: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``x, y`` on ``executor.device`` (moved once, kept under ``key``), or None when
+        evaluation stays on the host: on the CPU, or when they do not fit the data budget."""
+        dev = self.eval_device
+        if self._evaluates_on_host():
+            return None
+        if key not in self._device_data:
+            nbytes = x.numel() * x.element_size() + y.numel() * y.element_size()
+            self._device_data[key] = (x.to(dev), y.to(dev)) if data_fits(nbytes, dev, self.cfg.executor.data_memory_mb) else None
+        return self._device_data[key]
+
+    def _device_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A copy of the host model on the eval device holding ``module``'s current state."""
+        if self._device_eval is None:
+            self._device_eval = copy.deepcopy(module).to(self.eval_device)
+        self._device_eval.load_state_dict(module.state_dict())
+        self._device_eval.train(module.training)
+        return self._device_eval
+
     @torch.no_grad()
     def test_scores(self, module: torch.nn.Module) -> dict:
         """The task's figures of ``module`` (the host evaluation model) on the test split, on
@@ -544,15 +567,20 @@ class RoundLedger:
         there in batches of ``eval.batch_size`` when the split fits the data budget, else the
         host model evaluates it."""
         exp, x, y, bs = self.exp, self.exp.data.x_test, self.exp.data.y_test, self.cfg.eval.batch_size
-        dev = self.eval_device
-        nbytes = x.numel() * x.element_size() + y.numel() * y.element_size()
-        if dev.type == "cpu" or not data_fits(nbytes, dev, self.cfg.executor.data_memory_mb):
+        placed = self._on_eval_device(x, y, "test")
+        if placed is None:
             return exp.task.evaluate(module, x, y, bs)
-        if self._device_eval is None:
-            self._device_eval = (copy.deepcopy(module).to(dev), x.to(dev), y.to(dev))
-        device_module, xd, yd = self._device_eval
-        device_module.load_state_dict(module.state_dict())
-        return exp.task.evaluate(device_module, xd, yd, bs)
+        return exp.task.evaluate(self._device_module(module), *placed, bs)
+
+    def _validation(self) -> tuple[bool, torch.Tensor, torch.Tensor]:
+        """The clients' concatenated validation examples (``_val_idx`` order, gathered
+        once), on the eval device when they fit there (then with True as the first item),
+        else on the host."""
+        if "validation-host" not in self._device_data:
+            self._device_data["validation-host"] = (self.exp.data.x[self._val_idx], self.exp.data.y[self._val_idx])
+        x, y = self._device_data["validation-host"]
+        placed = self._on_eval_device(x, y, "validation")
+        return (True, *placed) if placed is not None else (False, x, y)
 
     def evaluate(self, state: ServerState, round_: int, totals: Totals, train_losses: list[float],
                  at_time: float | None = None) -> dict:
@@ -598,32 +626,39 @@ class RoundLedger:
 
     @torch.no_grad()
     def _personalized_scores(self, state: ServerState) -> dict[str, float]:
-        """Each client's own model (the method's personalization) on its held-out split."""
+        """Each client's own model (the method's personalization) on its held-out split,
+        on the eval device when the validation examples fit there."""
         data, task, exp = self.exp.data, self.exp.task, self.exp
         broadcast = Broadcast(state.version, state.params, state.buffers)
         module = self.eval_model.module
         module.eval()
-        scores = []
+        on_device, xv, yv = self._validation()
+        scores, start = [], 0
         for cid, val in enumerate(data.client_val):
             if len(val) == 0:
                 continue
             exp.algorithm.personalize(self.eval_model, broadcast, self.store.get(cid), self.initial_personal)
-            scores.append(task.client_score(task.per_example_score(module(data.x[val]), data.y[val])))
+            model = self._device_module(module) if on_device else module
+            part = slice(start, start + len(val))
+            scores.append(task.client_score(task.per_example_score(model(xv[part]), yv[part])))
+            start += len(val)
         module.train()
         figures = fairness(np.array(scores), task.higher_is_better)
         return {k.replace("client_acc", "personalized_acc"): v for k, v in figures.items() if k.startswith("client_acc")}
 
+    @torch.no_grad()
     def _per_client_scores(self, module: torch.nn.Module) -> np.ndarray:
-        data, task = self.exp.data, self.exp.task
+        task = self.exp.task
         was_training = module.training
         module.eval()
+        on_device, xv, yv = self._validation()
+        model = self._device_module(module) if on_device else module
         parts = []
         bs = self.cfg.eval.batch_size
-        for start in range(0, len(self._val_idx), bs):
-            idx = self._val_idx[start : start + bs]
-            parts.append(task.per_example_score(module(data.x[idx]), data.y[idx]))
+        for start in range(0, len(xv), bs):
+            parts.append(task.per_example_score(model(xv[start : start + bs]), yv[start : start + bs]))
         module.train(was_training)
-        per_example = torch.cat(parts)
+        per_example = torch.cat(parts).cpu()
         # the validation set is concatenated client by client: split it back
         counts = [c for c in torch.bincount(self._val_owner).tolist() if c > 0]
         return np.array([task.client_score(chunk) for chunk in torch.split(per_example, counts)])

@@ -1,0 +1,155 @@
+"""Is there a batched form of W2's CNN step that beats training the clients one by one on
+the CPU? One step of K clients (batch 32, CIFAR-shaped 3x32x32, the built-in ``cnn``),
+measured side by side in one process, alternating forms each repeat:
+
+* ``serial``   — K separate models, ``torch.optim.SGD``, one after another (what the serial
+  executor and a plain PyTorch loop do);
+* ``grouped``  — the conv kernel's form: the K clients as groups of one grouped
+  convolution, feature maps ``[B, K·C, H, W]`` (channels-last and channels-first);
+* ``looped``   — clients stacked in the batch dimension ``[K·B, C, H, W]`` for every
+  element-wise op, pooling and the Linear layers (``baddbmm``), but each client's
+  convolution run on its own slice with its own weights (the convolutions then cost what
+  they cost serially; only the rest is batched);
+* ``threads``  — the serial form, clients split over two Python threads with one torch
+  thread each (inter-op instead of intra-op parallelism).
+
+Reported: CPU time per step of all K clients (``time.process_time``: what the process
+used, whatever else runs on the machine; ``--threads 1`` makes it comparable across
+forms), wall time, and serial's achieved GFLOP/s against the fp32 matmul rate measured
+in the same process — the ceiling any batched form could reach. Never asserts a time.
+
+    python bench/conv_forms.py                 # K = 10, 1 thread, CPU time
+    python bench/conv_forms.py --threads 2     # wall time at 2 threads is the fair one
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from fedweave.models.zoo import build_cnn  # noqa: E402
+from fedweave.sim.conv_kernel import probe  # noqa: E402
+
+SHAPE, CLASSES, BATCH, LR = (3, 32, 32), 10, 32, 0.05
+
+
+def forms(k: int):
+    torch.manual_seed(0)
+    base = build_cnn(SHAPE, CLASSES)
+    models = [copy.deepcopy(base) for _ in range(k)]
+    opts = [torch.optim.SGD(m.parameters(), lr=LR) for m in models]
+    stacked = [p.detach().unsqueeze(0).repeat(k, *[1] * p.dim()).clone() for p in base.parameters()]
+    x = torch.randn(k, BATCH, *SHAPE)
+    y = torch.randint(0, CLASSES, (k, BATCH))
+
+    def one(j):
+        opts[j].zero_grad(set_to_none=True)
+        F.cross_entropy(models[j](x[j]), y[j]).backward()
+        opts[j].step()
+
+    def serial():
+        for j in range(k):
+            one(j)
+
+    def threads():
+        def work(js):
+            for j in js:
+                one(j)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        pool = [threading.Thread(target=work, args=(range(i, k, 2),)) for i in range(2)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        torch.set_num_threads(previous)
+
+    def head_and_step(h, leaves):
+        w1, b1, w2, b2, f1, g1, f2, g2 = leaves
+        h = F.relu(torch.baddbmm(g1.unsqueeze(1), h.reshape(k, BATCH, -1), f1.transpose(1, 2)))
+        out = torch.baddbmm(g2.unsqueeze(1), h, f2.transpose(1, 2))
+        loss = F.cross_entropy(out.reshape(k * BATCH, -1), y.reshape(-1), reduction="sum") / BATCH
+        with torch.no_grad():
+            for t, g in zip(stacked, torch.autograd.grad(loss, leaves)):
+                t.sub_(g, alpha=LR)
+
+    def grouped(channels_last: bool):
+        leaves = [t.detach().requires_grad_() for t in stacked]
+        w1, b1, w2, b2 = leaves[:4]
+        h = x.transpose(0, 1).reshape(BATCH, k * SHAPE[0], *SHAPE[1:])
+        if channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        h = F.max_pool2d(F.relu(F.conv2d(h, w1.flatten(0, 1), b1.flatten(), padding=2, groups=k)), 2)
+        h = F.max_pool2d(F.relu(F.conv2d(h, w2.flatten(0, 1), b2.flatten(), padding=2, groups=k)), 2)
+        head_and_step(h.reshape(BATCH, k, -1).transpose(0, 1), leaves)
+
+    def looped():
+        leaves = [t.detach().requires_grad_() for t in stacked]
+        w1, b1, w2, b2 = leaves[:4]
+
+        def conv(h, w, b):
+            return torch.cat([F.conv2d(part, w[j], b[j], padding=2) for j, part in enumerate(h.chunk(k))])
+
+        h = F.max_pool2d(F.relu(conv(x.reshape(k * BATCH, *SHAPE), w1, b1)), 2)
+        h = F.max_pool2d(F.relu(conv(h, w2, b2)), 2)
+        head_and_step(h, leaves)
+
+    return {"serial": serial, "grouped-nhwc": lambda: grouped(True), "grouped-nchw": lambda: grouped(False),
+            "looped": looped, "threads": threads}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    fs = forms(args.clients)
+    for f in fs.values():  # first calls: allocator and oneDNN primitive caches
+        f()
+    cpu = {name: [] for name in fs}
+    wall = {name: [] for name in fs}
+    for _ in range(args.repeats):
+        for name, f in fs.items():
+            c, w = time.process_time(), time.perf_counter()
+            f()
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - w)
+    peak = matmul_gflops()
+    macs, _ = probe(build_cnn(SHAPE, CLASSES), SHAPE)
+    linear = sum(m.in_features * m.out_features for m in build_cnn(SHAPE, CLASSES).modules()
+                 if isinstance(m, torch.nn.Linear))
+    flops = 3 * 2 * (macs + linear) * BATCH * args.clients  # forward + two backward products
+    serial_wall = statistics.median(wall["serial"])
+    print(f"K={args.clients}, batch {BATCH}, {args.threads} thread(s); fp32 matmul {peak:.0f} GFLOP/s; "
+          f"serial achieves {flops / serial_wall / 1e9:.0f} GFLOP/s ({100 * flops / serial_wall / 1e9 / peak:.0f} % of it)")
+    print(f"{'form':>13} {'CPU ms':>8} {'x serial':>9} {'wall ms':>8} {'x serial':>9}")
+    base_cpu = statistics.median(cpu["serial"])
+    for name in fs:
+        c, w = statistics.median(cpu[name]), statistics.median(wall[name])
+        print(f"{name:>13} {1e3 * c:8.1f} {c / base_cpu:9.2f} {1e3 * w:8.1f} {w / serial_wall:9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
