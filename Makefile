@@ -8,7 +8,7 @@ BASE_STAMP := $(VENV)/.installed-base
 # torch is installed first and pinned, so that nothing pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow test-vision bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# torchvision's models (model.name: torchvision:<name>) in a separate environment: no
+# torchvision build imports beside the pinned CPU torch here (docs/dependencies.md), so
+# this pairs a torch with the torchvision built for it (≈ 5.5 GB, a CUDA build that also
+# runs on the CPU) and runs the real-model tests, torchvision's included.
+VISION_VENV := .venv-vision
+VISION_SPEC ?= torch==2.14.1 torchvision==0.29.1
+test-vision:
+	$(PYTHON) -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/python -m pip install --quiet $(VISION_SPEC)
+	$(VISION_VENV)/bin/python -m pip install --quiet -e ".[dev]" $(VISION_SPEC)
+	$(VISION_VENV)/bin/python -m pytest -q -rs tests/test_real_models.py
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
