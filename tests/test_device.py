@@ -107,6 +107,19 @@ CASES = {
                                      "client": {"momentum": 0.9, "grad_clip": 1.0, "weight_decay": 1e-3}},
     "scaffold-serial": {"method": {"name": "scaffold"}},
     "fedper-serial": {"method": {"name": "fedper"}},
+    # methods whose clients build tensors of their own during training
+    "ditto-serial": {"method": {"name": "ditto"}},
+    "fedrep-serial": {"method": {"name": "fedrep"}},
+    "pgfed-serial": {"method": {"name": "pgfed"}},
+    "fal-serial": {"method": {"name": "fal", "eps": 0.2, "steps": 2}},
+    "flip-serial": {"method": {"name": "flip"}, "attack": {"kind": "backdoor", "fraction": 0.4, "trigger": {"size": 2}}},
+    "frl-serial": {"method": {"name": "frl"}},
+    "ferret-serial": {"method": {"name": "ferret", "block_size": 512, "num_vectors": 32}, "model": {"hidden": [32]}},
+    "fsar-serial": {"method": {"name": "fsar"}},
+    "fedins-serial": {"data": {"server_fraction": 0.2}, "method": {"name": "fedins"},
+                      "model": {"name": "ssf_pool", "hidden": [16], "kwargs": {"pool_size": 4, "top_k": 2}}},
+    "qffl-serial": {"method": {"name": "qffl"}},
+    "fednova-serial": {"method": {"name": "fednova"}, "client": {"momentum": 0.5}},
     "fedavg-vectorized": {"executor": {"kind": "vectorized"}},
     "fedprox-momentum-vectorized": {"executor": {"kind": "vectorized"}, "method": {"name": "fedprox"},
                                     "client": {"momentum": 0.9}},
@@ -338,3 +351,18 @@ def test_evaluation_on_the_device_matches_the_cpu_within_float_tolerance(tiny, t
     for a, b in zip(on_cpu.history, on_device.history):
         for key in EVAL_KEYS:
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-3), key
+
+
+def test_a_flat_model_keeps_its_storage_where_the_module_is():
+    """The worker wraps ``model_factory().to(device)``: the flat buffer (and the gradient
+    buffer) must be allocated there, or every parameter would be rebound to host memory
+    and CUDA training would mix devices. The meta device stands in for CUDA here."""
+    from torch import nn
+
+    with torch.device("meta"):
+        module = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    flat = FlatModel(module)  # built outside the meta context: the default device is the CPU
+    assert flat.flat.device.type == "meta" and flat.grad.device.type == "meta"
+    assert all(p.device.type == "meta" for p in module.parameters())
+    on_host = FlatModel(nn.Linear(3, 2))
+    assert on_host.flat.device.type == "cpu"

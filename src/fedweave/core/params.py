@@ -206,9 +206,12 @@ class FlatModel:
         for g in _GROUPS:
             self._starts[g] = start
             start += sizes[g]
-        self.flat = torch.zeros(start, dtype=self.spec.dtype)
+        # the flat storage lives where the module does: a module moved to CUDA before it is
+        # wrapped stays there (parameters are rebound to views of this buffer below)
+        device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+        self.flat = torch.zeros(start, dtype=self.spec.dtype, device=device)
         n_trained = sizes["trainable"] + sizes["personal"]
-        self.grad = torch.zeros(n_trained, dtype=self.spec.dtype)
+        self.grad = torch.zeros(n_trained, dtype=self.spec.dtype, device=device)
         self.params = self._view("trainable")
         self.personal = self._view("personal")
         self.trained = self.flat[:n_trained]

@@ -24,7 +24,9 @@ def teacher_model(worker, key: str) -> FlatModel:
     """The worker's teacher copy of its model (built once, on the worker's device)."""
     teacher = getattr(worker, key, None)
     if teacher is None:
-        teacher = FlatModel(worker.setup.model_factory().to(worker.model.flat.device), worker.setup.roles)
+        with torch.device("cpu"):  # built on the host like the worker's own model, then moved
+            module = worker.setup.model_factory()
+        teacher = FlatModel(module.to(worker.model.flat.device), worker.setup.roles)
         setattr(worker, key, teacher)
     return teacher
 

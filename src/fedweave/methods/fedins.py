@@ -115,7 +115,7 @@ class SSFPoolNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idx, self.key_similarity = self.select(self.query(x))
         # the mean over the selected entries as a [B, P] mixing matrix: gathers become matmuls
-        mix = (idx.unsqueeze(-1) == torch.arange(self.pool_size)).to(self.keys.dtype).mean(1)
+        mix = (idx.unsqueeze(-1) == torch.arange(self.pool_size, device=idx.device)).to(self.keys.dtype).mean(1)
         h = self.features(x, mix)
         per_entry = torch.einsum("bh,pch->bpc", h, self.head_weight)  # [B, P, C]
         return torch.einsum("bp,bpc->bc", mix, per_entry) + mix @ self.head_bias

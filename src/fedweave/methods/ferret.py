@@ -89,7 +89,7 @@ def blocks(num_params: int, block_size: int) -> list[slice]:
 def basis(seed: int, version: int, block: int, n: int, d: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """V = G / √n, ``[n, d]``, G standard normal from the CPU generator of (seed, version, block)."""
     gen = torch_generator(seed, "ferret", version, block)
-    return torch.randn((n, d), generator=gen, dtype=dtype) / math.sqrt(n)
+    return torch.randn((n, d), generator=gen, dtype=dtype, device=gen.device) / math.sqrt(n)
 
 
 def num_coefficients(num_params: int, block_size: int, n: int) -> int:

@@ -100,6 +100,13 @@ def _atanh_unit(v: torch.Tensor) -> torch.Tensor:
     return torch.atanh((v.clamp(0, 1) - 0.5) * (2 - _EPS))
 
 
+def _uniform(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U(0, 1) drawn where the generator lives (the job's CPU generator), then moved to
+    ``device``: the same numbers on every device."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where).to(device)
+
+
 def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 400, lr: float = 0.1, init_cost: float = 1e-3,
                    asr_threshold: float = 0.9, lo: float = 0.0, hi: float = 1.0, init=None,
                    generator: torch.Generator | None = None, patience: int = 10, fallback: str = "zero"):
@@ -111,17 +118,18 @@ def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 400, lr: f
     gradients are not touched.
     """
     shape = mask_shape(tuple(x.shape[1:]))
+    dev = x.device
     if init is None:
-        m0 = torch.rand(shape, generator=generator)
-        p0 = torch.rand(tuple(x.shape[1:]), generator=generator)
+        m0 = _uniform(shape, generator, dev)
+        p0 = _uniform(tuple(x.shape[1:]), generator, dev)
     else:
-        m0, p0 = init[0], (init[1] - lo) / max(hi - lo, 1e-12)
+        m0, p0 = init[0].to(dev), (init[1].to(dev) - lo) / max(hi - lo, 1e-12)
     a = _atanh_unit(m0).requires_grad_(True)
     b = _atanh_unit(p0).requires_grad_(True)
     # Adam(lr, betas (0.5, 0.9)) written out: two small tensors, no optimizer machinery
     moments = [[torch.zeros_like(a), torch.zeros_like(a)], [torch.zeros_like(b), torch.zeros_like(b)]]
     b1, b2 = 0.5, 0.9
-    y = torch.full((len(x),), int(target), dtype=torch.long)
+    y = torch.full((len(x),), int(target), dtype=torch.long, device=dev)
     cost, up, down = init_cost, 0, 0
     best, best_reg = None, math.inf
     was_training = module.training
@@ -148,8 +156,8 @@ def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 400, lr: f
                 best, best_reg = (mask.detach().clone(), pattern.detach().clone()), reg.item()
                 # restart from the new best, slightly perturbed (as the official code)
                 with torch.no_grad():
-                    a.copy_(_atanh_unit(mask.detach() + (torch.rand(mask.shape, generator=generator) - 0.5) * 0.02))
-                    b.copy_(_atanh_unit(unit_pattern.detach() + (torch.rand(b.shape, generator=generator) - 0.5) * 0.02))
+                    a.copy_(_atanh_unit(mask.detach() + (_uniform(mask.shape, generator, dev) - 0.5) * 0.02))
+                    b.copy_(_atanh_unit(unit_pattern.detach() + (_uniform(b.shape, generator, dev) - 0.5) * 0.02))
             if asr >= asr_threshold:
                 up, down = up + 1, 0
             else:
@@ -163,7 +171,7 @@ def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 400, lr: f
     module.train(was_training)
     if best is None:
         if fallback == "zero":
-            return torch.zeros(shape), torch.zeros(tuple(x.shape[1:]))
+            return torch.zeros(shape, device=dev), torch.zeros(tuple(x.shape[1:]), device=dev)
         with torch.no_grad():
             best = (torch.tanh(a) / (2 - _EPS) + 0.5, lo + (hi - lo) * (torch.tanh(b) / (2 - _EPS) + 0.5))
     return best[0].detach(), best[1].detach()
@@ -173,8 +181,8 @@ def harden_batch(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, patterns
                  portion: float, generator: torch.Generator) -> torch.Tensor:
     """Stamp a ``portion`` of the batch with stored triggers, keeping the labels (a new tensor)."""
     n = len(x)
-    chosen = torch.rand(n, generator=generator) < portion
-    which = torch.randint(len(targets), (n,), generator=generator)
+    chosen = _uniform(n, generator, x.device) < portion
+    which = torch.randint(len(targets), (n,), generator=generator, device=generator.device).to(x.device)
     ok = chosen & (y != targets[which])
     if not bool(ok.any()):
         return x
@@ -231,7 +239,7 @@ class FLIPClient(ClientAlgorithm):
             pool = torch.nonzero(y != t).flatten()
             if len(pool) == 0:
                 continue
-            pick = pool[torch.randperm(len(pool), generator=gen)[: p.inversion_examples]]
+            pick = pool[torch.randperm(len(pool), generator=gen, device=gen.device)[: p.inversion_examples].to(pool.device)]
             warm = triggers.get(t)
             if warm is not None and not bool(warm[0].any()):
                 warm = None  # a failed (zero) trigger is no warm start
@@ -241,7 +249,8 @@ class FLIPClient(ClientAlgorithm):
         if labels and p.portion > 0:
             self._active = (
                 torch.stack([triggers[t][0] for t in labels]), torch.stack([triggers[t][1] for t in labels]),
-                torch.tensor(labels, dtype=torch.long), torch_generator(seed, "flip-stamp", job.client_id, job.counter),
+                torch.tensor(labels, dtype=torch.long, device=x.device),
+                torch_generator(seed, "flip-stamp", job.client_id, job.counter),
             )
         try:
             out = super().train(job, worker, generator)
@@ -249,7 +258,7 @@ class FLIPClient(ClientAlgorithm):
             self._active = None
         state = {**(job.state or {}), "flip_next": nxt}
         if labels:
-            state.update(flip_labels=torch.tensor(labels, dtype=torch.long),
+            state.update(flip_labels=torch.tensor(labels, dtype=torch.long, device=x.device),
                          flip_masks=torch.stack([triggers[t][0] for t in labels]),
                          flip_patterns=torch.stack([triggers[t][1] for t in labels]))
         out.state = state

@@ -34,7 +34,10 @@ def pgd_attack(
     x0 = x.detach()
     with torch.enable_grad():
         if random_start:
-            noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype) * (2 * eps) - eps
+            # drawn where the generator lives (the job's CPU generator), then moved: the
+            # same noise on every device
+            where = generator.device if generator is not None else x0.device
+            noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype, device=where).to(x0.device) * (2 * eps) - eps
             adv = x0 + noise
         else:
             adv = x0.clone()

@@ -264,18 +264,19 @@ def poisoned_view(data, client_id: int, plan: AttackPlan, counter: int):
     if plan.kind == "label_flip":
         y[:n] = flip_labels(y[:n], plan.num_classes, plan.source, plan.target)
     elif plan.kind == "backdoor":
-        candidates = torch.nonzero(y[:n] != plan.target).flatten().numpy()
+        candidates = torch.nonzero(y[:n] != plan.target).flatten().cpu().numpy()
         k = min(int(round(plan.poison_fraction * n)), len(candidates))
         if k:
             rng = numpy_rng(plan.seed, "poison", client_id, counter)
-            chosen = torch.as_tensor(np.sort(rng.choice(candidates, size=k, replace=False)))
+            chosen = torch.as_tensor(np.sort(rng.choice(candidates, size=k, replace=False)), device="cpu")
             x[chosen] = plan.trigger.stamp(x[chosen], plan.piece(client_id))
             y[chosen] = plan.target
-    empty = torch.zeros(0, dtype=torch.long)
+    # index tensors stay on the host, as place_data keeps them
+    empty = torch.zeros(0, dtype=torch.long, device="cpu")
     train = [empty] * data.num_clients
     val = [empty] * data.num_clients
-    train[client_id] = torch.arange(n)
-    val[client_id] = torch.arange(n, n + len(va))
+    train[client_id] = torch.arange(n, device="cpu")
+    val[client_id] = torch.arange(n, n + len(va), device="cpu")
     return dataclasses.replace(data, x=x, y=y, client_train=train, client_val=val, server_idx=empty)
 
 

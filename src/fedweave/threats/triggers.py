@@ -37,7 +37,7 @@ class Trigger:
     def stamp(self, x: torch.Tensor, piece: int | None = None) -> torch.Tensor:
         """``x`` ``[B, *input_shape]`` with the trigger (or one DBA piece) stamped; a new tensor."""
         mask = self.region if piece is None else self.pieces[piece % len(self.pieces)]
-        return torch.where(mask, self.pattern.to(x.dtype), x)
+        return torch.where(mask.to(x.device), self.pattern.to(x.device, x.dtype), x)
 
     @property
     def num_pieces(self) -> int:
