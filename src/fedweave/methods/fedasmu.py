@@ -4,11 +4,36 @@ Federated Learning with Dynamic Staleness-aware Model Update", AAAI 2024
 Federated Learning with Timely Update Dissemination" (arXiv:2507.06031). No official code
 was found. The equations follow the project's notes (METHODS.md, marked unverified).
 
-Where the defaults come from. The full text of neither paper could be read from this
-project's sources (only their abstracts were reachable), so the meaning of t, the initial
-λ, σ, ι, γ, υ and the meta step sizes are **not taken from the paper**: every default
-below is our choice, stated as such, and the results page (docs/results/async.md) shows
-the sensitivity to ι, the parameter that sets α once λ/√t has decayed.
+Where the defaults come from: **not from the paper**. The meaning of t, the initial λ, σ,
+ι, γ, υ and the meta step sizes are our choices, stated as such below; the results page
+(docs/results/async.md) shows the sensitivity to ι, the parameter that sets α once λ/√t
+has decayed. What was searched, on 2026-12-02, with this project's search tools (stored
+copies of web pages, documentation, GitHub issues and a GitHub code index; no live web):
+
+* Full text. The stored copies of https://arxiv.org/html/2507.06031v1 and
+  https://ar5iv.labs.arxiv.org/html/2312.05770 are reachable only from their opening
+  (title, authors, abstract, the first lines of the introduction); thirteen queries of
+  the page store (English and Chinese, the symbols λ σ ι ξ, the authors' names, "dynamic
+  model aggregation", "time slot", "fresh global model"), eight of the documentation,
+  code and issue stores and ten exact-string look-ups returned no passage of either
+  method section. The AAAI proceedings page (doi:10.1609/
+  aaai.v38i12.29297), web3.arxiv.org/abs/2507.06031 and aggregator pages (bohrium, arxivlens,
+  newx.sg, arxiver) carry the abstract only, as does /work/shared/seeds/.
+* Official code. No repository named like "fedasmu"; the code index finds the name only
+  in two third-party re-implementations, CyberStaZJU/dirbridge-response
+  (algorithm/fedasmu.py, models/local_update.py, utils/options.py) and
+  wangpengyu2004/AFVLM_CM (code/afl_vlm/methods/fedasmu.py). Both call themselves
+  adaptations, replace the paper's loss-gradient meta step by a heuristic step driven by
+  a change of loss, and disagree with each other (staleness term τ^(σ/2) with
+  τ = V − v + 1, versus (V − v + 1)^σ; initial σ 1 versus 0.5; ι 0 in both; meta step
+  0.01 in both). AFVLM_CM's docstring cites "paper Eq. (1)" for α = μξ/(1+μξ) and
+  "Eq. (2)" for ξ, the form used here; neither gives a value it attributes to the paper,
+  so none of their numbers is adopted.
+* The one method-level detail reached is a blog note on the AAAI paper
+  (http://coloradmin.cn/o/2168493.html): the device's fetch time is chosen per epoch by
+  an "intelligent time slot selector" (an LSTM meta model on the server, Q-learning with
+  ε-greedy actions add/stay/minus on each device, reward = loss change across the merge).
+  That is the adaptive fetch our fixed ``fetch_at`` replaces (see Decisions).
 
 Server (every arrival is merged at once, ``schedule.mode: async``). Device i's model
 w_i, trained from global version v, arrives when the server is at version V:
