@@ -63,7 +63,6 @@ SUPPLEMENT: dict[str, str] = {
     "data.synthetic.dim": "input features",
     "data.synthetic.num_classes": "number of classes",
     "model.norm": "normalisation layers of `resnet` (GroupNorm by default: robust to non-IID data)",
-    "model.width": "channels of the first `resnet` stage (stages use width, 2·width, 4·width)",
     "method.name": "registered method (see [Methods](#methods); `fedweave methods`)",
     "method.beta1": "first-moment decay of the adaptive server optimizers (default 0.9)",
     "method.beta2": "second-moment decay of adam and yogi (default 0.99)",

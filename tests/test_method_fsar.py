@@ -72,3 +72,17 @@ def test_beta_zero_is_fedper_and_kl_runs(tiny, tmp_path):
     assert torch.equal(fsar0.params, fedper.params)
     kl = fedweave.run(tiny({**cfg, "method": {"name": "fsar", "distill": "kl", "beta": 1.0}}), out=tmp_path / "kl")
     assert kl.status == "completed" and not torch.equal(kl.params, fedper.params)
+
+
+def test_the_default_distilled_block_of_a_module_list_is_its_first_element(tiny, tmp_path):
+    """A ModuleList is never called, so a hook on it would never fire: the default layer is
+    its first element (stgcn's blocks.0), and the general form runs on stgcn."""
+    from fedweave.methods.fsar import first_block
+    from fedweave.tasks.skeleton import build_stgcn
+
+    assert first_block(build_stgcn((3, 16, 25), num_classes=8, width=4)) == "blocks.0"
+    assert first_block(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))) == "1"
+    res = fedweave.run(tiny({"data": {"dataset": "skeleton:2", "partition": {"kind": "natural", "num_clients": 2}},
+                             "model": {"name": "stgcn", "width": 4}, "method": {"name": "fsar"},
+                             "schedule": {"rounds": 1, "clients_per_round": 2}}), out=tmp_path / "run")
+    assert res.status == "completed"

@@ -149,3 +149,97 @@ def test_cli_refuses_plora_on_a_model_without_linear_layers_with_exit_2(tmp_path
     assert result.exit_code == 2, result.output
     assert "nn.Linear" in text and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_dynamic_state_resumes_exactly(tiny, tmp_path):
+    """Interrupted after round 2 of 4 and resumed: the same metrics, the same global
+    adapters and, per client, the same state (its own A, its own B and its λ) as the run
+    that was never interrupted. Clients sampled 2 of 3 per round, so some client's state
+    must survive rounds in which it does not train."""
+    import json
+
+    from helpers_eval import run_keeping_the_final_checkpoint
+
+    cfg = tiny({**VQA, "data": {**VQA["data"], "dataset": "shapesvqa:3", "partition": {"kind": "natural",
+                                                                                      "num_clients": 3}},
+                "schedule": {"rounds": 4, "clients_per_round": 2}, "eval": {"personalized": True},
+                "output": {"checkpoint_every": 1}})
+    _, ref_server, ref_states = run_keeping_the_final_checkpoint(cfg, tmp_path / "ref")
+
+    def stop_after_two(done, total, record):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fedweave.run(cfg, out=tmp_path / "int", progress=stop_after_two)
+    mid = torch.load(tmp_path / "int" / "checkpoint.pt", weights_only=False)
+    assert any("b_own" in (st.load() if hasattr(st, "load") else st) for st in mid["client_states"].values())
+
+    def stop_at_the_end(done, total, record):
+        if done == total:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fedweave.resume(tmp_path / "int", progress=stop_at_the_end)
+    ckpt = torch.load(tmp_path / "int" / "checkpoint.pt", weights_only=False)
+    states = {cid: (st.load() if hasattr(st, "load") else st) for cid, st in ckpt["client_states"].items()}
+
+    def lines(path):
+        return [{k: v for k, v in json.loads(x).items() if k != "wall_time_s"}
+                for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+    assert len(lines(tmp_path / "ref")) == 4 and lines(tmp_path / "int") == lines(tmp_path / "ref")
+    assert torch.equal(ckpt["state"]["params"], ref_server["params"])
+    assert sorted(states) == sorted(ref_states) == [0, 1, 2]
+    for cid, ref in ref_states.items():
+        assert sorted(states[cid]) == sorted(ref) and {"b_own", "lambda", "personal"} <= set(ref)
+        assert states[cid]["lambda"] == ref["lambda"]
+        assert torch.equal(states[cid]["b_own"], ref["b_own"]) and torch.equal(states[cid]["personal"], ref["personal"])
+    assert any(0.0 < ref["lambda"] < 1.0 for ref in ref_states.values())  # the blend was exercised
+
+
+def test_unset_width_follows_the_pretrained_base_and_a_mismatch_is_refused(tmp_path):
+    """The shipped base (pretrain_vlm, width 32) loads with model.width unset; the model
+    built is that base, tensor for tensor. A width the base does not have is a
+    ConfigError naming both widths (exit 2 on the CLI, before any run directory)."""
+    from typer.testing import CliRunner
+
+    from fedweave.cli import app
+    from fedweave.tasks.vision_language import DEFAULT_VLM_WIDTH, pretrain_vlm
+
+    base = tmp_path / "base.pt"
+    pretrain_vlm(str(base), epochs=1)
+    saved = torch.load(base, weights_only=True)
+    assert saved["img_proj.weight"].shape == (32, 32)
+    data = {"dataset": "shapesvqa:2", "partition": {"kind": "natural", "num_clients": 2}}
+    sched = {"clients_per_round": 2}
+    exp = build_experiment(load_config({"data": data, "schedule": sched, "model": {"name": "vlm", "kwargs": {"init_from": str(base)}},
+                                        "method": {"name": "plora", "rank": 2}}))
+    module = exp.model_factory()
+    loaded = {n: t for n, t in module.state_dict().items() if ".lora_" not in n}
+    assert {n.replace(".base_layer", "") for n in loaded} == set(saved)
+    assert all(torch.equal(t, saved[n.replace(".base_layer", "")]) for n, t in loaded.items())
+    assert exp.config.model.width is None
+    # explicit and equal: fine; explicit and different: refused
+    build_experiment(load_config({"data": data, "schedule": sched, "model": {"name": "vlm", "width": 32, "kwargs": {"init_from": str(base)}}}))
+    with pytest.raises(ConfigError, match="model.width is 16.*has width 32.*model.width: 32"):
+        build_experiment(load_config({"data": data, "schedule": sched, "model": {"name": "vlm", "width": 16,
+                                                              "kwargs": {"init_from": str(base)}}}))
+    # no base: the model's own default, 32 (not the 16 other models get when width is unset)
+    assert build_vlm((PIXELS + 4,), width=None).img_proj.weight.shape == (DEFAULT_VLM_WIDTH, DEFAULT_VLM_WIDTH) == (32, 32)
+    fresh = build_experiment(load_config({"data": data, "schedule": sched, "model": {"name": "vlm"}}))
+    assert fresh.model_factory().img_proj.weight.shape == (32, 32)
+    skeleton = build_experiment(load_config({"data": {"dataset": "skeleton:2", "partition": {"kind": "natural",
+                                                                                              "num_clients": 2}},
+                                             "schedule": sched, "model": {"name": "stgcn"}}))
+    assert skeleton.model_factory().fc.in_features == 2 * 16  # stgcn's blocks are (w, 2w, 2w) with w = 16
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--quiet", "--out", str(out), "--set", "data.dataset=shapesvqa:2",
+                                      "--set", "data.partition.kind=natural", "--set", "data.partition.num_clients=2",
+                                      "--set", "model.name=vlm", "--set", "model.width=8",
+                                      "--set", f"model.kwargs.init_from={base}", "--set", "schedule.rounds=1",
+                                      "--set", "schedule.clients_per_round=2"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "has width 32" in text and "Traceback" not in result.output
+    assert not out.exists()

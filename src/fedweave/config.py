@@ -126,7 +126,10 @@ class ModelConfig(_Section):
                       "'hf:<save_pretrained folder>' (local files only)")
     hidden: Optional[list[int]] = Field(None, description="hidden sizes for mlp (default [200, 200])")
     norm: Literal["group", "batch", "none"] = "group"
-    width: int = Field(16, ge=1)
+    width: Optional[int] = Field(
+        None, ge=1, description="channels of the first resnet stage (stages use width, 2·width, 4·width), or the "
+        "width of another model (see its description). Unset: 16, except vlm, which takes the width of its "
+        "pretrained base (model.kwargs.init_from), else 32")
     roles: dict[str, Literal["trainable", "personal", "buffer", "frozen"]] = Field(
         default_factory=dict, description="name pattern -> role, e.g. {'fc3.*': personal}"
     )

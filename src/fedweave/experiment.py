@@ -130,7 +130,8 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
         kwargs["task"] = task.name  # the head: causal LM for language_model, a classifier otherwise
     if ":" not in m.name:
         kwargs.setdefault("norm", m.norm)
-        kwargs.setdefault("width", m.width)
+        if m.width is not None:  # unset: the model's default (models/__init__.py build_model)
+            kwargs.setdefault("width", m.width)
     factory = ModelFactory(m.name, tuple(data.input_shape), data.num_classes, kwargs, config.seed)
     module = factory()
     check_role_patterns(module, m.roles)

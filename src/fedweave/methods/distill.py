@@ -1,5 +1,6 @@
-"""Local training with feature distillation from a frozen teacher, shared by FSAR's general
-form (``fsar``) and its graph form (``fsar_gcn``). Not a method: no registration.
+"""Local training with feature distillation from a frozen teacher, for FSAR's general form
+(``fsar``); its graph form (``fsar_gcn``) takes its teacher copy from :func:`teacher_model`
+too. Not a method: no registration.
 
 The teacher is a second copy of the model on the worker's device (built once per worker).
 Each local step runs the student, captures the outputs of the named modules of both

@@ -18,7 +18,8 @@ The paper has two mechanisms, both kept here in a model-agnostic form:
 
   where φ_b is the output of block b (``method.distill_layers``: module names; default the
   first top-level submodule holding parameters, e.g. the first linear layer of an MLP or
-  the ResNet's stem), the global model is the one received this round (frozen, a "teacher"
+  the ResNet's stem; in a ``ModuleList``, which has no forward pass of its own, its first
+  such element, e.g. ``blocks.0`` of ``stgcn``), the global model is the one received this round (frozen, a "teacher"
   computed in training mode under no_grad), sg is stop-gradient, β = ``method.beta``
   (default 1.0) and D is ``method.distill``: ``mse`` (mean squared error) or ``kl``
   (T² · KL(softmax(φ^global/T) ‖ softmax(φ^local/T)) over the flattened features,
@@ -61,6 +62,8 @@ class FSARParams(HeadParams):
 def first_block(module: torch.nn.Module) -> str:
     for name, child in module.named_children():
         if any(True for _ in child.parameters()):
+            if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)):  # never called: hook its first block
+                return f"{name}.{first_block(child)}"
             return name
     raise ConfigError("FSAR: the model has no submodule with parameters to distil.")
 

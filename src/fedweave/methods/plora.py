@@ -1,8 +1,21 @@
-"""pLoRA — personalized LoRA, the federated fine-tuning scheme of FedVLM (2025): LoRA
-adapters ΔW = B·A_i on a frozen base, the server averages the B matrices only and each
-client keeps its own A_i. No official code exists; the "dynamic adaptation" details of
-the paper are unverified and not implemented. Compared against FedAvg-LoRA (average A and
-B) and local-only LoRA through ``method.share``.
+"""pLoRA — personalized LoRA, the federated fine-tuning scheme of FedVLM (Mitra, Anjum,
+Agbaje, Pesé & Olufowobi, "FedVLM: Scalable Personalized Vision-Language Models through
+Federated Learning", ECAI 2025, arXiv 2507.17088): LoRA adapters ΔW = B·A_i on a frozen
+base, the server averages the B matrices only and each client keeps its own A_i.
+Compared against FedAvg-LoRA (average A and B) and local-only LoRA through
+``method.share``.
+
+Sources. The paper's method section could not be read here, and no official code was
+found. Searched: the pages corpus (arxiv.org/html/2507.17088v1 holds the abstract and
+the start of Figure 1's caption only — clients train "pLoRA matrices locally" with the
+pre-trained weights frozen, "The pLoRA matrix B…" cut off; huggingface.co/papers/2507.17088,
+sciencestack.ai, newx.sg and getnews.me hold the abstract and summaries); the code corpus,
+``find_string`` "FedVLM" and "pLoRA", and ``find_repos`` "FedVLM" (WttDayDayKing/FedVLM is
+FedVLMBench, another paper; a paper list gives FedVLM's code link as "None"); the issues
+and docs corpora (nothing). "B aggregated, A_p kept on the client" is what the
+sciencestack.ai summary states ("shares only the B matrix globally while learning
+client-specific A_p") and a Chinese paper list repeats; it matches the split below. The
+*dynamic* rule is not stated anywhere we could read: it stays ours (below).
 
 **Adapters (via ``peft``).** Every targeted ``nn.Linear`` of the configured model becomes
 a ``peft`` LoRA layer, ``y = W x + b + (α/r)·B A x``: A is ``r × in``, B is ``out × r``.
@@ -42,8 +55,9 @@ coincide, and B is averaged in an exactly shared basis.
 
 **Dynamic adaptation** (``method.dynamic: true``, with ``share: B``). FedVLM says pLoRA
 "dynamically adapts LoRA parameters to each client's unique data distribution" while B is
-aggregated and A_p stays on the client; the paper's text was not readable here and it has
-no code, so the rule below is ours, one closed-form reading of that sentence. Client i
+aggregated and A_p stays on the client; its method section and any code could not be
+found (see Sources above), so the rule below is ours, one closed-form reading of that
+sentence, and τ's default (0.1) is ours too. Client i
 keeps, besides A_i, its own B_i from the end of its last round. At the start of round t it
 scores, on its own training data (mean task loss, eval mode, no gradient), the received
 global adapter and its own:
@@ -58,7 +72,9 @@ fits its data better than the global one (L_p < L_g) keeps more of it; one the g
 adapter serves better follows the global one; λ = 0 on a client's first round. With
 ``eval.personalized`` the client is scored with B̄ + λ_i (B_i − B̄) and its A_i (its last
 λ). "B" here is the whole shared adapter vector (plus any layer ``model.roles`` makes
-trainable).
+trainable). The per-client state (A_i as the personal part, ``b_own`` and ``lambda``) is
+kept in the client-state store and checkpointed with the run, so a resumed run ends as the
+uninterrupted one (tests/test_seed_vlm.py).
 
 Server: w ← w + Σ_k n_k Δ_k / Σ_k n_k over the shared adapter vector (FedAvg on the
 adapters); ``local`` only advances the version. With ``eval.personalized: true`` each
@@ -304,7 +320,7 @@ METHOD = register(
     MethodInfo(
         name="plora",
         summary="personalized LoRA (peft): server averages B, clients keep A; share both = FedAvg-LoRA, local = no FL",
-        citation="FedVLM / pLoRA, 2025",
+        citation="Mitra et al., FedVLM / pLoRA, ECAI 2025 (arXiv 2507.17088)",
         build=_build,
         params=PLoRAParams,
         setup=setup_plora,

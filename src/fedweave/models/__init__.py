@@ -87,6 +87,9 @@ IMAGE_MODELS = frozenset({"cnn", "lenet5", "resnet"})
 FLAT_MODELS = ("logistic", "mlp", "mlp_norm")
 NORMS = ("group", "batch", "none")
 DEFAULT_HIDDEN = (200, 200)
+#: ``model.width`` when it is not set (see :func:`build_model` for the models that decide their own)
+DEFAULT_WIDTH = 16
+_NO_WIDTH = inspect.Parameter("width", inspect.Parameter.KEYWORD_ONLY, default=0)
 
 
 def _is_int(value: Any) -> bool:
@@ -168,14 +171,16 @@ def build_model(
     *,
     hidden: list[int] | None = None,
     norm: str = "group",
-    width: int = 16,
+    width: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build model ``name`` for inputs of shape ``input_shape`` (without the batch dim).
 
     ``hidden`` sets the MLP's hidden sizes (default ``[200, 200]``); ``norm`` (``group``,
     ``batch`` or ``none``) configures the ResNet and ``mlp_norm``, ``width`` (channels of
-    the first stage) the ResNet.
+    the first stage) the ResNet. ``width`` None (``model.width`` unset) means
+    :data:`DEFAULT_WIDTH`, except for a registered model whose factory's own ``width``
+    default is None: that factory decides (``vlm`` follows its pretrained base).
     Options that a model does not use are ignored. ``kwargs`` are only for user factories
     (``"package.module:factory"``); built-in models reject them.
 
@@ -192,6 +197,8 @@ def build_model(
         factory = EXTRA_MODELS[name][0]
         if hidden is not None and "hidden" in inspect.signature(factory).parameters:
             kwargs["hidden"] = hidden_sizes  # e.g. the backbone of fedins' ssf_pool
+        if width is None and inspect.signature(factory).parameters.get("width", _NO_WIDTH).default is not None:
+            width = DEFAULT_WIDTH
         return factory(shape, num_classes, width=width, **kwargs)
     if name not in MODELS:
         raise unknown_name("model", str(name), {**MODELS, **EXTRA_MODELS})
@@ -202,6 +209,7 @@ def build_model(
         )
     if norm not in NORMS:
         raise ConfigError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
+    width = DEFAULT_WIDTH if width is None else width
     if not _is_int(width) or width < 1:
         raise ConfigError(f"width must be a positive integer, got {width!r}.")
 

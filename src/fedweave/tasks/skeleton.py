@@ -27,19 +27,29 @@ default 6 clients, layouts ``mixed``; use ``data.partition.kind: natural``)
     COCO17), as the two formats are usually normalised.
 
 Model (``model.name: stgcn``)
-    A compact spatial-temporal GCN (after ST-GCN, Yan, Xiong & Lin, AAAI 2018): blocks of
+    A compact spatial-temporal GCN (after ST-GCN, Yan, Xiong & Lin, AAAI 2018, and the
+    ST-GCN of the official FSAR code, github.com/DivyaGuo/FSAR, ``easyfl/models/stgcn.py``
+    at commit d16b454): blocks l = 0, 1, 2 of
 
-        h = ReLU(TCN(ReLU(Σ_v W x_{·,·,v} A_{v,w})) + residual(x))
-        A = Â + S + P
+        h = ReLU(GN(TCN(ReLU(GN(Σ_v W x_{·,·,v} A^{(l)}_{v,w})))) + residual(x))
+        A^{(l)} = (Â + S + P) ⊙ M_l
 
     where Â is the normalised physical adjacency of :data:`NTU25` with self-loops
-    (D^{-1/2}(E + I)D^{-1/2}; a frozen parameter), and S (``*.topology_shared``) and P
-    (``*.topology_specific``) are learnable V×V matrices starting at zero — the split
-    FSAR's Adaptive Topology Structure aggregates (S) or keeps on the client (P). The TCN
-    is a (k=5)×1 temporal convolution. Then mean pooling over time and joints and a linear
-    classifier. ``model.width`` is the first block's channels (default 16); blocks have
-    (w, 2w, 2w) channels. The model lists its shallow blocks in ``shallow_blocks`` (the
-    first two), the features FSAR's distillation aligns.
+    (D^{-1/2}(E + I)D^{-1/2}; a frozen parameter ``prior``); S (``topology_shared``) and P
+    (``topology_specific``) are learnable V×V matrices, *one each for the whole network*
+    as in the official code (its ``learnableB`` and ``unshareC``), starting at zero (the
+    code: 1e-6, the same start to 1e-6) — the split FSAR's Adaptive Topology Structure
+    aggregates (S) or keeps on the client (P); M_l (``blocks.<l>.edge_importance``) is
+    ST-GCN's learnable edge-importance mask of block l, ones at the start (the code's
+    ``edge_importance``). GN is a one-group GroupNorm (the code: BatchNorm; ours, as
+    everywhere in fedweave, because batch statistics average badly across non-IID
+    clients); the TCN is a (k=5)×1 temporal convolution (the code: 9). Then mean pooling
+    over time and joints and a linear classifier. ``model.width`` is the first block's
+    channels (default 16); blocks have (w, 2w, 2w) channels (the code: ten blocks of 16 to
+    256 channels on NTU-sized data). ``block_outputs(x, depth, topology)`` and
+    ``forward_from(h, start)`` cut the forward pass at a block boundary for FSAR's
+    multi-grain distillation; ``topology="shared"`` gives a block the adjacency S ⊙ M_l
+    alone, the official code's graph for the server model's features (its ``mode='global'``).
 """
 
 from __future__ import annotations
@@ -252,53 +262,78 @@ def normalized_adjacency(edges, joints: int = SLOTS) -> torch.Tensor:
     return (d[:, None] * a * d[None, :]).to(torch.float32)
 
 
-class AdaptiveGraphConv(nn.Module):
-    """y = W · (x A), A = Â + S + P (physical prior, shared and specific learnable topologies)."""
+class GraphConv(nn.Module):
+    """y = W · (x A) for a given adjacency A (``[V, V]``): aggregate over joints, then mix channels."""
 
-    def __init__(self, c_in: int, c_out: int, prior: torch.Tensor):
+    def __init__(self, c_in: int, c_out: int):
         super().__init__()
-        v = prior.shape[0]
-        self.prior = nn.Parameter(prior.clone(), requires_grad=False)
-        self.topology_shared = nn.Parameter(torch.zeros(v, v))
-        self.topology_specific = nn.Parameter(torch.zeros(v, v))
         self.mix = nn.Conv2d(c_in, c_out, 1)
 
-    def adjacency(self) -> torch.Tensor:
-        return self.prior + self.topology_shared + self.topology_specific
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mix(torch.einsum("nctv,vw->nctw", x, self.adjacency()))
+    def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        return self.mix(torch.einsum("nctv,vw->nctw", x, adjacency))
 
 
 class STGCNBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, prior: torch.Tensor, kernel: int = 5):
+    """One ST-GCN block; ``edge_importance`` is its learnable mask M (ones at the start)."""
+
+    def __init__(self, c_in: int, c_out: int, joints: int, kernel: int = 5):
         super().__init__()
-        self.gcn = AdaptiveGraphConv(c_in, c_out, prior)
+        self.gcn = GraphConv(c_in, c_out)
+        self.edge_importance = nn.Parameter(torch.ones(joints, joints))
         self.norm1 = nn.GroupNorm(1, c_out)
         self.tcn = nn.Conv2d(c_out, c_out, (kernel, 1), padding=(kernel // 2, 0))
         self.norm2 = nn.GroupNorm(1, c_out)
         self.residual = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
-    def forward(self, x):
-        return torch.relu(self.norm2(self.tcn(torch.relu(self.norm1(self.gcn(x))))) + self.residual(x))
+    def forward(self, x, topology: torch.Tensor):
+        a = topology * self.edge_importance
+        return torch.relu(self.norm2(self.tcn(torch.relu(self.norm1(self.gcn(x, a))))) + self.residual(x))
 
 
 class STGCN(nn.Module):
+    """Blocks with adjacency (Â + S + P) ⊙ M_l; mean pooling over time and joints; a linear head.
+
+    ``block_outputs`` and ``forward_from`` split the forward pass at a block boundary, the
+    cut FSAR's multi-grain distillation needs (``fsar_gcn``)."""
+
     def __init__(self, channels: int, joints: int, num_classes: int, width: int = 16):
         super().__init__()
         prior = normalized_adjacency(NTU25_EDGES if joints == SLOTS else (), joints)
+        self.prior = nn.Parameter(prior, requires_grad=False)
+        self.topology_shared = nn.Parameter(torch.zeros(joints, joints))
+        self.topology_specific = nn.Parameter(torch.zeros(joints, joints))
         widths = (width, 2 * width, 2 * width)
         c, blocks = channels, []
         for w in widths:
-            blocks.append(STGCNBlock(c, w, prior))
+            blocks.append(STGCNBlock(c, w, joints))
             c = w
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(c, num_classes)
-        #: the shallow blocks whose features FSAR's multi-grain distillation aligns
-        self.shallow_blocks = ["blocks.0", "blocks.1"]
+
+    def topology(self, which: str = "full") -> torch.Tensor:
+        """``full``: Â + S + P (the client's graph); ``shared``: S alone (the domain-invariant
+        topology, the graph the official FSAR code gives the server model's features)."""
+        if which == "shared":
+            return self.topology_shared
+        return self.prior + self.topology_shared + self.topology_specific
+
+    def block_outputs(self, x: torch.Tensor, depth: int, topology: str = "full") -> list[torch.Tensor]:
+        """The outputs of the first ``depth`` blocks, each block's adjacency (topology ⊙ M_l)."""
+        a, outs = self.topology(topology), []
+        for block in self.blocks[:depth]:
+            x = block(x, a)
+            outs.append(x)
+        return outs
+
+    def forward_from(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        """Blocks ``start``, ``start + 1``, … and the head on ``h`` (the output of block ``start − 1``)."""
+        a = self.topology()
+        for block in self.blocks[start:]:
+            h = block(h, a)
+        return self.fc(h.mean(dim=(2, 3)))
 
     def forward(self, x):
-        return self.fc(self.blocks(x).mean(dim=(2, 3)))
+        return self.forward_from(x, 0)
 
 
 def build_stgcn(input_shape, num_classes=None, width: int = 16, **unused) -> nn.Module:
@@ -315,8 +350,8 @@ def build_stgcn(input_shape, num_classes=None, width: int = 16, **unused) -> nn.
 
 
 register_model("stgcn", build_stgcn,
-               "Spatial-temporal GCN for skeleton data: 3 blocks, adjacency = physical prior + shared + specific "
-               "learnable topologies (model.width, default 16).")
+               "Spatial-temporal GCN for skeleton data: 3 blocks, adjacency (physical prior + shared + specific "
+               "learnable topology) x per-block edge importance (model.width, default 16).")
 
-__all__ = ["ACTIONS", "COCO17", "LAYOUTS", "NTU25", "NTU25_EDGES", "STGCN", "AdaptiveGraphConv", "build_stgcn",
+__all__ = ["ACTIONS", "COCO17", "LAYOUTS", "NTU25", "NTU25_EDGES", "STGCN", "GraphConv", "STGCNBlock", "build_stgcn",
            "client_layout", "load_skeleton", "make_skeleton", "normalized_adjacency", "pose_ntu25", "to_layout"]

@@ -39,19 +39,22 @@ Model (``model.name: vlm``)
     embeddings, ``n_layers`` (default 2) pre-LayerNorm transformer blocks over [image
     tokens; question tokens] (attention projections ``attn.q/k/v/o``, MLP ``mlp.fc1/fc2``,
     all ``nn.Linear`` — what LoRA adapts), a final LayerNorm and ``lm_head`` (d → 14
-    answer tokens) read at the last question token. ``model.width`` is d (default 32);
-    ``model.kwargs``: ``n_layers``, ``n_heads`` (2), ``init_from`` (a saved
-    ``state_dict``, e.g. from :func:`pretrain_vlm`).
+    answer tokens) read at the last question token. ``model.width`` is d: unset, the
+    width of the base ``init_from`` (read from its ``img_proj``), else 32; a width the
+    base does not have is a ConfigError. ``model.kwargs``: ``n_layers``, ``n_heads`` (2),
+    ``init_from`` (a saved ``state_dict``, e.g. from :func:`pretrain_vlm`).
 """
 
 from __future__ import annotations
+
+import pickle
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.errors import DataError, ModelError
+from ..core.errors import ConfigError, DataError, ModelError
 from ..core.rng import derive_seed
 from ..data.sources import DataSource, SourceOptions, register_source
 from ..models import register_model
@@ -75,6 +78,7 @@ WORDS = tuple(dict.fromkeys(w for q in QUESTIONS.values() for w in q))
 TYPE_SKEW = 0.7
 COLOUR_SKEW = 0.8
 PER_CLIENT = 150
+DEFAULT_VLM_WIDTH = 32
 _RGB = np.array([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.15, 0.3, 1.0], [1.0, 0.9, 0.1]])
 _SPRITES = {
     "square": np.ones((3, 3)),
@@ -226,28 +230,52 @@ class TinyVLM(nn.Module):
         return self.lm_head(self.norm(h[:, -1]))
 
 
-def build_vlm(input_shape, num_classes=None, width: int = 32, n_layers: int = 2, n_heads: int = 2,
+def base_width(state: dict, init_from: str) -> int:
+    """The width d of a saved ``vlm`` ``state_dict`` (its ``img_proj`` is d × d)."""
+    weight = state.get("img_proj.weight") if isinstance(state, dict) else None
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ModelError(f"model.kwargs.init_from: {init_from} is not a saved vlm state_dict (no img_proj.weight); "
+                         "make one with fedweave.tasks.vision_language.pretrain_vlm.")
+    return int(weight.shape[0])
+
+
+def build_vlm(input_shape, num_classes=None, width: int | None = None, n_layers: int = 2, n_heads: int = 2,
               init_from: str | None = None, **unused) -> nn.Module:
+    """``width`` None (``model.width`` unset): the width of the base ``init_from``, or
+    :data:`DEFAULT_VLM_WIDTH` without one. A width the base does not have is refused."""
     if unused:
         raise ModelError(f"Unexpected option(s) for model 'vlm': {', '.join(sorted(unused))}. "
                          "Its options: width, n_layers, n_heads, init_from.")
     if tuple(input_shape) != (PIXELS + QUESTION_LEN,):
         raise ModelError(f"Model 'vlm' reads [image 3x16x16 | 4 question tokens] vectors of {PIXELS + QUESTION_LEN} "
                          f"values, got input shape {tuple(input_shape)}. Use data.dataset: shapesvqa.")
+    state = None
+    if init_from is not None:
+        try:
+            state = torch.load(init_from, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+            raise ModelError(f"model.kwargs.init_from: cannot read {init_from}: {exc}") from None
+        found = base_width(state, init_from)
+        if width is not None and width != found:
+            raise ConfigError(f"model.width is {width}, but the pretrained base {init_from} (model.kwargs.init_from) "
+                              f"has width {found}. Leave model.width unset to follow the base, or set "
+                              f"model.width: {found}.")
+        width = found
+    width = DEFAULT_VLM_WIDTH if width is None else width
     if width % n_heads:
         raise ModelError(f"vlm: model.width ({width}) must be divisible by n_heads ({n_heads}).")
     model = TinyVLM(int(width), int(n_layers), int(n_heads))
-    if init_from is not None:
+    if state is not None:
         try:
-            model.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError) as exc:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
             raise ModelError(f"model.kwargs.init_from: cannot load {init_from} into this vlm: {exc}") from None
     return model
 
 
 register_model("vlm", build_vlm,
                "Tiny vision-language model for shapesvqa: conv image encoder + 2-block transformer text decoder "
-               "emitting the answer token (width 32, n_layers, n_heads, init_from).")
+               "emitting the answer token (width: its base's, else 32; n_layers, n_heads, init_from).")
 
 
 def pretrain_vlm(path: str, seed: int = 0, width: int = 32, epochs: int = 6, lr: float = 3e-3) -> float:
@@ -271,5 +299,5 @@ def pretrain_vlm(path: str, seed: int = 0, width: int = 32, epochs: int = 6, lr:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-__all__ = ["ANSWERS", "COLOURS", "COLOUR_SKEW", "QUESTIONS", "QUESTION_TYPES", "TYPE_SKEW", "TinyVLM", "WORDS",
-           "answer_of", "build_vlm", "dialect_answer", "load_vqa", "make_vqa", "pretrain_vlm", "public_split", "render"]
+__all__ = ["ANSWERS", "COLOURS", "COLOUR_SKEW", "DEFAULT_VLM_WIDTH", "QUESTIONS", "QUESTION_TYPES", "TYPE_SKEW", "TinyVLM", "WORDS",
+           "answer_of", "base_width", "build_vlm", "dialect_answer", "load_vqa", "make_vqa", "pretrain_vlm", "public_split", "render"]
