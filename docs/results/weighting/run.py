@@ -2,6 +2,7 @@
 
     .venv/bin/python docs/results/weighting/run.py                 # everything
     .venv/bin/python docs/results/weighting/run.py --parts niid2,loo --jobs 2
+    .venv/bin/python docs/results/weighting/run.py --parts main_ldawa,ablation_ldawa --merge  # rerun rows
     .venv/bin/python docs/results/weighting/run.py --tables-only  # tables.md from results.csv (+ new parts in runs/)
 
 Runs go to ``runs/weighting/`` (``fedweave sweep`` skips finished runs, so an interrupted
@@ -14,13 +15,13 @@ Parts (in this order by default)
   main         FedAvg, FedDisco, FedLAW, FedCE, L-DAWA and q-FFL (q = 0.1 and 1) on digits,
                mnist5k and mnist1d at Dirichlet 0.1 and 0.5, 10 clients, all in every
                round, 30 rounds; 3 replicates, replicate k using seed k and data.seed k
-               (a different partition and initialisation each time). (``main_ldawa``
-               runs the L-DAWA part alone.)
-  ablation     FedAvg with uniform weights and L-DAWA with size weights, same grid.
-  ldawa_variants  L-DAWA with per-tensor cosines (the official unit, now the default),
-               un-normalised and normalised (method.normalize), same grid. The ``ldawa``
-               rows of ``main`` and ``ablation`` were run before the fidelity pass, when
-               the default grouped a module's weight and bias (now granularity=module).
+               (a different partition and initialisation each time). L-DAWA here groups a
+               module's weight and bias (method.granularity=module, row ``ldawa[module]``).
+               (``main_ldawa`` runs the L-DAWA part alone.)
+  ablation     FedAvg with uniform weights and L-DAWA (granularity=module) with size
+               weights, same grid. (``ablation_ldawa`` runs the L-DAWA half alone.)
+  ldawa_variants  L-DAWA with per-tensor cosines (the official unit, the default),
+               un-normalised and normalised (method.normalize), same grid.
   niid2        FedDisco's NIID-2 on mnist5k (5 two-class clients + 1 IID client), FedAvg and
                FedProx, each with size and disco weights; 3 training seeds.
   niid2_e10    NIID-2 with 10 local epochs (FedDisco's script), FedAvg with size / disco weights.
@@ -89,11 +90,13 @@ def part_ldawa_variants(out: Path, jobs: int) -> None:
 
 
 def part_main_ldawa(out: Path, jobs: int) -> None:
+    """L-DAWA with a module's weight and bias as one unit (``method.granularity=module``),
+    un-normalised, uniform weights: the ``ldawa[module]`` rows."""
     for ds in ("digits", "mnist5k", "mnist1d"):
         for k in REPS:
-            print(f"main (L-DAWA): {ds} replicate {k}", flush=True)
-            _sweep(HERE / f"{ds}.yaml", ["data.partition.alpha=0.1,0.5"], out / "main" / f"{ds}-ldawa" / f"rep{k}", jobs,
-                   seeds=(k,), overrides=[f"data.seed={k}", "method.name=ldawa"])
+            print(f"main (L-DAWA, module units): {ds} replicate {k}", flush=True)
+            _sweep(HERE / f"{ds}.yaml", ["data.partition.alpha=0.1,0.5"], out / "main" / f"{ds}-ldawa-module" / f"rep{k}",
+                   jobs, seeds=(k,), overrides=[f"data.seed={k}", "method.name=ldawa", "method.granularity=module"])
 
 
 def make_niid2(path: Path, seed: int = 0) -> None:
@@ -128,14 +131,25 @@ def part_niid2(out: Path, jobs: int) -> None:
            seeds=REPS, overrides=["client.mu=0.1"])  # mu of the official NIID-2 script
 
 
-def part_ablation(out: Path, jobs: int) -> None:
-    """FedAvg with uniform weights (the baseline of L-DAWA's and q-FFL's 1/K) and L-DAWA with size weights."""
+ABLATIONS = {  # directory name -> overrides
+    "fedavg-uniform": ["method.name=fedavg", "method.weighting=uniform"],
+    "ldawa-module-size": ["method.name=ldawa", "method.granularity=module", "method.weighting=size"],
+}
+
+
+def part_ablation(out: Path, jobs: int, which=tuple(ABLATIONS)) -> None:
+    """FedAvg with uniform weights (the baseline of L-DAWA's and q-FFL's 1/K) and L-DAWA
+    (module units, as in ``main``) with size weights: rows ``fedavg+uniform``, ``ldawa[module]+size``."""
     for ds in ("digits", "mnist5k", "mnist1d"):
         for k in REPS:
-            print(f"ablation: {ds} replicate {k}", flush=True)
-            for method, weighting in (("fedavg", "uniform"), ("ldawa", "size")):
-                _sweep(HERE / f"{ds}.yaml", ["data.partition.alpha=0.1,0.5"], out / "ablation" / f"{ds}-{method}-{weighting}" / f"rep{k}",
-                       jobs, seeds=(k,), overrides=[f"data.seed={k}", f"method.name={method}", f"method.weighting={weighting}"])
+            print(f"ablation ({', '.join(which)}): {ds} replicate {k}", flush=True)
+            for name in which:
+                _sweep(HERE / f"{ds}.yaml", ["data.partition.alpha=0.1,0.5"], out / "ablation" / f"{ds}-{name}" / f"rep{k}",
+                       jobs, seeds=(k,), overrides=[f"data.seed={k}"] + ABLATIONS[name])
+
+
+def part_ablation_ldawa(out: Path, jobs: int) -> None:
+    part_ablation(out, jobs, which=("ldawa-module-size",))
 
 
 def part_niid2_e10(out: Path, jobs: int) -> None:
@@ -285,8 +299,8 @@ def collect(out: Path) -> list[dict]:
         method = m["name"]
         if method == "qffl":
             method = f"qffl(q={float(m.get('q', 1.0))})"
-        if method == "ldawa" and m.get("granularity"):  # runs before the fidelity pass grouped by module
-            method = f"ldawa[{m['granularity']}{',norm' if m.get('normalize') else ''}]"
+        if method == "ldawa":  # the unit and normalisation are in the row name (the default unit is tensor)
+            method = f"ldawa[{m.get('granularity', 'tensor')}{',norm' if m.get('normalize') else ''}]"
         if m.get("weighting"):
             method = f"{method}+{m['weighting']}"
         last = records[-1] if records else {}
@@ -327,8 +341,8 @@ def _paired(rows, key_rows, base_rows, field="final", scale=100.0):  # noqa: ARG
     return f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1) if len(diffs) > 1 else 0:.2f}"
 
 
-ORDER = ["fedavg", "fedavg+uniform", "feddisco", "fedlaw", "ldawa", "ldawa+size", "ldawa[tensor]", "ldawa[tensor,norm]",
-         "fedce", "qffl(q=0.1)", "qffl(q=1.0)"]
+ORDER = ["fedavg", "fedavg+uniform", "feddisco", "fedlaw", "ldawa[module]", "ldawa[module]+size", "ldawa[tensor]",
+         "ldawa[tensor,norm]", "fedce", "qffl(q=0.1)", "qffl(q=1.0)"]
 
 
 def tables(rows: list[dict]) -> str:
@@ -439,6 +453,17 @@ def rows_from_csv() -> list[dict]:
     return rows
 
 
+def _key(r: dict) -> tuple:
+    return (r["part"], r["dataset"], r["partition"], str(r["alpha"]), r["method"], r["seed"], r["data_seed"])
+
+
+def merge(old: list[dict], new: list[dict], drop: set[str] = frozenset()) -> list[dict]:
+    """``old`` (results.csv) without the rows of methods in ``drop`` and without the rows that
+    ``new`` (fresh runs) redo — same part, dataset, α, method, seed and data seed — then ``new``."""
+    fresh = {_key(r) for r in new}
+    return [r for r in old if r["method"] not in drop and _key(r) not in fresh] + new
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="main,ablation,ldawa_variants,niid2,niid2_e10,qffl_long,restoration,loo")
@@ -446,21 +471,31 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "weighting"))
     ap.add_argument("--tables-only", action="store_true",
                     help="rebuild results.csv and tables.md from results.csv (no runs needed)")
+    ap.add_argument("--merge", action="store_true",
+                    help="after running --parts, keep results.csv's other rows: the runs in --out replace the rows "
+                         "they redo (same part, dataset, α, method, seeds) and the rest are kept")
+    ap.add_argument("--drop", default="",
+                    help="comma-separated row names (method column) removed from results.csv first, e.g. rows "
+                         "made by code that has since changed")
     args = ap.parse_args()
     os.chdir(ROOT)
     out = Path(args.out)
-    parts = {"main": part_main, "main_ldawa": part_main_ldawa, "ablation": part_ablation, "niid2": part_niid2, "niid2_e10": part_niid2_e10,
-             "qffl_long": part_qffl_long, "restoration": part_restoration, "loo": part_loo,
-             "ldawa_variants": part_ldawa_variants}
+    parts = {"main": part_main, "main_ldawa": part_main_ldawa, "ablation": part_ablation, "ablation_ldawa": part_ablation_ldawa,
+             "niid2": part_niid2, "niid2_e10": part_niid2_e10, "qffl_long": part_qffl_long, "restoration": part_restoration,
+             "loo": part_loo, "ldawa_variants": part_ldawa_variants}
+    unknown = [name for name in filter(None, args.parts.split(",")) if name not in parts]
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(parts)}")
+    drop = set(filter(None, args.drop.split(",")))
     if args.tables_only:
-        rows = rows_from_csv()
+        rows = [r for r in rows_from_csv() if r["method"] not in drop]
         known = {r["part"] for r in rows}
         if out.exists():  # parts run since results.csv was written (e.g. ldawa_variants)
             rows += [r for r in collect(out) if r["part"] not in known]
     else:
         for name in filter(None, args.parts.split(",")):
             parts[name](out, args.jobs)
-        rows = collect(out)
+        rows = merge(rows_from_csv(), collect(out), drop) if args.merge else collect(out)
     with open(HERE / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
