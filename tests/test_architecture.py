@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("experiment", ("fedweave.experiment", "fedweave.tracking", "fedweave.contributions")),
     # the deployed server and client build their experiment with build_experiment
     ("deployment and integrations", ("fedweave.deploy", "fedweave.integrations")),
-    ("entry points", ("fedweave.cli", "fedweave.sweep", "fedweave.report", ROOT)),
+    ("entry points", ("fedweave.cli", "fedweave.__main__", "fedweave.sweep", "fedweave.report", ROOT)),
 ]
 
 

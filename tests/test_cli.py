@@ -178,3 +178,14 @@ def test_partition_error_exits_2():
     assert result.exit_code == 2
     assert "data.partition.kind" in text
     assert "Traceback" not in result.output
+
+
+def test_python_dash_m_fedweave_is_the_command_line():
+    import subprocess
+    import sys
+
+    from helpers_subprocess import subprocess_env
+
+    out = subprocess.run([sys.executable, "-m", "fedweave", "--version"], capture_output=True, text=True,
+                         env=subprocess_env(), timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("fedweave "), out.stderr
