@@ -131,3 +131,24 @@ def test_plora_bad_parameters():
         fedweave.build_experiment(_cfg(freeze_a=True, a_init="per_client"))
     with pytest.raises(ConfigError, match="share"):
         fedweave.build_experiment(_cfg(share="A"))
+
+
+def test_lora_targets_are_matched_by_whole_name_not_by_suffix(tmp_path):
+    """The cnn's default target is its first Linear, module "1"; its feature extractor has
+    a ReLU named "0.1" (inside the feature block "0"). peft matches a list of names by suffix, which picked the
+    ReLU and crashed: the targets must match whole names only."""
+    from torch import nn
+
+    from fedweave.models.zoo import build_cnn
+    from fedweave.methods.plora import add_lora, select_targets
+
+    module = build_cnn((1, 8, 8), 10)
+    targets = select_targets(module, None, "cnn")
+    assert targets == ["1"]
+    add_lora(module, targets, rank=2, alpha=2.0, dropout=0.0)
+    adapted = sorted(n.rsplit(".lora_A", 1)[0] for n, _ in module.named_modules() if n.endswith("lora_A"))
+    assert adapted == ["1"]
+    assert isinstance(module.get_submodule("0.1"), nn.ReLU)  # the feature block's ReLU untouched
+    result = fedweave.run(None, out=tmp_path / "cnn", overrides=["method.name=plora", "model.name=cnn",
+                                                                 "schedule.rounds=1"])
+    assert result.status == "completed"

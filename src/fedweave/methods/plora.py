@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -179,7 +180,10 @@ def add_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dro
         raise ConfigError('Method plora needs the peft package: pip install "fedweave[lora]"') from None
     # GPT-2's Conv1D stores its weight transposed (in x out): peft must be told
     transposed = any(type(m).__name__ == "Conv1D" for n, m in module.named_modules() if n in set(targets))
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none",
+    # one regular expression, which peft matches against whole module names: a list would be
+    # matched by suffix, so the name "1" would also pick "0.1" (a ReLU in the cnn)
+    exact = "|".join(re.escape(t) for t in targets)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=exact, bias="none",
                         fan_in_fan_out=transposed)
     return inject_adapter_in_model(config, module)
 
