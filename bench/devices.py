@@ -20,6 +20,7 @@ cohorts drawn by its own seeded generator from the same partition: per-round tim
 comparable, the trained models are not. Never asserts a time.
 
     python bench/devices.py --workload w2 --rounds 5 --scale 0.1          # a quick CPU look
+    python bench/devices.py --workload w2 --threads 1 --clock cpu          # CPU time: robust to a busy machine
     python bench/devices.py --workload w1 --device cuda --per-round 10,100,1000 --json out.json
 """
 
@@ -49,6 +50,7 @@ WORKLOADS = {
     "w2": {"shape": (3, 32, 32), "n": 50_000, "model": {"name": "cnn"}},
 }
 CLIENTS, CLASSES, ALPHA, BATCH, LR, SEED = 100, 10, 0.5, 32, 0.05, 0
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU time of this process)
 
 
 def make_data(path: Path, workload: str, n: int) -> None:
@@ -102,7 +104,7 @@ def plain(cfg: dict, rounds: int, device: torch.device) -> dict:
     global_sd = {k: v.clone() for k, v in make().state_dict().items()}
     rng = np.random.default_rng(SEED)
     k = cfg["schedule"]["clients_per_round"]
-    stamps = [time.perf_counter()]
+    stamps = [CLOCK()]
     for _ in range(rounds):
         states, sizes = [], []
         for cid in rng.choice(len(parts), size=k, replace=False):
@@ -122,16 +124,16 @@ def plain(cfg: dict, rounds: int, device: torch.device) -> dict:
         with torch.no_grad():
             global_sd = {key: sum(sd[key] * (n / total) for sd, n in zip(states, sizes)) for key in global_sd}
         sync(device)
-        stamps.append(time.perf_counter())
+        stamps.append(CLOCK())
     return {"s_per_round": per_round_times(stamps), "examples_per_round": None}
 
 
 def fedweave_runner(cfg: dict, out: Path, device: torch.device) -> dict:
-    stamps = [time.perf_counter()]
+    stamps = [CLOCK()]
 
     def progress(done, total, record):
         sync(device)
-        stamps.append(time.perf_counter())
+        stamps.append(CLOCK())
 
     result = run(cfg, out=out, progress=progress, overwrite=True)
     return {"s_per_round": per_round_times(stamps), "executor": result.summary.get("executor"),
@@ -142,11 +144,11 @@ def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 10) -> flo
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     sync(device)
-    t = time.perf_counter()
+    t = CLOCK()
     for _ in range(repeats):
         a @ b
     sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+    return 2 * n**3 * repeats / (CLOCK() - t) / 1e9
 
 
 def training_flops_per_example(workload: str) -> float:
@@ -184,16 +186,22 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the examples (quick runs)")
     ap.add_argument("--runners", default="plain,serial,vectorized")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the process's CPU time per round, which other jobs on a shared machine "
+                         "barely change (use with --threads 1; with more threads it adds their times)")
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     spec = WORKLOADS[args.workload]
     n = max(1000, int(spec["n"] * args.scale))
     base_clients = CLIENTS  # --scale shrinks the examples per client, not the clients
-    peak = matmul_gflops(device, 4096 if device.type == "cuda" else 1024, 10 if device.type == "cuda" else 3)
+    peak = matmul_gflops(device, 4096 if device.type == "cuda" else 2048, 10 if device.type == "cuda" else 5)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{args.workload}: {n} examples, device {device}, fp32 matmul {peak:.1f} GFLOP/s, load average {load:.2f}")
+    print(f"{args.workload}: {n} examples, device {device}, {args.threads} thread(s), {args.clock} clock, "
+          f"fp32 matmul {peak:.1f} GFLOP/s, load average {load:.2f}")
     flops_per_example = training_flops_per_example(args.workload)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedweave-devices-") as tmp:

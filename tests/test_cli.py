@@ -152,6 +152,21 @@ def test_datasets_lists_names():
         assert name in text
 
 
+def test_datasets_lists_the_sources_task_bundles_register_in_a_fresh_process():
+    """A fresh interpreter: the task bundles' sources (pydocs, sr<k>:<source>, clips, ...)
+    are registered only when fedweave.tasks is imported, which `datasets` must do itself."""
+    import subprocess
+    import sys
+
+    from helpers_subprocess import subprocess_env
+
+    out = subprocess.run([sys.executable, "-m", "fedweave", "datasets"], capture_output=True, text=True,
+                         env=subprocess_env(COLUMNS="200"), timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in ("digits", "pydocs", "sr<k>:<source>", "burgers1d", "skeleton", "clips", "shapesvqa"):
+        assert name in out.stdout, name
+
+
 def test_models_lists_names():
     result, text = invoke("models")
     assert result.exit_code == 0

@@ -255,6 +255,7 @@ def methods():
 @app.command()
 def datasets():
     """List the data sources."""
+    from . import tasks  # noqa: F401  (task bundles register theirs: pydocs, sr<k>:<source>, clips...)
     from .data import DATASETS
 
     for name, desc in DATASETS.items():

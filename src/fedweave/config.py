@@ -273,7 +273,7 @@ class SystemConfig(_Section):
 
 class EvalConfig(_Section):
     every: int = Field(1, ge=1, description="evaluate every k rounds (async/buffered: every k model versions), and at the end")
-    every_s: Optional[float] = Field(None, gt=0, description="evaluate on a virtual-time grid instead (every k virtual seconds)")
+    every_s: Optional[float] = Field(None, gt=0, description="evaluate on a time grid instead: every k virtual seconds in simulation, wall-clock seconds in a deployment")
     per_client: bool = Field(False, description="evaluate the global model on each client's held-out split")
     personalized: bool = Field(
         False, description="evaluate each client's own model (the method's personalization) on its held-out split"

@@ -149,7 +149,9 @@ def load_super_resolution(name: str, o: SourceOptions) -> DataSource:
 
 
 # a family of names, not listed among the data sets (the task's description names it)
-register_source("sr<k>:<source>", load_super_resolution, pattern=r"sr[0-9]+:.*")
+register_source("sr<k>:<source>", load_super_resolution, pattern=r"sr[0-9]+:.*",
+                description="super-resolution pairs made from an image source: its images blurred and "
+                            "downsampled by k (e.g. sr2:digits; task.kind: restoration)")
 
 
 # -- model --------------------------------------------------------------------------------
