@@ -82,6 +82,49 @@ def test_serve_refuses_bad_options_before_creating_anything(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory, no runs/
 
 
+def _serve_refused(tmp_path, args, needles):
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    res = CliRunner().invoke(app, ["serve", "--quiet", "--join-timeout", "1", *args, "--set",
+                                   "data.partition.num_clients=3", "--set", "schedule.clients_per_round=3"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and text.startswith("error:"), res.output
+    for needle in needles:
+        assert needle in text, (needle, text)
+    assert "fwt_" not in res.output  # no tokens were made and printed
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing made, nothing touched
+
+
+def test_serve_refuses_a_port_another_process_listens_on_before_creating_anything(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        _serve_refused(tmp_path, ["--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "run")],
+                       [f"127.0.0.1:{port}", "Another process holds the port", "--address"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_serve_refuses_a_directory_holding_a_run_unless_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: earlier\n")
+    (run / "metrics.jsonl").write_text('{"round": 1}\n')
+    _serve_refused(tmp_path, ["--address", "127.0.0.1:0", "--out", str(run)], ["already holds a run", "--overwrite"])
+    assert (run / "metrics.jsonl").read_text() == '{"round": 1}\n'
+    # --overwrite replaces it: the server starts (and gives up after --join-timeout 1 with no client)
+    res = CliRunner().invoke(app, ["serve", "--quiet", "--join-timeout", "1", "--address", "127.0.0.1:0", "--out",
+                                   str(run), "--overwrite", "--set", "data.partition.num_clients=3",
+                                   "--set", "schedule.clients_per_round=3"])
+    assert "already holds a run" not in res.output
+    assert "name: earlier" not in (run / "config.yaml").read_text()
+    assert (run / "metrics.jsonl").read_text() != '{"round": 1}\n'
+
+
 def test_tokens_new_out_inside_a_file_or_on_a_directory_exits_2(tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")

@@ -427,6 +427,7 @@ def serve(
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="where checkpoints go (default: the run directory)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run directory"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run already in --out (nothing else is deleted)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     min_clients: Optional[int] = typer.Option(None, "--min-clients", help="connected clients needed before a round "
                                               "starts (default: schedule.clients_per_round)"),
@@ -453,7 +454,7 @@ def serve(
         result = deploy_serve(config, address=address, overrides=set_, out=out_dir, tokens=tokens, tls_cert=tls_cert,
                               tls_key=tls_key, state_dir=state_dir, resume=resume, min_clients=min_clients,
                               join_timeout_s=join_timeout, frame_bytes=frame_bytes, print_tokens=typer.echo,
-                              quorum=quorum, stream_idle_s=stream_idle_s)
+                              quorum=quorum, stream_idle_s=stream_idle_s, overwrite=overwrite)
     except FedweaveError as exc:
         _fail(exc)
     _print_result(result)

@@ -231,16 +231,16 @@ def run(
     run_dir = RunDirectory(check_output_path(cfg.output.dir or default_run_dir(cfg), "The run directory (--out)"))
     exp = build_experiment(cfg)
     if not overwrite:
-        _refuse_existing_run(run_dir)
+        refuse_existing_run(run_dir)
     cfg.output.dir = str(run_dir.path)
     start_executor(exp)  # before the directory exists: an unreachable cluster leaves nothing behind
     made = not run_dir.path.exists()
     try:
         run_dir.lock()
         if overwrite:  # only now that everything is valid, started and ours alone
-            _clear_run(run_dir)
+            clear_run(run_dir)
         else:
-            _refuse_existing_run(run_dir)  # again, now that no other process can start one here
+            refuse_existing_run(run_dir)  # again, now that no other process can start one here
         run_dir.create(cfg.to_yaml())
     except BaseException:
         exp.executor.close()
@@ -256,7 +256,7 @@ def run(
         run_dir.unlock()
 
 
-def _clear_run(run_dir: RunDirectory) -> None:
+def clear_run(run_dir: RunDirectory) -> None:
     """Delete the run in ``run_dir`` (``--overwrite``), keeping the lock file this process holds;
     a directory that holds no run is left as it is."""
     if not (run_dir.path / CONFIG).exists():
@@ -270,7 +270,8 @@ def _clear_run(run_dir: RunDirectory) -> None:
             child.unlink()
 
 
-def _refuse_existing_run(run_dir: RunDirectory) -> None:
+def refuse_existing_run(run_dir: RunDirectory) -> None:
+    """Refuse a directory that already holds a run (its config file), saying how to go on."""
     if (run_dir.path / CONFIG).exists():
         raise ConfigError(
             f"{str(run_dir.path)!r} already holds a run; choose another output directory, replace it with "

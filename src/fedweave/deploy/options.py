@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import socket
 from pathlib import Path
 
 from ..core.errors import ConfigError
@@ -35,6 +36,29 @@ def check_address(address: str, option: str = "--address") -> tuple[str, int]:
     elif ":" in host or any(ch.isspace() for ch in host):
         raise ConfigError(f"{example} (IPv6 hosts go in brackets); got {address!r}.")
     return host, number
+
+
+def check_port_free(address: str) -> None:
+    """Refuse, before any run directory or token exists, an address another process
+    already listens on (the server itself binds later; a race in between is reported
+    then). Port 0 always has a free port; a host name that does not resolve is left to
+    the server's own bind, whose message names it."""
+    host, port = check_address(address)
+    if port == 0:
+        return
+    host = host[1:-1] if host.startswith("[") else host
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise ConfigError(f"Cannot listen on {address}: {exc.strerror or exc}. Another process holds the port; "
+                              f"choose another with --address HOST:PORT (port 0 picks a free one).") from None
 
 
 def _check_pem(path: Path, what: str, kind: str) -> None:

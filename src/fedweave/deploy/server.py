@@ -44,7 +44,7 @@ from ..rundir import METRICS, RunDirectory, atomic_write_text, check_output_path
 from ..sim.events import WallClock
 from ..sim.ledger import MERGED, RoundLedger
 from .client_view import client_config_yaml
-from .options import check_serve_options
+from .options import check_port_free, check_serve_options
 from .sessions import (
     DEFAULT_STREAM_IDLE_S, MAX_UPLOADS_PER_CLIENT, UploadStreams, session_of, superseded_message,
 )
@@ -872,12 +872,18 @@ def serve(
     handle_signals: bool = True,
     quorum: int | None = None,
     stream_idle_s: float = DEFAULT_STREAM_IDLE_S,
+    overwrite: bool = False,
 ):
-    """Build the run (or reopen it with ``resume``), serve it until its rounds are done."""
-    from ..experiment import build_experiment, default_run_dir, open_for_resume
+    """Build the run (or reopen it with ``resume``), serve it until its rounds are done.
+
+    A run directory that already holds a run is refused unless ``overwrite`` (then its run
+    is deleted once the directory is locked), as for ``fedweave run``; an address another
+    process listens on is refused before any directory or token exists."""
+    from ..experiment import build_experiment, clear_run, default_run_dir, open_for_resume, refuse_existing_run
 
     check_serve_options(address=address, frame_bytes=frame_bytes, min_clients=min_clients,
                         join_timeout_s=join_timeout_s, tls_cert=tls_cert, tls_key=tls_key)
+    check_port_free(address)
     for path, what in ((out, "The run directory (--out)"), (state_dir, "The state directory (--state-dir)")):
         if path is not None:
             check_output_path(path, what)
@@ -904,6 +910,13 @@ def serve(
         exp = build_experiment(cfg)
         run_dir = RunDirectory(check_output_path(cfg.output.dir or default_run_dir(cfg), "The run directory (--out)"))
         cfg.output.dir = str(run_dir.path)
+        if not overwrite:
+            refuse_existing_run(run_dir)
+        run_dir.lock()
+        if overwrite:
+            clear_run(run_dir)
+        else:
+            refuse_existing_run(run_dir)  # again, now that no other process can start one here
         run_dir.create(cfg.to_yaml())
         sdir = RunDirectory(state_dir if state_dir is not None else run_dir.path)
         sdir.path.mkdir(parents=True, exist_ok=True)
