@@ -122,3 +122,42 @@ def test_shuffled_label_client_ends_with_the_lowest_fedce_contribution(noisy_run
     fedce, _ = noisy_runs
     c = fedce["fedce_contribution"]
     assert min(range(4), key=c.__getitem__) == 0
+
+
+def test_a_round_missing_a_client_scores_the_present_ones_among_themselves(caplog):
+    """4 clients, c uniform (1/4); client 1 sends nothing this round. By hand for the 3
+    present, prior renormalised to 1/3: others_k = (Σ_j Δ_j − Δ_k)/3, s_k = cos(Δ_k,
+    others_k), G_k = 1 − s_k (the first score), M from the payloads, c = n(n(G) + n(M)) with
+    n(v) = max(v, ε)/Σ max(v, ε). The missing client keeps c = 1/4; nothing raises."""
+    from types import SimpleNamespace
+
+    from fedweave.core.messages import Update
+    from fedweave.core.strategy import ServerState
+    from fedweave.methods.fedce import M_KEY, FedCEParams, FedCEWeighting
+
+    weighting = FedCEWeighting(FedCEParams())
+    state = ServerState(torch.zeros(2), torch.zeros(0), 0, 0, {})
+    ctx = SimpleNamespace(num_clients=4)
+    weighting.init(state, ctx)
+    deltas = {0: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 1.0]}
+    ms = {0: 0.2, 2: 0.5, 3: 0.3}
+    updates = [Update(client_id=k, base_version=0, delta=torch.tensor(d, dtype=torch.float64), buffers=torch.zeros(0),
+                      num_examples=10, payload={M_KEY: ms[k]}) for k, d in deltas.items()]
+    with caplog.at_level("WARNING"):
+        c = weighting(updates, state, ctx)
+    assert "lacks clients [1]" in caplog.text
+
+    total = [sum(d[i] for d in deltas.values()) for i in range(2)]
+    g = []
+    for d in deltas.values():
+        others = [(total[i] - d[i]) / 3 for i in range(2)]
+        cos = (d[0] * others[0] + d[1] * others[1]) / (math.hypot(*d) * math.hypot(*others))
+        g.append(max(0.0, 1 - cos))
+
+    def n(v):
+        v = [max(x, 1e-3) for x in v]
+        return [x / sum(v) for x in v]
+
+    expected = n([a + b for a, b in zip(n(g), n(list(ms.values())))])
+    assert c.tolist() == pytest.approx(expected, rel=1e-12)
+    assert state.extra["fedce_c"].tolist() == pytest.approx([expected[0], 0.25, expected[1], expected[2]], rel=1e-12)

@@ -33,8 +33,11 @@ no score, and reports M_k = 1 (so M is uniform in round 1, as in the code).
 Decisions, and where they follow the paper or the code:
 * Full participation is required, as both assume: the weighting refuses configs where not
   every client takes part every round (``schedule.clients_per_round`` must equal the number
-  of clients, ``schedule.sampling: uniform``, ``schedule.mode: sync``) and fails loudly if
-  a round's cohort is incomplete (e.g. a dropped update).
+  of clients, ``schedule.sampling: uniform``, ``schedule.mode: sync``). A round that still
+  lacks clients at run time (a client dead in a deployment, a dropout profile) is not an
+  error — no single client may stop a run: it logs a warning and scores the clients present
+  among themselves (the prior c renormalised over them, their new c summing to 1), and the
+  missing keep their last c (ours; neither the paper nor the code meets this case).
 * 1 − c_k → 0 guard: the denominator is max(1 − c_k, ``min_denominator``) (1e-3). When
   c_k ≈ 1 the others contributed almost nothing, the guarded minus model is poor and its
   low score keeps M_k high, consistent with c_k ≈ 1.
@@ -59,6 +62,7 @@ estimates.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -73,6 +77,8 @@ from .needs import MethodNeeds
 from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, Preset, register
 from .stages import StageClient, register_weighting
+
+log = logging.getLogger(__name__)
 
 C_KEY = "fedce_c"  # downlink: the contribution c_k of the previous aggregation
 M_KEY = "fedce_m"  # uplink: the client's data-space contribution M_k
@@ -179,15 +185,17 @@ class FedCEWeighting:
 
     def __call__(self, updates, state, ctx) -> torch.Tensor:
         ids = [u.client_id for u in updates]
-        if sorted(ids) != list(range(ctx.num_clients)):
-            missing = sorted(set(range(ctx.num_clients)) - set(ids))
-            raise ConfigError(
-                f"FedCE needs an update from every client in every round; round {state.round + 1} lacks clients "
-                f"{missing} (dropped or not selected)."
-            )
         idx = torch.tensor(ids)
         ex = state.extra
-        s = leave_others_cosines(stack_deltas(updates), ex["fedce_c"][idx])
+        prior = ex["fedce_c"][idx]
+        if sorted(ids) != list(range(ctx.num_clients)):
+            # a round without some clients (a dead client in a deployment, a dropout profile):
+            # the clients present are scored among themselves; the missing keep their last c
+            missing = sorted(set(range(ctx.num_clients)) - set(ids))
+            log.warning("FedCE: round %d lacks clients %s; scoring the %d present among themselves",
+                        state.round + 1, missing, len(ids))
+            prior = prior / prior.sum()
+        s = leave_others_cosines(stack_deltas(updates), prior)
         ex["fedce_cos_sum"][idx] += s
         ex["fedce_cos_count"][idx] += 1
         g = (1.0 - ex["fedce_cos_sum"][idx] / ex["fedce_cos_count"][idx]).clamp_min(0.0)
