@@ -169,3 +169,28 @@ def test_below_the_quorum_the_server_stops_stalled_with_a_checkpoint_to_resume(t
     assert "quorum of 3" in result.summary["message"] and "--resume" in result.summary["message"]
     ckpt = run.run_dir.load_checkpoint()
     assert ckpt is not None and int(ckpt["round"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["async", "buffered"])
+def test_a_dead_client_holds_an_async_slot_at_most_the_deadline(tmp_path, mode):
+    """One slot (concurrency 1) and a client that takes a job and dies: before, the slot
+    stayed taken and the run waited forever; now the job expires after --job-timeout
+    (counted late), the client is set aside until it calls again, and the live client
+    fills the slot."""
+    deadline = 1.0
+    sched = {"mode": mode, "concurrency": 1, "max_arrivals": 4, "clients_per_round": 2}
+    if mode == "buffered":
+        sched["buffer_size"] = 2
+    cfg = config(clients=2, **sched)
+    cfg["method"] = {"name": "fedasync" if mode == "async" else "fedbuff"}
+    run = LoopbackRun(cfg, out=tmp_path / "run", server_kwargs={"min_clients": 1, "job_timeout_s": deadline})
+    dead = Raw(run.address, run.tokens[1])
+    dead.join(int(run.exp.data.client_sizes()[1]))
+    dead.task()  # the only client online takes the only slot, then dies
+    t0 = time.monotonic()
+    run.start_clients([0])
+    result = run.wait(60)
+    assert result.status == "completed"
+    assert result.summary["client_updates"] == 4 and result.summary["late_updates"] >= 1
+    assert time.monotonic() - t0 <= deadline + 30
+    assert not run.client_errors

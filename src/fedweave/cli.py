@@ -439,6 +439,8 @@ def serve(
                                          "with fewer, stop (status stalled, resumable)"),
     stream_idle_s: float = typer.Option(30.0, "--stream-idle-s", help="end an upload stream that sends no frame for "
                                         "this many seconds"),
+    job_timeout: Optional[float] = typer.Option(None, "--job-timeout", help="async/buffered modes: free the slot of a "
+                                                "job whose upload has not begun after this many seconds (default: wait)"),
     imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings only"),
 ):
@@ -454,7 +456,8 @@ def serve(
         result = deploy_serve(config, address=address, overrides=set_, out=out_dir, tokens=tokens, tls_cert=tls_cert,
                               tls_key=tls_key, state_dir=state_dir, resume=resume, min_clients=min_clients,
                               join_timeout_s=join_timeout, frame_bytes=frame_bytes, print_tokens=typer.echo,
-                              quorum=quorum, stream_idle_s=stream_idle_s, overwrite=overwrite)
+                              quorum=quorum, stream_idle_s=stream_idle_s, overwrite=overwrite,
+                              job_timeout_s=job_timeout)
     except FedweaveError as exc:
         _fail(exc)
     _print_result(result)

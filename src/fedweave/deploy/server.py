@@ -127,6 +127,7 @@ class _Task:
     broadcast: Broadcast
     encoded: Encoded
     lr: float
+    issued: float = field(default_factory=time.monotonic)  # when it was handed out (async job timeout)
 
 
 @dataclass
@@ -143,6 +144,7 @@ class _Round:
     # finished in time, in arrival order: what the ledger admits
     events: list[tuple[int, Update | None, bool]] = field(default_factory=list)
     closed: bool = False
+    expired: dict[int, int] = field(default_factory=dict)  # async: client -> counter of its timed-out job
 
 
 @dataclass
@@ -181,6 +183,7 @@ class DeployServer:
         max_workers: int | None = None,
         quorum: int | None = None,
         stream_idle_s: float = DEFAULT_STREAM_IDLE_S,
+        job_timeout_s: float | None = None,
     ):
         cfg: Config = exp.config
         sched = cfg.schedule
@@ -218,6 +221,10 @@ class DeployServer:
         if not stream_idle_s > 0:
             raise ConfigError(f"--stream-idle-s must be a positive number of seconds, got {stream_idle_s}.")
         self.streams = UploadStreams(MAX_UPLOADS_PER_CLIENT, stream_idle_s)
+        if job_timeout_s is not None and not job_timeout_s > 0:
+            raise ConfigError(f"--job-timeout must be a positive number of seconds, got {job_timeout_s}.")
+        # async/buffered: a job not uploaded within this many seconds frees its slot (sync rounds use deadline_s)
+        self.job_timeout_s = job_timeout_s
         # every client at its caps (2 long polls, MAX_UPLOADS_PER_CLIENT uploads) still leaves threads for the others
         self.max_workers = max_workers or min(1024, (2 + MAX_UPLOADS_PER_CLIENT) * n + 16)
 
@@ -291,9 +298,13 @@ class DeployServer:
             log.warning("!" * 78)
         log.info("listening on %s (%s), protocol %s, %d client tokens", bound, "TLS" if self.tls else "plain",
                  PROTOCOL, len(self.tokens))
-        if self.cfg.schedule.deadline_s is None:
+        if self.cfg.schedule.mode == "sync" and self.cfg.schedule.deadline_s is None:
             log.warning("schedule.deadline_s is not set: a selected client that dies mid-round stalls the round until "
                         "it comes back; set it (wall-clock seconds) for unattended deployments")
+        if self.cfg.schedule.mode != "sync" and self.job_timeout_s is None:
+            log.warning("--job-timeout is not set: a client that dies holding a job keeps its slot (of %s) until it "
+                        "comes back; set it (wall-clock seconds) for unattended deployments",
+                        self.cfg.schedule.concurrency or self.cfg.schedule.clients_per_round)
         atomic_write_text(self.state_dir.path / SERVER_FILE,
                           dumps({"address": bound, "port": port, "tls": self.tls is not None, "run_dir": str(self.run_dir.path)}) + "\n")
         return port
@@ -534,6 +545,9 @@ class DeployServer:
                     rnd.received.discard(cid)
                     rnd.finished.discard(cid)
                     rnd.accepted.pop(cid, None)
+                    rnd.expired.pop(cid, None)
+                if self.job_timeout_s is not None:
+                    self._expire_jobs(rnd, live)
             for cid, update, well_formed in events:
                 if update is not None:
                     ledger.arrive(live, update)
@@ -551,6 +565,24 @@ class DeployServer:
         if record is not None and progress:
             progress(totals.arrivals, max_arrivals or 0, record)
         self._checkpoint()
+
+    def _expire_jobs(self, rnd: _Round, live) -> None:
+        """Async/buffered (under ``self._cv``): a job whose upload has not begun
+        ``--job-timeout`` seconds after it was handed out frees its slot; it counts as a
+        late update, and its client is set aside until it calls again (as a client that
+        misses a sync round's deadline). An upload that comes for it later is late."""
+        now = time.monotonic()
+        for cid, task in list(rnd.tasks.items()):
+            if cid in rnd.received or now - task.issued < self.job_timeout_s:
+                continue
+            del rnd.tasks[cid]
+            live.busy.discard(cid)
+            rnd.expired[cid] = task.counter
+            live.totals.late_updates += 1
+            if cid in self._clients:
+                self._clients[cid].away = True
+            log.warning("client %d has not sent the update of job %d within --job-timeout %g s: its slot is free "
+                        "again", cid, task.counter, self.job_timeout_s)
 
     def _checkpoint(self) -> None:
         d = self.ledger.checkpoint_dict()
@@ -784,6 +816,8 @@ class DeployServer:
         if header.get("client_id") != cid:
             return f"this token is bound to client {cid}; the update claims client {header.get('client_id')!r}"
         task = rnd.tasks.get(cid) if rnd is not None else None
+        if task is None and rnd is not None and rnd.expired.get(cid) == header.get("counter"):
+            return f"late: job {header.get('counter')} of client {cid} timed out (--job-timeout) before its upload began"
         if task is None or not _is_int(claimed) or claimed != task.round:
             open_ = task.round if task is not None and not rnd.closed else None
             return f"stale round: the update claims round index {claimed!r}; this client's open task is for {open_}"
@@ -873,6 +907,7 @@ def serve(
     quorum: int | None = None,
     stream_idle_s: float = DEFAULT_STREAM_IDLE_S,
     overwrite: bool = False,
+    job_timeout_s: float | None = None,
 ):
     """Build the run (or reopen it with ``resume``), serve it until its rounds are done.
 
@@ -924,7 +959,8 @@ def serve(
     store = given or _load_or_make_tokens(sdir.path, exp.data.num_clients, resume, print_tokens)
     server = DeployServer(exp, run_dir, store, address=address, state_dir=sdir.path, tls_cert=tls_cert, tls_key=tls_key,
                           min_clients=min_clients, frame_bytes=frame_bytes, checkpoint=ckpt, progress=progress,
-                          join_timeout_s=join_timeout_s, quorum=quorum, stream_idle_s=stream_idle_s)
+                          join_timeout_s=join_timeout_s, quorum=quorum, stream_idle_s=stream_idle_s,
+                          job_timeout_s=job_timeout_s)
     previous = {}
     if handle_signals and threading.current_thread() is threading.main_thread():
         def on_signal(signum, frame):
