@@ -268,7 +268,7 @@ def test_npz_missing_and_corrupt(tmp_path):
 def test_every_source_is_listed():
     assert set(DATASETS) == {
         "digits", "mnist5k", "mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "npz", "leaf", "hf", "pydocs",
-        "burgers1d", "skeleton", "clips", "shapesvqa", "imagefolder",
+        "burgers1d", "skeleton", "clips", "shapesvqa", "imagefolder", "sr<k>:<source>",
     }
 
 
