@@ -100,6 +100,21 @@ def test_one_frame_is_a_single_image_model_without_flow():
     assert out.shape == (2, 3, 32, 32) and calls == []
 
 
+def test_without_alignment_the_flow_net_is_unused_and_zero_flow_is_the_same_model():
+    torch.manual_seed(0)
+    aligned = build_vsrrnn((5, 3, 16, 16), width=4, blocks=1)
+    torch.nn.init.normal_(aligned.up.weight, std=0.1)
+    plain = build_vsrrnn((5, 3, 16, 16), width=4, blocks=1, align=False)
+    plain.load_state_dict(aligned.state_dict())
+    calls = []
+    plain.flow.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.rand(2, 5, 3, 16, 16)
+    # the untrained flow is zero, and warping by zero flow is the identity
+    assert torch.allclose(plain(x), aligned(x), atol=1e-6) and calls == []
+    torch.nn.init.normal_(aligned.flow.body[-1].weight, std=0.5)
+    assert not torch.allclose(plain(x), aligned(x), atol=1e-4)  # a non-zero flow changes the output
+
+
 def test_registered_and_built_through_the_model_zoo():
     model = build_model("vsrrnn", (3, 3, 16, 16), 10, width=8, blocks=3)
     assert isinstance(model, RecurrentVSR) and model.width == 8 and len(model.forward_branch.blocks) == 3
@@ -114,6 +129,8 @@ def test_wrong_input_shapes_are_refused(shape, words):
 def test_bad_options_and_a_wrong_runtime_input_are_refused():
     with pytest.raises(ModelError, match="blocks"):
         build_vsrrnn((3, 3, 16, 16), blocks=-1)
+    with pytest.raises(ModelError, match="align"):
+        build_vsrrnn((3, 3, 16, 16), align="no")
     with pytest.raises(ModelError, match="depth"):
         build_vsrrnn((3, 3, 16, 16), depth=2)
     with pytest.raises(ModelError, match="clips"):

@@ -49,6 +49,9 @@ What is ours, and why:
   frame (BasicVSR: bilinear) with the last convolution zero-initialised, exactly as
   ``vsrnet``: the untrained model returns the bicubic baseline, so both models start from
   the same point.
+* **``align: false``** (``model.kwargs``; ours, an ablation): the propagated features are
+  passed on unwarped and the flow network is not used — the same recurrence without
+  alignment, to tell what the alignment adds from what the recurrence adds.
 * **One frame** (``clips:1``): no neighbour, so no flow or warp is used; both branches see
   only the centre frame and the model is a single-image SR network with the same
   parameters — the control for what the neighbours add.
@@ -128,9 +131,9 @@ class Propagator(nn.Module):
 class RecurrentVSR(nn.Module):
     """Bidirectional recurrent VSR with learned flow alignment; returns the HR centre frame."""
 
-    def __init__(self, channels: int, width: int = 16, blocks: int = 2, scale: int = SCALE):
+    def __init__(self, channels: int, width: int = 16, blocks: int = 2, scale: int = SCALE, align: bool = True):
         super().__init__()
-        self.channels, self.width, self.scale = channels, width, scale
+        self.channels, self.width, self.scale, self.align = channels, width, scale, align
         self.flow = FlowNet(channels, width)
         self.backward_branch = Propagator(channels, width, blocks)
         self.forward_branch = Propagator(channels, width, blocks)
@@ -144,7 +147,7 @@ class RecurrentVSR(nn.Module):
         hidden = x.new_zeros(b, self.width, h, w)
         previous = None
         for i in order:
-            if previous is not None:  # align the neighbour's features to frame i
+            if previous is not None and self.align:  # align the neighbour's features to frame i
                 hidden = flow_warp(hidden, self.flow(x[:, i], x[:, previous]))
             hidden = branch(x[:, i], hidden)
             previous = i
@@ -163,10 +166,11 @@ class RecurrentVSR(nn.Module):
         return base + F.pixel_shuffle(self.up(feat), self.scale)
 
 
-def build_vsrrnn(input_shape, num_classes=None, width: int = 16, blocks: int = 2, **unused) -> nn.Module:
+def build_vsrrnn(input_shape, num_classes=None, width: int = 16, blocks: int = 2, align: bool = True,
+                 **unused) -> nn.Module:
     if unused:
         raise ModelError(f"Unexpected option(s) for model 'vsrrnn': {', '.join(sorted(unused))}. "
-                         "Its options: width, blocks.")
+                         "Its options: width, blocks, align.")
     if len(input_shape) != 4:
         raise ModelError(
             f"Model 'vsrrnn' is a video model: it needs clips shaped (frames, channels, height, width), but the data "
@@ -180,12 +184,14 @@ def build_vsrrnn(input_shape, num_classes=None, width: int = 16, blocks: int = 2
         if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "width" else 0):
             raise ModelError(f"vsrrnn {name} must be a {'positive' if name == 'width' else 'non-negative'} "
                              f"integer, got {value!r}.")
-    return RecurrentVSR(int(input_shape[1]), width, blocks)
+    if not isinstance(align, bool):
+        raise ModelError(f"vsrrnn align must be true or false, got {align!r}.")
+    return RecurrentVSR(int(input_shape[1]), width, blocks, align=align)
 
 
 register_model("vsrrnn", build_vsrrnn,
                "Recurrent video SR for task video_sr (BasicVSR-style): bidirectional propagation to the centre frame, "
                "features aligned by a flow net learned from scratch, x2 pixel shuffle over the bicubic centre frame "
-               "(width 16, blocks 2); last conv zero-initialised.")
+               "(width 16, blocks 2, align true); last conv zero-initialised.")
 
 __all__ = ["FlowNet", "RecurrentVSR", "build_vsrrnn", "flow_warp"]
