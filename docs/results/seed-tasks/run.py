@@ -3,6 +3,7 @@ SR, pLoRA on a small vision-language task, three training seeds each (data fixed
 
     PYTHONPATH=src python docs/results/seed-tasks/run.py            # about 15-20 min on 2 busy cores
     PYTHONPATH=src python docs/results/seed-tasks/run.py --part fsar
+    PYTHONPATH=src python docs/results/seed-tasks/run.py --part fedvsr-rnn --seeds 0   # one seed only
 
 Run directories go to --work (default /tmp/fedweave-seed-tasks); the per-run figures to
 docs/results/seed-tasks/results.json, and a summary table (mean ± std over seeds) is printed.
@@ -53,13 +54,14 @@ HOMOGENEOUS_RUNS = {
 }
 
 
-def video(method: dict, seed: int, dataset: str = "clips:5", clients: int = 6) -> dict:
+def video(method: dict, seed: int, dataset: str = "clips:5", clients: int = 6, model: str = "vsrnet",
+          model_kwargs: dict | None = None, rounds: int = 15) -> dict:
     return {
         "name": "seed-fedvsr", "seed": seed, "task": {"kind": "video_sr"},
         "data": {"dataset": dataset, "partition": {"kind": "dirichlet", "alpha": 0.5, "num_clients": clients}},
-        "model": {"name": "vsrnet", "width": 16},
+        "model": {"name": model, "width": 16, **({"kwargs": model_kwargs} if model_kwargs else {})},
         "client": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "optimizer": "adam", "mu": 0.01},
-        "schedule": {"rounds": 15, "clients_per_round": clients},
+        "schedule": {"rounds": rounds, "clients_per_round": clients},
         "method": method,
     }
 
@@ -77,6 +79,27 @@ VSR_RUNS = {
 CENTRAL_RUNS = {
     "centralised, 5 frames": ({"name": "fedavg"}, "clips:5"),
     "centralised, 1 frame": ({"name": "fedavg"}, "clips:1"),
+}
+# the same federation and controls with the recurrent model vsrrnn (BasicVSR-style:
+# bidirectional propagation, features aligned by a flow net learned from scratch): label ->
+# (method, dataset, options of video()); clients 1 is centralised; "no alignment" is the
+# ablation model.kwargs.align: false (the same recurrence, features passed on unwarped);
+# "60 epochs" asks whether a longer centralised budget lets either model use the neighbours
+FEDAVG, RNN = {"name": "fedavg"}, {"model": "vsrrnn"}
+RNN_RUNS = {
+    "vsrrnn fedavg (5 frames)": (FEDAVG, "clips:5", RNN),
+    "vsrrnn fedprox (5 frames)": ({"name": "fedprox"}, "clips:5", RNN),
+    "vsrrnn fedvsr (5 frames)": ({"name": "fedvsr"}, "clips:5", RNN),
+    "vsrrnn fedavg (1 frame: single image)": (FEDAVG, "clips:1", RNN),
+    "vsrrnn centralised, 5 frames": (FEDAVG, "clips:5", {**RNN, "clients": 1}),
+    "vsrrnn centralised, 1 frame": (FEDAVG, "clips:1", {**RNN, "clients": 1}),
+    "vsrrnn no alignment, fedavg (5 frames)": (FEDAVG, "clips:5", {**RNN, "model_kwargs": {"align": False}}),
+    "vsrrnn no alignment, centralised, 5 frames": (FEDAVG, "clips:5", {**RNN, "clients": 1,
+                                                                        "model_kwargs": {"align": False}}),
+    "vsrrnn centralised 60 epochs, 5 frames": (FEDAVG, "clips:5", {**RNN, "clients": 1, "rounds": 60}),
+    "vsrrnn centralised 60 epochs, 1 frame": (FEDAVG, "clips:1", {**RNN, "clients": 1, "rounds": 60}),
+    "vsrnet centralised 60 epochs, 5 frames": (FEDAVG, "clips:5", {"clients": 1, "rounds": 60}),
+    "vsrnet centralised 60 epochs, 1 frame": (FEDAVG, "clips:1", {"clients": 1, "rounds": 60}),
 }
 
 
@@ -138,9 +161,11 @@ def bicubic(dataset: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["fsar", "fsar-homogeneous", "fedvsr", "fedvsr-central", "plora", "plora-dialect",
-                                           "all"], default="all")
+    parser.add_argument("--part", choices=["fsar", "fsar-homogeneous", "fedvsr", "fedvsr-central", "fedvsr-rnn",
+                                           "plora", "plora-dialect", "all"], default="all")
     parser.add_argument("--work", default="/tmp/fedweave-seed-tasks")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--only", default=None, help="run only the labels that contain this text")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -159,6 +184,9 @@ def main() -> None:
     if args.part in ("fedvsr-central", "all"):
         jobs += [("fedvsr", label, seed, video(m, seed, d, clients=1)) for label, (m, d) in CENTRAL_RUNS.items()
                  for seed in SEEDS]
+    if args.part in ("fedvsr-rnn", "all"):
+        jobs += [("fedvsr", label, seed, video(m, seed, d, **o)) for label, (m, d, o) in RNN_RUNS.items()
+                 for seed in SEEDS]
     if args.part in ("plora", "plora-dialect", "all"):
         base = str(work / "vlm-base.pt")
         print(f"pretrained vlm base: public-set accuracy {pretrain_vlm(base, seed=0):.3f}")
@@ -167,6 +195,7 @@ def main() -> None:
     if args.part in ("plora-dialect", "all"):  # clients that disagree on answers: where personalization should pay
         jobs += [("plora-dialect", label, seed, vqa(m, seed, base, "shapesvqa:8:dialect"))
                  for label, m in PLORA_RUNS.items() for seed in SEEDS]
+    jobs = [j for j in jobs if j[2] in args.seeds and (args.only is None or args.only in j[1])]
     for part, label, seed, cfg in jobs:
         row = run_one(cfg, work / f"{part}-{label.replace(' ', '_').replace('/', '-')}-s{seed}")
         results.setdefault(part, {}).setdefault(label, {})[str(seed)] = row

@@ -9,7 +9,7 @@ its task (:func:`register_task`: loss, metrics, primary metric), its data source
 ``restoration``     Charbonnier loss, PSNR; data ``sr<k>:<source>``; model ``srnet``
 ``language_model``  token cross-entropy, perplexity; data ``pydocs[:<L>]``; model ``transformer``
 ``regression``      MSE, relative L2 error and RMSE; data ``burgers1d[:C[:R[:S]]]``; model ``fno1d``
-``video_sr``        Charbonnier loss, PSNR-Y and SSIM-Y; data ``clips[:<window>]``; model ``vsrnet``
+``video_sr``        Charbonnier loss, PSNR-Y and SSIM-Y; data ``clips[:<window>]``; models ``vsrnet``, ``vsrrnn``
 (``skeleton``)      no task of its own (classification): data ``skeleton[:<clients>]``; model ``stgcn``
 (``vision_language``) no task of its own (classification over answers): data ``shapesvqa[:<clients>]``; model ``vlm``
 ==================  =====================================================================
@@ -28,6 +28,7 @@ from . import language_model  # noqa: E402,F401
 from . import turbulence  # noqa: E402,F401
 from . import skeleton  # noqa: E402,F401
 from . import video_sr  # noqa: E402,F401
+from . import video_sr_recurrent  # noqa: E402,F401
 from . import vision_language  # noqa: E402,F401
 from .classification import ClassificationTask  # noqa: E402
 

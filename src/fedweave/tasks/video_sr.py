@@ -107,7 +107,8 @@ def _check_frame(output: torch.Tensor, target: torch.Tensor) -> None:
         raise ModelError(
             f"The video_sr task compares the model's output frame [batch, channels, height, width] with the "
             f"high-resolution centre frame, but the output has shape {tuple(output.shape)} and the target "
-            f"{tuple(target.shape)}. Use a video model (model.name: vsrnet) on video data (data.dataset: clips)."
+            f"{tuple(target.shape)}. Use a video model (model.name: vsrnet or vsrrnn) on video data "
+            "(data.dataset: clips)."
         )
 
 
@@ -141,7 +142,7 @@ class VideoSRTask(Task):
 
 register_task("video_sr", VideoSRTask,
               "video super-resolution: LR window -> HR centre frame; Charbonnier loss; PSNR-Y (primary) and SSIM-Y; "
-              "data clips[:<window>], model vsrnet")
+              "data clips[:<window>], models vsrnet, vsrrnn")
 
 
 # -- data ---------------------------------------------------------------------------------
