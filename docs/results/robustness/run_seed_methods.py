@@ -2,16 +2,22 @@
 
 Usage::
 
-    .venv/bin/python docs/results/robustness/run_seed_methods.py OUT_DIR [frl flip fal eaves]
+    .venv/bin/python docs/results/robustness/run_seed_methods.py OUT_DIR [PART[:i,j,...] ...] [--seeds 0,1,2]
 
-Each run is a plain ``fedweave.run``; the summaries are collected into
-``OUT_DIR/<part>.json`` and turned into tables by ``make_tables.py``.
+PART is one of frl, flip, fal, eaves (default: all); ``PART:i,j`` runs only rows i, j of
+that part. ``--seeds`` (default: the base config's seed) sets the config's ``seed`` of every
+run (training: initialisation, sampling, shuffling and which clients are malicious; the
+data split and partition keep ``data.seed``). Each run is a plain ``fedweave.run`` in
+``OUT_DIR/<part>/<row>-s<seed>``; its row (method, setting, seed, seconds, summary, last
+record) goes into ``OUT_DIR/<part>.json`` as soon as it finishes, replacing an earlier row
+with the same method, setting and seed and keeping the others (rows without a seed are seed
+0). ``make_tables.py`` turns them into tables (mean ± sd over seeds).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -65,32 +71,49 @@ PARTS = {
 }
 
 
+def row_key(r: dict) -> tuple:
+    return (r["method"], r["setting"], r.get("seed", 0))
+
+
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/robustness-seeds")
-    parts = sys.argv[2:] or list(PARTS)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", nargs="?", default="/tmp/robustness-seeds", type=Path)
+    ap.add_argument("parts", nargs="*", help="frl, flip, fal, eaves; PART:i,j,... for some rows (default: all parts)")
+    ap.add_argument("--seeds", default=str(BASE["seed"]), help="comma-separated config seeds, e.g. 0,1,2")
+    args = ap.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",")]
+    out: Path = args.out
+    parts = args.parts or list(PARTS)
     # PART:i,j,... runs only those rows of a part (e.g. flip:0,1) and merges them into OUT/PART.json
     selected = {}
     for i, part in enumerate(parts):
         if ":" in part:
             name, idx = part.split(":", 1)
             parts[i], selected[name] = name, {int(x) for x in idx.split(",")}
+    for part in parts:
+        if part not in PARTS:
+            ap.error(f"unknown part {part!r} (one of {', '.join(PARTS)})")
     out.mkdir(parents=True, exist_ok=True)
     for part in parts:
-        old = json.loads((out / f"{part}.json").read_text()) if (out / f"{part}.json").exists() else []
-        rows = []
-        for i, (method, setting, extra) in enumerate(PARTS[part]):
-            if part in selected and i not in selected[part]:
-                keep = [r for r in old if r["method"] == method and r["setting"] == setting]
-                rows.extend(keep[:1])
-                continue
-            cfg = deep_merge(BASE, extra)
-            t = time.time()
-            res = fedweave.run(cfg, out=out / part / f"{i:02d}")
-            rows.append({"method": method, "setting": setting, "seconds": time.time() - t,
-                         "summary": res.summary, "last": res.history[-1] if res.history else {}})
-            print(part, method, setting, {k: v for k, v in rows[-1]["last"].items()
-                                          if "accuracy" in k or "success" in k or k == "epsilon"}, flush=True)
-        (out / f"{part}.json").write_text(json.dumps(rows, indent=1, default=str))
+        file = out / f"{part}.json"
+        order = {(m, s): i for i, (m, s, _) in enumerate(PARTS[part])}
+        rows = {row_key(r): r for r in (json.loads(file.read_text()) if file.exists() else [])}
+        for seed in seeds:
+            for i, (method, setting, extra) in enumerate(PARTS[part]):
+                if part in selected and i not in selected[part]:
+                    continue
+                cfg = deep_merge(deep_merge(BASE, extra), {"seed": seed})
+                t = time.time()
+                res = fedweave.run(cfg, out=out / part / f"{i:02d}-s{seed}", overwrite=True)
+                row = {"method": method, "setting": setting, "seed": seed, "seconds": time.time() - t,
+                       "summary": res.summary, "last": res.history[-1] if res.history else {}}
+                rows[row_key(row)] = row
+                print(part, method, setting, f"seed {seed}", f"{row['seconds']:.0f} s",
+                      {k: v for k, v in row["last"].items() if "accuracy" in k or "success" in k or k == "epsilon"},
+                      flush=True)
+                ordered = sorted(rows.values(), key=lambda r: (order.get((r["method"], r["setting"]), len(order)),
+                                                               r.get("seed", 0)))
+                file.write_text(json.dumps(ordered, indent=1, default=str))
 
 
 if __name__ == "__main__":
