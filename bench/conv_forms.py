@@ -11,7 +11,10 @@ measured side by side in one process, alternating forms each repeat:
   convolution run on its own slice with its own weights (the convolutions then cost what
   they cost serially; only the rest is batched);
 * ``threads``  — the serial form, clients split over two Python threads with one torch
-  thread each (inter-op instead of intra-op parallelism).
+  thread each (inter-op instead of intra-op parallelism);
+* ``serial-nhwc`` and ``serial-nhwc-relu-after-pool`` — still one client at a time, through
+  the same layers rewritten: channels-last input, and ReLU moved after max-pooling (exact).
+  Not batched forms: they measure how much a per-client graph rewrite would give serial.
 
 Reported: CPU time per step of all K clients (``time.process_time``: what the process
 used, whatever else runs on the machine; ``--threads 1`` makes it comparable across
@@ -75,6 +78,27 @@ def forms(k: int):
             t.join()
         torch.set_num_threads(previous)
 
+    per_client = [list(m.parameters()) for m in models]
+    x_nhwc = [x[j].contiguous(memory_format=torch.channels_last) for j in range(k)]
+
+    def rewritten(channels_last: bool, relu_after_pool: bool):
+        """Serial, one client at a time, through the same layers written out: channels-last
+        input (oneDNN then runs NHWC convolutions) and/or ReLU after max-pooling (exact:
+        max commutes with a monotone activation, and both give zero gradient where the
+        window's maximum is ≤ 0), on a quarter of the elements."""
+        def act(h):
+            return F.relu(F.max_pool2d(h, 2)) if relu_after_pool else F.max_pool2d(F.relu(h), 2)
+
+        def run():
+            for j in range(k):
+                w1, b1, w2, b2, f1, g1, f2, g2 = per_client[j]
+                opts[j].zero_grad(set_to_none=True)
+                h = act(F.conv2d(x_nhwc[j] if channels_last else x[j], w1, b1, padding=2))
+                h = act(F.conv2d(h, w2, b2, padding=2)).flatten(1)
+                F.cross_entropy(F.linear(F.relu(F.linear(h, f1, g1)), f2, g2), y[j]).backward()
+                opts[j].step()
+        return run
+
     def head_and_step(h, leaves):
         w1, b1, w2, b2, f1, g1, f2, g2 = leaves
         h = F.relu(torch.baddbmm(g1.unsqueeze(1), h.reshape(k, BATCH, -1), f1.transpose(1, 2)))
@@ -106,7 +130,8 @@ def forms(k: int):
         head_and_step(h, leaves)
 
     return {"serial": serial, "grouped-nhwc": lambda: grouped(True), "grouped-nchw": lambda: grouped(False),
-            "looped": looped, "threads": threads}
+            "looped": looped, "threads": threads, "serial-nhwc": rewritten(True, False),
+            "serial-nhwc-relu-after-pool": rewritten(True, True)}
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -147,11 +172,11 @@ def main(argv=None) -> int:
     rate = flops / serial_cpu / 1e9
     print(f"K={args.clients}, batch {BATCH}, {args.threads} thread(s); per CPU-second: fp32 matmul {peak:.0f} GFLOP, "
           f"serial training {rate:.0f} GFLOP ({100 * rate / peak:.0f} % of the matmul rate)")
-    print(f"{'form':>13} {'CPU ms':>8} {'x serial':>9} {'wall ms':>8} {'x serial':>9}")
+    print(f"{'form':>27} {'CPU ms':>8} {'x serial':>9} {'wall ms':>8} {'x serial':>9}")
     base_cpu = statistics.median(cpu["serial"])
     for name in fs:
         c, w = statistics.median(cpu[name]), statistics.median(wall[name])
-        print(f"{name:>13} {1e3 * c:8.1f} {c / base_cpu:9.2f} {1e3 * w:8.1f} {w / serial_wall:9.2f}")
+        print(f"{name:>27} {1e3 * c:8.1f} {c / base_cpu:9.2f} {1e3 * w:8.1f} {w / serial_wall:9.2f}")
     return 0
 
 
