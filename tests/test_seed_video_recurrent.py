@@ -6,22 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fedweave
-from fedweave.config import load_config
 from fedweave.errors import ModelError
-from fedweave.experiment import build_experiment
 from fedweave.models import build_model
-from fedweave.tasks.video_sr import VideoSRTask
 from fedweave.tasks.video_sr_recurrent import RecurrentVSR, build_vsrrnn, flow_warp
-
-VIDEO = {
-    "task": {"kind": "video_sr"},
-    "data": {"dataset": "clips:3", "partition": {"kind": "iid", "num_clients": 3}},
-    "model": {"name": "vsrrnn", "width": 4, "kwargs": {"blocks": 1}},
-    "client": {"epochs": 1, "batch_size": 32, "lr": 0.002, "optimizer": "adam"},
-    "schedule": {"rounds": 2, "clients_per_round": 3},
-}
-
 
 def test_warp_by_a_constant_integer_flow_is_a_shift():
     feat = torch.rand(2, 3, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -136,27 +123,3 @@ def test_bad_options_and_a_wrong_runtime_input_are_refused():
     with pytest.raises(ModelError, match="clips"):
         build_vsrrnn((3, 3, 16, 16))(torch.rand(2, 3, 16, 16))
 
-
-def test_fedvsr_runs_end_to_end_with_the_recurrent_model(tiny, tmp_path):
-    cfg = tiny({**VIDEO, "method": {"name": "fedvsr"}})
-    result = fedweave.run(cfg, out=tmp_path / "fedvsr")
-    assert result.status == "completed"
-    exp = build_experiment(load_config(cfg))
-    bicubic = VideoSRTask().evaluate(exp.model_factory(), exp.data.x_test, exp.data.y_test)  # the untrained model
-    last = result.history[-1]
-    assert last["psnr_y"] > bicubic["psnr_y"] and 0 < last["ssim_y"] <= 1
-
-
-def test_cli_refuses_the_recurrent_model_on_single_images_with_exit_2(tmp_path):
-    from typer.testing import CliRunner
-
-    from fedweave.cli import app
-
-    out = tmp_path / "x"
-    result = CliRunner().invoke(app, ["run", "--quiet", "--out", str(out), "--set", "task.kind=restoration",
-                                      "--set", "data.dataset=sr2:digits", "--set", "model.name=vsrrnn",
-                                      "--set", "schedule.rounds=1"])
-    text = " ".join(result.output.split())
-    assert result.exit_code == 2, result.output
-    assert "video model" in text and "vsrrnn" in text and "Traceback" not in result.output
-    assert not out.exists()

@@ -85,8 +85,13 @@ def test_video_model_on_single_images_is_refused():
         build_vsrnet((3, 32, 32))
 
 
-def test_fedvsr_runs_end_to_end_on_video_and_beats_bicubic(tiny, tmp_path):
-    cfg = tiny({**VIDEO, "method": {"name": "fedvsr"}})
+# both video models: the sliding window and the recurrent one (tasks/video_sr_recurrent.py)
+VIDEO_MODELS = {"vsrnet": VIDEO["model"], "vsrrnn": {"name": "vsrrnn", "width": 4, "kwargs": {"blocks": 1}}}
+
+
+@pytest.mark.parametrize("model", list(VIDEO_MODELS))
+def test_fedvsr_runs_end_to_end_on_video_and_beats_bicubic(tiny, tmp_path, model):
+    cfg = tiny({**VIDEO, "model": VIDEO_MODELS[model], "method": {"name": "fedvsr"}})
     result = fedweave.run(cfg, out=tmp_path / "fedvsr")
     assert result.status == "completed"
     exp = build_experiment(load_config(cfg))
@@ -96,16 +101,10 @@ def test_fedvsr_runs_end_to_end_on_video_and_beats_bicubic(tiny, tmp_path):
     assert set(last) >= {"psnr_y", "ssim_y", "loss"}
 
 
-def test_cli_refuses_a_video_model_on_single_images_with_exit_2(tmp_path):
-    from typer.testing import CliRunner
+@pytest.mark.parametrize("model", list(VIDEO_MODELS))
+def test_cli_refuses_a_video_model_on_single_images_with_exit_2(tmp_path, model):
+    from helpers_runs import assert_run_refused
 
-    from fedweave.cli import app
-
-    out = tmp_path / "x"
-    result = CliRunner().invoke(app, ["run", "--quiet", "--out", str(out), "--set", "task.kind=restoration",
-                                      "--set", "data.dataset=sr2:digits", "--set", "model.name=vsrnet",
-                                      "--set", "schedule.rounds=1"])
-    text = " ".join(result.output.split())
-    assert result.exit_code == 2, result.output
-    assert "video model" in text and "srnet" in text and "Traceback" not in result.output
-    assert not out.exists()
+    assert_run_refused(tmp_path / "x", ["--set", "task.kind=restoration", "--set", "data.dataset=sr2:digits",
+                                        "--set", f"model.name={model}", "--set", "schedule.rounds=1"],
+                       ["video model", model, "srnet"])
