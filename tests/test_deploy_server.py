@@ -157,6 +157,22 @@ def test_malformed_updates_are_rejected_while_the_run_completes(tmp_path):
     assert [r["round"] for r in records] == [1, 2, 3, 4] and records[-1]["wire_bytes_up"] > records[-1]["bytes_up"]
 
 
+def test_a_payload_only_update_is_accepted_only_from_a_method_that_sends_one(tmp_path):
+    """FedAvg needs the model update: an upload with neither 'delta' nor 'params' is
+    rejected (the round goes on); the payload-only methods (Ferret, FRL) are the reverse,
+    see test_same_model_as_the_simulation_for_stateful_methods_payloads_and_buffers."""
+    run = LoopbackRun(config(rounds=1), out=tmp_path / "run", server_kwargs={"min_clients": 4})
+    evil = Raw(run.address, run.tokens[3])
+    n = int(run.exp.data.client_sizes()[3])
+    evil.join(n)
+    run.start_clients([0, 1, 2])
+    h, b = evil.task()
+    code, details = evil.rejected(honest_update(3, h, b, n, delta=None), round=h["round"], counter=h["counter"])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "no model update" in details, details
+    result = run.wait(60)
+    assert result.status == "completed" and result.summary["rejected_updates"] == 1
+
+
 def test_a_client_that_vanishes_mid_round_stalls_it_no_longer_than_the_deadline(tmp_path):
     deadline = 1.5
     run = LoopbackRun(config(deadline_s=deadline, rounds=2), out=tmp_path / "run", server_kwargs={"min_clients": 3})
@@ -236,10 +252,13 @@ def test_async_and_buffered_modes_run_on_the_wall_clock(tmp_path, method, schedu
     ("scaffold", {}),  # per-client state across rounds, a control variate in every broadcast and update
     ("feddisco", {}),  # a label histogram in every update
     ("fedavg", {"name": "mlp_norm", "norm": "batch"}),  # BatchNorm statistics travel as buffers
+    # payload-only uploads: the payload stands in for the model update
+    ("ferret", {}),  # block coefficients of shared random bases
+    ("frl", {}),  # per-layer edge rankings
 ])
 def test_same_model_as_the_simulation_for_stateful_methods_payloads_and_buffers(tmp_path, method, model):
     cfg = config(clients=5, clients_per_round=3)
-    cfg["method"] = {"name": method}
+    cfg["method"] = {"name": method, **({"block_size": 256, "num_vectors": 16} if method == "ferret" else {})}
     cfg["model"].update(model)
     run = LoopbackRun(cfg, out=tmp_path / "run", server_kwargs={"min_clients": 5})
     run.start_clients()

@@ -23,7 +23,7 @@ from .core.client import ClientAlgorithm
 from .core.device import check_precision, resolve_device, set_deterministic
 from .core.errors import ConfigError, DataError, DivergedError, FedweaveError, ModelError
 from .core.params import FlatModel, ParamSpec, check_role_patterns
-from .core.rng import derive_seed
+from .core.rng import derive_seed, seeded_build
 from .core.strategy import Strategy
 from .core.task import Task
 from .data.federated import FederatedDataset, build_federated
@@ -51,8 +51,8 @@ class ModelFactory:
     seed: int
 
     def __call__(self) -> torch.nn.Module:
-        torch.manual_seed(derive_seed(self.seed, "init"))
-        return build_model(self.name, self.input_shape, self.num_classes, **self.kwargs)
+        with seeded_build(derive_seed(self.seed, "init")):
+            return build_model(self.name, self.input_shape, self.num_classes, **self.kwargs)
 
 
 @dataclass

@@ -10,11 +10,17 @@ and in whatever order jobs are executed.
 from __future__ import annotations
 
 import hashlib
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
 
 _MASK63 = (1 << 63) - 1
+# model initialisation draws from torch's global generator; one seeded build at a time, or
+# two threads building at once (a loopback deployment's server and clients) interleave draws
+_BUILD_LOCK = threading.RLock()
 
 
 def derive_seed(seed: int, purpose: str, *keys: int) -> int:
@@ -32,6 +38,16 @@ def torch_generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(derive_seed(seed, purpose, *keys))
     return gen
+
+
+@contextmanager
+def seeded_build(seed: int) -> Iterator[None]:
+    """Seed torch's global generator for a model build (initialisation draws from it) and
+    hold a process-wide lock until the build is done, so that builds in other threads
+    cannot draw in between: the same seed gives the same model in any thread. Nestable."""
+    with _BUILD_LOCK:
+        torch.manual_seed(seed)
+        yield
 
 
 def seed_job_generators(seed: int, client_id: int, counter: int, device: torch.device) -> None:

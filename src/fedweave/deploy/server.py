@@ -22,6 +22,7 @@ moment continues with ``--resume`` from the last completed round.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -778,6 +779,9 @@ class DeployServer:
                     a.feed(f.header, f.data, f.ByteSize())
                 header, data = a.done()
                 update = decode_update(header, data, sent_params=task.broadcast.params)
+                if self.payload_schema.update_class is not None:  # the method's own byte count
+                    update = self.payload_schema.update_class(
+                        **{f.name: getattr(update, f.name) for f in dataclasses.fields(update) if f.init})
                 reason = self._validate(cid, update, task)
                 well_formed = reason is None
                 if well_formed and not update.is_finite():
@@ -837,7 +841,12 @@ class DeployServer:
         p_shape, p_dtype, b_shape, b_dtype = self._expected
         if u.base_version != task.broadcast.version:
             return f"the update claims base version {u.base_version}; the task sent version {task.broadcast.version}"
-        if tuple(u.delta.shape) != p_shape or u.delta.dtype != p_dtype:
+        if self.payload_schema.replaces_model:
+            if u.delta is not None:
+                return "this method uploads its payload in place of the model: the update must carry no 'delta' or 'params'"
+        elif u.delta is None:
+            return "the update carries no model update ('delta' or 'params')"
+        elif tuple(u.delta.shape) != p_shape or u.delta.dtype != p_dtype:
             return (f"the model update has shape {tuple(u.delta.shape)} and dtype {u.delta.dtype}; expected {p_shape} "
                     f"and {p_dtype}")
         if u.buffers is None:

@@ -292,8 +292,9 @@ def decode_update(header: dict[str, Any], data: bytearray, sent_params: torch.Te
         raise WireError(f"'metrics' must be an object of at most {MAX_METRICS} numbers")
     u = _Unpacker(header, data)
     delta, params = u.optional(header, "delta"), u.optional(header, "params")
-    if (delta is None) == (params is None):
-        raise WireError("an update carries exactly one of 'delta' and 'params'")
+    if delta is not None and params is not None:
+        raise WireError("an update carries at most one of 'delta' and 'params'")
+    # neither: a payload-only upload (Ferret, FRL); the server checks that its method sends one
     if params is not None and sent_params is not None:
         if params.shape != sent_params.shape or params.dtype != sent_params.dtype:
             raise WireError(f"'params' has shape {tuple(params.shape)} and dtype {params.dtype}; expected "

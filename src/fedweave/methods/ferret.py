@@ -230,6 +230,7 @@ METHOD = register(
         params=FerretParams,
         stage_keys=("server_lr",),
         setup=setup_ferret,
-        payload_schema=PayloadSchema((Entry("coefficients", _coefficient_shape, what="Ferret's block coefficients"),)),
+        payload_schema=PayloadSchema((Entry("coefficients", _coefficient_shape, what="Ferret's block coefficients"),),
+                                     replaces_model=True),
     )
 )

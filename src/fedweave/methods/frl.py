@@ -56,7 +56,7 @@ from ..core.client import ClientAlgorithm
 from ..core.errors import ConfigError
 from ..core.messages import Broadcast, SCALAR_BYTES, Update, tensor_bytes
 from ..core.params import FlatModel
-from ..core.rng import derive_seed
+from ..core.rng import derive_seed, seeded_build
 from ..core.strategy import ServerState, Strategy, average_buffers
 from .payloads import Entry, PayloadSchema
 from .registry import MethodInfo, MethodParams, register
@@ -150,9 +150,10 @@ class FRLModelFactory:
     seed: int
 
     def __call__(self) -> nn.Module:
-        module = self.inner()
-        torch.manual_seed(derive_seed(self.seed, "frl-scores"))
-        to_supermask(module, self.keep)
+        with seeded_build(derive_seed(self.seed, "frl-scores")):  # the lock over both draws
+            module = self.inner()
+            torch.manual_seed(derive_seed(self.seed, "frl-scores"))
+            to_supermask(module, self.keep)
         return module
 
 
@@ -336,6 +337,7 @@ METHOD = register(
         params=FRLParams,
         setup=setup_frl,
         threats=FRLThreats(),
-        payload_schema=PayloadSchema((Entry("ranking", custom=check_rankings, what="per-layer edge rankings"),)),
+        payload_schema=PayloadSchema((Entry("ranking", custom=check_rankings, what="per-layer edge rankings"),),
+                                     replaces_model=True, update_class=RankUpdate),
     )
 )

@@ -132,11 +132,18 @@ class PayloadSchema:
     entries: tuple[Entry, ...] = ()
     min_steps: int = 0
     steps_why: str = ""
+    # the payload stands in for the model update (Ferret's coefficients, FRL's rankings):
+    # the upload carries neither 'delta' nor 'params'
+    replaces_model: bool = False
+    # the Update subclass the method's clients send (its num_bytes counts the upload, e.g.
+    # FRL's permutations at ⌈log₂ n⌉ bits an id): a received update is rebuilt as one
+    update_class: type | None = None
 
     def __or__(self, other: "PayloadSchema") -> "PayloadSchema":
         names = {e.name for e in self.entries}
         return PayloadSchema(self.entries + tuple(e for e in other.entries if e.name not in names),
-                             max(self.min_steps, other.min_steps), self.steps_why or other.steps_why)
+                             max(self.min_steps, other.min_steps), self.steps_why or other.steps_why,
+                             self.replaces_model or other.replaces_model, self.update_class or other.update_class)
 
     @property
     def names(self) -> frozenset[str]:

@@ -102,7 +102,7 @@ from torch import nn
 from ..core.client import ClientAlgorithm
 from ..core.errors import ConfigError
 from ..core.params import FlatModel
-from ..core.rng import derive_seed, torch_generator
+from ..core.rng import derive_seed, seeded_build, torch_generator
 from ..core.strategy import ServerState, Strategy, average_buffers, size_weights, stack_deltas
 from .registry import MethodInfo, MethodParams, register
 
@@ -200,9 +200,10 @@ class LoRAModelFactory:
     seed: int
 
     def __call__(self) -> nn.Module:
-        module = self.inner()
-        torch.manual_seed(derive_seed(self.seed, "lora-init"))
-        return add_lora(module, list(self.targets), self.rank, self.alpha, self.dropout)
+        with seeded_build(derive_seed(self.seed, "lora-init")):  # the lock over both draws
+            module = self.inner()
+            torch.manual_seed(derive_seed(self.seed, "lora-init"))
+            return add_lora(module, list(self.targets), self.rank, self.alpha, self.dropout)
 
 
 def lora_roles(share: str, freeze_a: bool, user_roles: dict[str, str]) -> dict[str, str]:
