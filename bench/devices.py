@@ -77,7 +77,9 @@ def config(npz: Path, workload: str, clients: int, per_round: int, rounds: int, 
         "client": {"epochs": 1, "batch_size": BATCH, "lr": LR},
         "schedule": {"rounds": rounds, "clients_per_round": per_round},
         "eval": {"every": rounds, "batch_size": 1024},
-        "executor": {"kind": kind, "device": device, "max_cohort": 1024},
+        # on a GPU let a cohort hold up to 1,024 clients (16 GiB of stacked tensors and activations)
+        "executor": {"kind": kind, "device": device, "max_cohort": 1024,
+                     **({"cohort_memory_mb": 16384} if device.startswith("cuda") else {})},
     }
 
 
