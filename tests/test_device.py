@@ -345,11 +345,35 @@ def test_the_device_branch_of_evaluation_gives_the_hosts_figures(tiny, tmp_path,
         assert a["client_scores"] == b["client_scores"]
 
 
-def test_evaluation_on_the_device_matches_the_cpu_within_float_tolerance(tiny, tmp_path, device):
-    on_cpu = _run(tiny, tmp_path, "cpu", {**EVAL_CASE, "executor": {"device": "cpu"}})
-    on_device = _run(tiny, tmp_path, "dev", {**EVAL_CASE, "executor": {"device": device}})
+OBSERVED = {"data": {"dataset": "digits"}, "schedule": {"rounds": 2},
+            "attack": {"kind": "backdoor", "fraction": 0.4, "target": 0, "trigger": {"size": 2}},
+            "eval": {"robust_accuracy": True, "robust_eps": 0.1, "robust_steps": 2, "robust_max_examples": 100,
+                     "reject_threshold": 0.4}}
+OBSERVED_KEYS = ("attack_success_rate", "attack_success_rate_no_rejection", "robust_accuracy",
+                 "accuracy_with_rejection", "rejection_rate")
+
+
+def test_observers_get_the_device_model_and_give_the_hosts_figures(tiny, tmp_path, monkeypatch):
+    """Attack success, PGD robust accuracy and the rejection rule evaluated through the
+    device branch (the observers get the evaluation model's device copy and move their
+    batches to it) equal the host branch's."""
+    from fedweave.sim.ledger import RoundLedger
+
+    host = _run(tiny, tmp_path, "host", {**OBSERVED, "executor": {"device": "cpu"}})
+    monkeypatch.setattr(RoundLedger, "_evaluates_on_host", lambda self: False)
+    branch = _run(tiny, tmp_path, "branch", {**OBSERVED, "executor": {"device": "cpu"}})
+    for a, b in zip(host.history, branch.history):
+        assert all(k in a for k in OBSERVED_KEYS), sorted(a)
+        assert {k: a[k] for k in OBSERVED_KEYS} == {k: b[k] for k in OBSERVED_KEYS}
+
+
+@pytest.mark.parametrize("case", ["personalized", "observers"])
+def test_evaluation_on_the_device_matches_the_cpu_within_float_tolerance(tiny, tmp_path, device, case):
+    extra, keys = {"personalized": (EVAL_CASE, EVAL_KEYS), "observers": (OBSERVED, OBSERVED_KEYS)}[case]
+    on_cpu = _run(tiny, tmp_path, "cpu", {**extra, "executor": {"device": "cpu"}})
+    on_device = _run(tiny, tmp_path, "dev", {**extra, "executor": {"device": device}})
     for a, b in zip(on_cpu.history, on_device.history):
-        for key in EVAL_KEYS:
+        for key in keys:
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-3), key
 
 

@@ -110,6 +110,11 @@ def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any
     return obj
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s parameters (else its buffers) live; the CPU for an empty module."""
+    return next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+
+
 def data_fits(nbytes: int, device: torch.device, budget_mb: float | None) -> bool:
     """Whether client data of ``nbytes`` is made resident on ``device``: within
     ``executor.data_memory_mb`` when set, else within :data:`DATA_MEMORY_FRACTION` of the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.device import module_device
 from ..core.observer import Observer
 
 
@@ -30,11 +31,12 @@ class RejectionObserver(Observer):
         was_training = module.training
         module.eval()
         correct = rejected = 0
+        dev = module_device(module)  # the evaluation model may live on executor.device
         for s in range(0, len(self.y), self.batch_size):
-            logits = module(self.x[s : s + self.batch_size])
+            logits = module(self.x[s : s + self.batch_size].to(dev))
             rej = reject(logits, self.threshold)
             rejected += int(rej.sum())
-            correct += int(((logits.argmax(dim=1) == self.y[s : s + self.batch_size]) & ~rej).sum())
+            correct += int(((logits.argmax(dim=1) == self.y[s : s + self.batch_size].to(dev)) & ~rej).sum())
         module.train(was_training)
         n = max(len(self.y), 1)
         return {"accuracy_with_rejection": correct / n, "rejection_rate": rejected / n}

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.device import module_device
+
 
 def pgd_attack(
     module: torch.nn.Module,
@@ -65,8 +67,9 @@ def robust_accuracy(
     correct = 0
     was_training = module.training
     module.eval()
+    dev = module_device(module)  # the evaluation model may live on executor.device
     for start in range(0, len(y), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
         adv = pgd_attack(module, xb, yb, eps, steps, step_size, lo, hi, True, gen)
         with torch.no_grad():
             correct += int((module(adv).argmax(dim=1) == yb).sum())

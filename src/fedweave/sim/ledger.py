@@ -620,8 +620,10 @@ class RoundLedger:
             record.update(self._personalized_scores(state))
             self.load_eval_model(state)  # observers below see the global model
         record.update(exp.strategy.metrics(state))
+        # observers see the global model where the test split was evaluated (executor.device)
+        observed = module if self._evaluates_on_host() else self._device_module(module)
         for obs in exp.observers:
-            record.update(obs.evaluate(module, state))
+            record.update(obs.evaluate(observed, state))
         return record
 
     @torch.no_grad()

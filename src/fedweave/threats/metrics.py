@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.device import module_device
 from ..core.errors import ConfigError
 from ..core.observer import Observer
 from ..methods import get_method
@@ -43,8 +44,9 @@ def success_rate(module, x: torch.Tensor, target: int, threshold: float | None =
     was_training = module.training
     module.eval()
     hits = 0
+    dev = module_device(module)  # the ledger hands observers its evaluation model on executor.device
     for start in range(0, len(x), batch_size):
-        logits = module(x[start : start + batch_size])
+        logits = module(x[start : start + batch_size].to(dev))
         ok = logits.argmax(dim=1) == target
         if threshold is not None:
             ok &= ~reject(logits, threshold)
