@@ -19,10 +19,14 @@ async modes and after every round in sync mode:
 * ``fedasmu-iota0.001`` sensitivity: initial ι = 0.001 instead of 0.1;
 * ``fedasmu-fixed-iota0.001`` the same with nothing learned (what ι alone does);
 * ``fedasync-const0.1`` investigation: FedAsync with a constant α = 0.1, FedASMU's α at
-  its initial ι floor (μι/(1+μι) ≈ 0.09 once λ/√t is small).
+  its initial ι floor (μι/(1+μι) ≈ 0.09 once λ/√t is small);
+* ``fedasmu-<param><value>`` sensitivity (issue #17): one of FedASMU's other defaults of
+  ours (``SENSITIVITY_GRID``: server_meta_lr, meta_clip, lambda_init, sigma_init, fetch_at,
+  gamma_init, upsilon_init) set to a value below and one above it, the rest at the defaults;
+  ``fedasmu-default-rerun`` is the defaults again, run with them, their paired reference.
 
-Runs of the methods in ``UNCHANGED`` that are not on disk are reported from the committed
-``results.json`` (their code did not change in the fidelity pass of issue #17).
+Runs of the methods in ``KEEP`` that are not on disk are reported from the committed
+``results.json`` (see KEEP for which reruns reproduced them).
 
 All async methods keep 10 clients busy (``schedule.concurrency = 10``), the same
 number of clients a sync round uses. Tasks:
@@ -39,6 +43,7 @@ Usage::
 
     .venv/bin/python docs/results/async/run.py              # runs (skips finished ones) + outputs
     .venv/bin/python docs/results/async/run.py --jobs 2 --seeds 0,1,2
+    .venv/bin/python docs/results/async/run.py --part sensitivity --tasks mnist5k   # FedASMU sensitivity rows only
     .venv/bin/python docs/results/async/run.py --only-report
 
 Runs go to ``runs/async-results/`` (not versioned); the table, CSV, JSON and plot are
@@ -51,7 +56,6 @@ import argparse
 import copy
 import csv
 import json
-import math
 import multiprocessing
 import sys
 import time
@@ -118,9 +122,36 @@ METHODS = {
                           "schedule": {"mode": "async"}},
 }
 
-# Methods whose code did not change in the fidelity pass (issue #17): when their runs are not
-# on disk, report() takes their rows from the committed results.json instead of dropping them.
-UNCHANGED = {"fedavg", "fedavg-deadline", "fedasync", "fedbuff", "afl_staleness", "fedasync-const0.1"}
+# FedASMU's other defaults that are ours (issue #17), one varied at a time around the default,
+# everything else as in the "fedasmu" row: {parameter: (default, tried values)}.
+SENSITIVITY_GRID = {
+    "server_meta_lr": (0.1, (0.01, 1.0)),
+    "meta_clip": (0.1, (0.01, 1.0)),
+    "lambda_init": (1.0, (0.5, 2.0)),
+    "sigma_init": (0.5, (0.25, 1.0)),
+    "fetch_at": (0.5, (0.25, 0.75)),
+    "gamma_init": (1.0, (0.5, 2.0)),
+    "upsilon_init": (0.5, (0.25, 1.0)),
+}
+SENSITIVITY = {f"fedasmu-{param}{value:g}": (param, value)
+               for param, (_, values) in SENSITIVITY_GRID.items() for value in values}
+for _name, (_param, _value) in SENSITIVITY.items():
+    METHODS[_name] = {"method": {"name": "fedasmu", _param: _value}, "schedule": {"mode": "async"}}
+# The sensitivity rows' reference: the "fedasmu" config, rerun with them so that every pair
+# compares runs made on the same machine (see KEEP for why that matters on synthetic).
+SENSITIVITY_BASE = "fedasmu-default-rerun"
+METHODS[SENSITIVITY_BASE] = copy.deepcopy(METHODS["fedasmu"])
+
+# Runs that are not on disk are reported from the committed results.json instead of being
+# dropped, for these methods. Rerun at commit 5ed412c, every mnist5k row of fedasync, AFL's
+# two extra forms and the five FedASMU variants came out identical to the committed ones; every
+# synthetic row differed (same update counts, accuracies up to ±0.8 points apart from the third
+# evaluation on), also with the code of 28aed28 that made them: the machine, not the code,
+# changed. The committed rows stay the page's record; the sensitivity rows carry their own
+# reference (SENSITIVITY_BASE).
+KEEP = {"fedavg", "fedavg-deadline", "fedasync", "fedbuff", "afl_staleness", "afl-constant", "afl-exp-T1",
+        "fedasmu", "fedasmu-fixed", "fedasmu-nomerge", "fedasmu-iota0.001", "fedasmu-fixed-iota0.001",
+        "fedasync-const0.1"}
 
 GRID_POINTS = 40  # evaluations per budget in the async modes
 
@@ -193,6 +224,9 @@ def analyse(task: str, method: str, seed: int) -> dict:
         "updates": last["client_updates"], "late_or_dropped": last["late_updates"] + last["dropped_updates"],
         "versions": last["version"], "staleness_mean": last.get("staleness_mean"),
         "curve": [[float(a), float(b)] for a, b in zip(times, acc)],
+        # FedASMU: the server's last α and the device means of λ, σ, ι at the end of the run
+        **({"learned": {k: last[k] for k in ("alpha_t", "lambda_mean", "sigma_mean", "iota_mean")}}
+           if "iota_mean" in last else {}),
     }
 
 
@@ -211,13 +245,14 @@ def report(seeds: list[int]) -> None:
             for s in seeds:
                 if finished(run_dir(task, m, s)):
                     rows.append(analyse(task, m, s))
-                elif m in UNCHANGED and (task, m, s) in previous:
+                elif m in KEEP and (task, m, s) in previous:
                     rows.append(previous[(task, m, s)])
+    not_csv = ("curve", "learned")
     with open(HERE / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "curve"])
+        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k not in not_csv])
         w.writeheader()
         for r in rows:
-            w.writerow({k: v for k, v in r.items() if k != "curve"})
+            w.writerow({k: v for k, v in r.items() if k not in not_csv})
     (HERE / "results.json").write_text(json.dumps(rows, indent=1))
     lines = []
     for task, t in TASKS.items():
@@ -238,9 +273,57 @@ def report(seeds: list[int]) -> None:
             lines.append(f"| {m} | {len(rs)} | {fa[0]:.4f} ± {fa[1]:.4f} | {ba[0]:.4f} ± {ba[1]:.4f} | {ttt} | "
                          f"{len(tt)}/{len(rs)} | {up[0]:.0f} | {ld[0]:.0f} | {'—' if not st else f'{np.mean(st):.2f}'} |")
         lines.append("")
+    lines += sensitivity_table(rows, seeds)
     (HERE / "table.md").write_text("\n".join(lines))
     print("\n".join(lines))
     plot(rows)
+
+
+def established(diffs: list[float], default_sd: float) -> bool:
+    """A paired difference counts as established when its mean exceeds 2.5 sd of the per-seed
+    differences (a paired t of 4.3, the two-sided 5% point at 2 degrees of freedom, for 3 seeds)
+    and also the default row's own seed sd."""
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 3:
+        return False
+    return abs(d.mean()) > 2.5 * d.std(ddof=1) and abs(d.mean()) > default_sd
+
+
+def sensitivity_table(rows: list[dict], seeds: list[int]) -> list[str]:
+    """FedASMU's sensitivity rows: accuracy at budget, and the per-seed (paired) difference from
+    the default row, over the seeds both ran."""
+    lines = [f"### FedASMU sensitivity (one default of ours varied at a time; Δ = variant − {SENSITIVITY_BASE}, paired by seed)", ""]
+    for task in TASKS:
+        by = {(r["method"], r["seed"]): r for r in rows if r["task"] == task}
+        base = {s: by[(SENSITIVITY_BASE, s)] for s in seeds if (SENSITIVITY_BASE, s) in by}
+        present = [m for m in SENSITIVITY if any((m, s) in by for s in base)]
+        if not base or not present:
+            continue
+        b_mean, b_sd = mean_std([r["final_accuracy"] for r in base.values()])
+        lines += [f"#### {task}", "",
+                  "| parameter | value | runs | accuracy at budget | Δ mean ± sd (points) | Δ per seed | established | ι at end (device mean) | α at last merge |",
+                  "|---|---:|---:|---:|---:|---|:---:|---:|---:|"]
+
+        def learned(rs, key):
+            v = [r["learned"][key] for r in rs if "learned" in r]
+            return f"{np.mean(v):.3f}" if v else "—"
+
+        for param, (default, values) in SENSITIVITY_GRID.items():
+            lines.append(f"| {param} | {default:g} (default) | {len(base)} | {b_mean:.4f} ± {b_sd:.4f} | — | — | — | "
+                         f"{learned(list(base.values()), 'iota_mean')} | {learned(list(base.values()), 'alpha_t')} |")
+            for value in values:
+                m = f"fedasmu-{param}{value:g}"
+                pairs = [(by[(m, s)], base[s]) for s in base if (m, s) in by]
+                if not pairs:
+                    continue
+                acc = mean_std([r["final_accuracy"] for r, _ in pairs])
+                d = [100 * (r["final_accuracy"] - b["final_accuracy"]) for r, b in pairs]
+                dm, dsd = mean_std(d)
+                lines.append(f"| | {value:g} | {len(pairs)} | {acc[0]:.4f} ± {acc[1]:.4f} | {dm:+.2f} ± {dsd:.2f} | "
+                             f"{', '.join(f'{x:+.2f}' for x in d)} | {'yes' if established(d, 100 * b_sd) else 'no'} | "
+                             f"{learned([r for r, _ in pairs], 'iota_mean')} | {learned([r for r, _ in pairs], 'alpha_t')} |")
+        lines.append("")
+    return lines
 
 
 MAIN = ["fedavg", "fedavg-deadline", "fedasync", "fedbuff", "afl_staleness", "fedasmu"]
@@ -295,10 +378,13 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--part", choices=["all", "sensitivity"], default="all",
+                    help="sensitivity: only FedASMU's sensitivity rows and their reference (overrides --methods)")
     ap.add_argument("--only-report", action="store_true")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    todo = [(t, m, s) for t in args.tasks.split(",") for m in args.methods.split(",") for s in seeds
+    methods = [SENSITIVITY_BASE, *SENSITIVITY] if args.part == "sensitivity" else args.methods.split(",")
+    todo = [(t, m, s) for t in args.tasks.split(",") for m in methods for s in seeds
             if not finished(run_dir(t, m, s))]
     if not args.only_report and todo:
         t0 = time.perf_counter()
@@ -307,7 +393,7 @@ def main() -> None:
             futures = [pool.submit(_run, *job) for job in todo]
             for fut in as_completed(futures):
                 task, method, seed, secs, status = fut.result()
-                print(f"{task:9s} {method:15s} seed {seed}: {status} in {secs:.1f} s", flush=True)
+                print(f"{task:9s} {method:27s} seed {seed}: {status} in {secs:.1f} s", flush=True)
         print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s")
     report(seeds)
 
