@@ -390,3 +390,32 @@ def test_a_flat_model_keeps_its_storage_where_the_module_is():
     assert all(p.device.type == "meta" for p in module.parameters())
     on_host = FlatModel(nn.Linear(3, 2))
     assert on_host.flat.device.type == "cpu"
+
+
+def test_channels_last_feeds_nhwc_minibatches_and_keeps_the_numbers_within_float_tolerance(tiny, tmp_path, monkeypatch):
+    """executor.channels_last: the first convolution of every step sees a channels-last
+    minibatch, and the run ends where the default layout's run ends, within float
+    tolerance (another convolution algorithm sums in another order)."""
+    from torch import nn
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)  # three channels: with one, NCHW and NHWC are the same layout
+    y = rng.integers(0, 4, 300)
+    np.savez(tmp_path / "rgb.npz", x=(rng.normal(size=(300, 3, 8, 8)) + y[:, None, None, None]).astype(np.float32), y=y)
+    extra = {"data": {"dataset": "npz", "root": str(tmp_path / "rgb.npz")}, "model": {"name": "cnn"},
+             "schedule": {"rounds": 2}}
+    plain = _run(tiny, tmp_path, "nchw", extra)
+    seen = []
+    original = nn.Conv2d.forward
+
+    def recording(self, x):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return original(self, x)
+
+    monkeypatch.setattr(nn.Conv2d, "forward", recording)
+    nhwc = _run(tiny, tmp_path, "nhwc", {**extra, "executor": {"channels_last": True}})
+    monkeypatch.setattr(nn.Conv2d, "forward", original)
+    assert seen and sum(seen) >= len(seen) / 2  # the training steps' convolutions (evaluation keeps NCHW)
+    torch.testing.assert_close(nhwc.params, plain.params, rtol=1e-4, atol=1e-5)
+    assert nhwc.history[-1]["accuracy"] == pytest.approx(plain.history[-1]["accuracy"], abs=0.01)

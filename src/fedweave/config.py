@@ -312,6 +312,9 @@ class ExecutorConfig(_Section):
     deterministic: bool = Field(
         False, description="PyTorch deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG on CUDA); slower, see howto/gpu.md"
     )
+    channels_last: bool = Field(
+        False, description="serial and Ray: image minibatches in channels-last (NHWC) layout; 0.80-0.87x the step time of the zoo CNNs on the CPU, numbers equal within float tolerance (docs/results/scale.md)"
+    )
     data_memory_mb: Optional[float] = Field(
         None, gt=0, description="client data kept on a CUDA device up to this size, else pinned host memory (default: half the free device memory)"
     )

@@ -94,6 +94,7 @@ class Experiment:
             optimizer=c.optimizer, momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
             augment=self.config.data.augment,
             precision=c.precision,
+            channels_last=self.config.executor.channels_last,
         )
 
     def worker_setup(self) -> WorkerSetup:

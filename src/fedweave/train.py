@@ -45,6 +45,7 @@ class TrainSettings:
     eps: float = 1e-8
     augment: str = "none"  # data.augment, applied to each minibatch (fedweave.core.augment)
     precision: str = "fp32"  # client.precision: autocast of the forward pass (fedweave.core.device)
+    channels_last: bool = False  # executor.channels_last: image minibatches in NHWC memory layout
 
     def num_steps(self, num_examples: int) -> int:
         """Local steps for a client with ``num_examples`` (the last batch may be short)."""
@@ -195,6 +196,8 @@ def local_train(
                 xb, yb = to_compute_device(xb, device), to_compute_device(yb, device)
             if settings.augment != "none":  # drawn from the job's generator after its epoch orders
                 xb = augment_batch(xb, settings.augment, generator)
+            if settings.channels_last and xb.dim() == 4:  # oneDNN/cuDNN then pick NHWC convolutions
+                xb = xb.contiguous(memory_format=torch.channels_last)
             g.zero_()
             with autocast(settings.precision, device):
                 loss = loss_fn(module, xb, yb) if loss_fn else task.loss(module(xb), yb)
