@@ -237,11 +237,7 @@ def run(
     start_executor(exp)  # before the directory exists: an unreachable cluster leaves nothing behind
     made = not run_dir.path.exists()
     try:
-        run_dir.lock()
-        if overwrite:  # only now that everything is valid, started and ours alone
-            clear_run(run_dir)
-        else:
-            refuse_existing_run(run_dir)  # again, now that no other process can start one here
+        take_run_dir(run_dir, overwrite)  # only now that everything is valid and started
         run_dir.create(cfg.to_yaml())
     except BaseException:
         exp.executor.close()
@@ -255,6 +251,16 @@ def run(
         return _execute(exp, run_dir, None, progress, executor_started=True)
     finally:
         run_dir.unlock()
+
+
+def take_run_dir(run_dir: RunDirectory, overwrite: bool) -> None:
+    """Lock ``run_dir`` for this process, then delete the run in it (``overwrite``) or
+    refuse one there — checked again under the lock, where no other process can start one."""
+    run_dir.lock()
+    if overwrite:
+        clear_run(run_dir)
+    else:
+        refuse_existing_run(run_dir)
 
 
 def clear_run(run_dir: RunDirectory) -> None:

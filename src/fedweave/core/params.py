@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .device import module_device
 from .errors import ConfigError, ModelError
 
 ROLES = ("trainable", "personal", "buffer", "frozen")
@@ -208,7 +209,7 @@ class FlatModel:
             start += sizes[g]
         # the flat storage lives where the module does: a module moved to CUDA before it is
         # wrapped stays there (parameters are rebound to views of this buffer below)
-        device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+        device = module_device(module)
         self.flat = torch.zeros(start, dtype=self.spec.dtype, device=device)
         n_trained = sizes["trainable"] + sizes["personal"]
         self.grad = torch.zeros(n_trained, dtype=self.spec.dtype, device=device)

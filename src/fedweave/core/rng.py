@@ -40,13 +40,23 @@ def torch_generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
     return gen
 
 
+def uniform(shape, generator: torch.Generator | None, device: torch.device,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """U(0, 1) drawn where ``generator`` lives (a job's generator is a CPU one), then moved
+    to ``device``: the same numbers whichever device the job trains on."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, dtype=dtype, device=where).to(device)
+
+
 @contextmanager
-def seeded_build(seed: int) -> Iterator[None]:
+def seeded_build(seed: int | None = None) -> Iterator[None]:
     """Seed torch's global generator for a model build (initialisation draws from it) and
     hold a process-wide lock until the build is done, so that builds in other threads
-    cannot draw in between: the same seed gives the same model in any thread. Nestable."""
+    cannot draw in between: the same seed gives the same model in any thread. Nestable;
+    ``seed`` None only takes the lock (to hold it over several seeded builds)."""
     with _BUILD_LOCK:
-        torch.manual_seed(seed)
+        if seed is not None:
+            torch.manual_seed(seed)
         yield
 
 

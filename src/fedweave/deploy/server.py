@@ -923,7 +923,7 @@ def serve(
     A run directory that already holds a run is refused unless ``overwrite`` (then its run
     is deleted once the directory is locked), as for ``fedweave run``; an address another
     process listens on is refused before any directory or token exists."""
-    from ..experiment import build_experiment, clear_run, default_run_dir, open_for_resume, refuse_existing_run
+    from ..experiment import build_experiment, default_run_dir, open_for_resume, refuse_existing_run, take_run_dir
 
     check_serve_options(address=address, frame_bytes=frame_bytes, min_clients=min_clients,
                         join_timeout_s=join_timeout_s, tls_cert=tls_cert, tls_key=tls_key)
@@ -956,11 +956,7 @@ def serve(
         cfg.output.dir = str(run_dir.path)
         if not overwrite:
             refuse_existing_run(run_dir)
-        run_dir.lock()
-        if overwrite:
-            clear_run(run_dir)
-        else:
-            refuse_existing_run(run_dir)  # again, now that no other process can start one here
+        take_run_dir(run_dir, overwrite)
         run_dir.create(cfg.to_yaml())
         sdir = RunDirectory(state_dir if state_dir is not None else run_dir.path)
         sdir.path.mkdir(parents=True, exist_ok=True)

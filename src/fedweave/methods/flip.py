@@ -61,7 +61,7 @@ from pydantic import Field
 
 from ..core.client import ClientAlgorithm
 from .rejection import RejectionObserver, reject  # noqa: F401  (reject: FLIP's rule, also importable from here)
-from ..core.rng import torch_generator
+from ..core.rng import torch_generator, uniform
 from .registry import MethodInfo, MethodParams, Preset, register
 from .threat_adapter import ThreatAdapter
 
@@ -100,13 +100,6 @@ def _atanh_unit(v: torch.Tensor) -> torch.Tensor:
     return torch.atanh((v.clamp(0, 1) - 0.5) * (2 - _EPS))
 
 
-def _uniform(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """U(0, 1) drawn where the generator lives (the job's CPU generator), then moved to
-    ``device``: the same numbers on every device."""
-    where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where).to(device)
-
-
 def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 400, lr: float = 0.1, init_cost: float = 1e-3,
                    asr_threshold: float = 0.9, lo: float = 0.0, hi: float = 1.0, init=None,
                    generator: torch.Generator | None = None, patience: int = 10, fallback: str = "zero"):
@@ -120,8 +113,8 @@ def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 400, lr: f
     shape = mask_shape(tuple(x.shape[1:]))
     dev = x.device
     if init is None:
-        m0 = _uniform(shape, generator, dev)
-        p0 = _uniform(tuple(x.shape[1:]), generator, dev)
+        m0 = uniform(shape, generator, dev)
+        p0 = uniform(tuple(x.shape[1:]), generator, dev)
     else:
         m0, p0 = init[0].to(dev), (init[1].to(dev) - lo) / max(hi - lo, 1e-12)
     a = _atanh_unit(m0).requires_grad_(True)
@@ -156,8 +149,8 @@ def invert_trigger(module, x: torch.Tensor, target: int, steps: int = 400, lr: f
                 best, best_reg = (mask.detach().clone(), pattern.detach().clone()), reg.item()
                 # restart from the new best, slightly perturbed (as the official code)
                 with torch.no_grad():
-                    a.copy_(_atanh_unit(mask.detach() + (_uniform(mask.shape, generator, dev) - 0.5) * 0.02))
-                    b.copy_(_atanh_unit(unit_pattern.detach() + (_uniform(b.shape, generator, dev) - 0.5) * 0.02))
+                    a.copy_(_atanh_unit(mask.detach() + (uniform(mask.shape, generator, dev) - 0.5) * 0.02))
+                    b.copy_(_atanh_unit(unit_pattern.detach() + (uniform(b.shape, generator, dev) - 0.5) * 0.02))
             if asr >= asr_threshold:
                 up, down = up + 1, 0
             else:
@@ -181,7 +174,7 @@ def harden_batch(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, patterns
                  portion: float, generator: torch.Generator) -> torch.Tensor:
     """Stamp a ``portion`` of the batch with stored triggers, keeping the labels (a new tensor)."""
     n = len(x)
-    chosen = _uniform(n, generator, x.device) < portion
+    chosen = uniform(n, generator, x.device) < portion
     which = torch.randint(len(targets), (n,), generator=generator, device=generator.device).to(x.device)
     ok = chosen & (y != targets[which])
     if not bool(ok.any()):

@@ -150,10 +150,10 @@ class FRLModelFactory:
     seed: int
 
     def __call__(self) -> nn.Module:
-        with seeded_build(derive_seed(self.seed, "frl-scores")):  # the lock over both draws
+        with seeded_build():  # one lock over both seeded builds
             module = self.inner()
-            torch.manual_seed(derive_seed(self.seed, "frl-scores"))
-            to_supermask(module, self.keep)
+            with seeded_build(derive_seed(self.seed, "frl-scores")):
+                to_supermask(module, self.keep)
         return module
 
 

@@ -200,10 +200,10 @@ class LoRAModelFactory:
     seed: int
 
     def __call__(self) -> nn.Module:
-        with seeded_build(derive_seed(self.seed, "lora-init")):  # the lock over both draws
+        with seeded_build():  # one lock over both seeded builds
             module = self.inner()
-            torch.manual_seed(derive_seed(self.seed, "lora-init"))
-            return add_lora(module, list(self.targets), self.rank, self.alpha, self.dropout)
+            with seeded_build(derive_seed(self.seed, "lora-init")):
+                return add_lora(module, list(self.targets), self.rank, self.alpha, self.dropout)
 
 
 def lora_roles(share: str, freeze_a: bool, user_roles: dict[str, str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.device import module_device
+from ..core.rng import uniform
 
 
 def pgd_attack(
@@ -36,10 +37,7 @@ def pgd_attack(
     x0 = x.detach()
     with torch.enable_grad():
         if random_start:
-            # drawn where the generator lives (the job's CPU generator), then moved: the
-            # same noise on every device
-            where = generator.device if generator is not None else x0.device
-            noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype, device=where).to(x0.device) * (2 * eps) - eps
+            noise = uniform(x0.shape, generator, x0.device, x0.dtype) * (2 * eps) - eps  # the same on every device
             adv = x0 + noise
         else:
             adv = x0.clone()

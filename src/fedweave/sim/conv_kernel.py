@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.device import module_device
 from ..core.params import FlatModel
 from ..models.zoo import BasicBlock, ResNet8
 
@@ -161,7 +162,7 @@ def probe(module: nn.Module, example_shape: tuple[int, ...], dtype: torch.dtype 
     leaves = [m for m in module.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(count) for m in leaves]
     first = next(module.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
+    device = module_device(module)
     if dtype is None:
         dtype = first.dtype if first is not None and first.is_floating_point() else torch.get_default_dtype()
     training = module.training

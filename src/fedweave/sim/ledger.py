@@ -186,6 +186,7 @@ class RoundLedger:
         self.eval_device = self.ctx.device
         self._device_eval: torch.nn.Module | None = None  # the eval model's copy on executor.device
         self._device_data: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        self._validation_host: tuple[torch.Tensor, torch.Tensor] | None = None  # gathered on first use
         self.initial_personal = {"personal": self.eval_model.personal.clone(),
                                  "personal_buffers": self.eval_model.personal_buffers.clone()}
         state = exp.strategy.init(exp.initial_params, exp.initial_buffers, self.ctx)
@@ -576,9 +577,9 @@ class RoundLedger:
         """The clients' concatenated validation examples (``_val_idx`` order, gathered
         once), on the eval device when they fit there (then with True as the first item),
         else on the host."""
-        if "validation-host" not in self._device_data:
-            self._device_data["validation-host"] = (self.exp.data.x[self._val_idx], self.exp.data.y[self._val_idx])
-        x, y = self._device_data["validation-host"]
+        if self._validation_host is None:
+            self._validation_host = (self.exp.data.x[self._val_idx], self.exp.data.y[self._val_idx])
+        x, y = self._validation_host
         placed = self._on_eval_device(x, y, "validation")
         return (True, *placed) if placed is not None else (False, x, y)
 
