@@ -64,8 +64,12 @@ def seed_job_generators(seed: int, client_id: int, counter: int, device: torch.d
     """Seed the global generators a job's model may draw from (dropout and the like) from
     ``(seed, "torch", client id, job counter)``: the CPU generator, and on a CUDA device
     that device's generator too (``torch.manual_seed`` would walk every accelerator
-    backend, ~60 µs a job)."""
+    backend, ~60 µs a job). Under the build lock: in a loopback deployment a client thread
+    starting a job must not reseed the generator while another client thread is still
+    building its model (what remains unguarded: a job's own draws, such as dropout, during
+    another thread's build — in-process threads only; real deployments are processes)."""
     job_seed = derive_seed(seed, "torch", client_id, counter)
-    torch.default_generator.manual_seed(job_seed)
+    with _BUILD_LOCK:
+        torch.default_generator.manual_seed(job_seed)
     if device.type == "cuda":
         torch.cuda.default_generators[device.index or 0].manual_seed(job_seed)
