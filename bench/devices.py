@@ -10,6 +10,9 @@ plain SGD lr 0.05, 20 rounds, 10 clients per round unless ``--per-round`` says o
 of clients to match, keeping the examples per client of the workload), one evaluation
 after the last round. ``--scale`` shrinks the data (the examples per client) for a quick look.
 
+Runners: ``plain``, ``serial``, ``vectorized`` (its ``auto`` kernel choice) or
+``vectorized:<kernel>`` (``executor.vectorized_kernel``: ``conv``, ``conv-loop``, ``func``).
+
 Per runner: seconds per round (median over rounds 2..R-1: round 1 pays first-call costs),
 clients trained per second, the ratio to the plain loop and to serial; the achieved
 GFLOP/s (training ≈ 3 x the forward's 2 x multiply-accumulates of its Linear and Conv2d
@@ -21,6 +24,7 @@ comparable, the trained models are not. Never asserts a time.
 
     python bench/devices.py --workload w2 --rounds 5 --scale 0.1          # a quick CPU look
     python bench/devices.py --workload w2 --threads 1 --clock cpu          # CPU time: robust to a busy machine
+    python bench/devices.py --runners serial,vectorized:conv,vectorized:conv-loop --scale 0.2
     python bench/devices.py --workload w1 --device cuda --per-round 10,100,1000 --json out.json
 """
 
@@ -42,6 +46,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fedweave.config import load_config  # noqa: E402
+from fedweave.core.allocator import retain_freed_memory  # noqa: E402
 from fedweave.experiment import build_experiment, run  # noqa: E402
 from fedweave.models import build_model  # noqa: E402
 
@@ -192,7 +197,12 @@ def main(argv=None) -> int:
                     help="cpu: the process's CPU time per round, which other jobs on a shared machine "
                          "barely change (use with --threads 1; with more threads it adds their times)")
     ap.add_argument("--json", metavar="OUT")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's malloc thresholds alone (executor.retain_memory=false for every runner)")
     args = ap.parse_args(argv)
+    # process-wide and sticky: set before any runner, so the plain loop gets it too
+    retained = not args.system_malloc and retain_freed_memory()
+    print(f"allocator: freed memory {'retained (executor.retain_memory)' if retained else 'returned to the OS (glibc defaults)'} for every runner")
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
@@ -215,9 +225,12 @@ def main(argv=None) -> int:
             make_data(npz, args.workload, max(n, n * clients // base_clients))
             results = {}
             for runner in args.runners.split(","):
-                kind = "serial" if runner == "plain" else runner
+                kind, _, kernel = ("serial" if runner == "plain" else runner).partition(":")
                 cfg = config(npz, args.workload, clients, per_round, args.rounds, kind, args.device)
                 cfg["executor"]["threads"] = args.threads
+                cfg["executor"]["retain_memory"] = not args.system_malloc
+                if kernel:
+                    cfg["executor"]["vectorized_kernel"] = kernel
                 if runner == "plain":
                     results[runner] = plain(cfg, args.rounds, device)
                 else:
@@ -232,10 +245,10 @@ def main(argv=None) -> int:
                 row["gflops"] = r["clients_per_s"] * examples_per_client * flops_per_example / 1e9
                 row["share_of_matmul"] = row["gflops"] / peak
                 rows.append(row)
-    print(f"{'K':>6} {'runner':>11} {'s/round':>9} {'clients/s':>10} {'x plain':>8} {'x serial':>9} {'GFLOP/s':>8} {'% mm':>6}")
+    print(f"{'K':>6} {'runner':>20} {'s/round':>9} {'clients/s':>10} {'x plain':>8} {'x serial':>9} {'GFLOP/s':>8} {'% mm':>6}")
     for r in rows:
         fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-        print(f"{r['per_round']:>6} {r['runner']:>11} {r['s_per_round']:>9.3f} {r['clients_per_s']:>10.1f} "
+        print(f"{r['per_round']:>6} {r['runner']:>20} {r['s_per_round']:>9.3f} {r['clients_per_s']:>10.1f} "
               f"{fmt(r['vs_plain'], '8.2f'):>8} {fmt(r['vs_serial'], '9.2f'):>9} {fmt(r.get('gflops'), '8.2f'):>8} "
               f"{fmt(100 * r['share_of_matmul'] if 'share_of_matmul' in r else None, '6.1f'):>6}")
     if args.json:

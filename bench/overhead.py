@@ -81,6 +81,7 @@ if str(ROOT / "src") not in sys.path:  # run from a checkout without an installe
     sys.path.insert(0, str(ROOT / "src"))
 
 from fedweave.config import load_config  # noqa: E402
+from fedweave.core.allocator import retain_freed_memory  # noqa: E402
 from fedweave.experiment import build_experiment, run as fedweave_run  # noqa: E402
 from fedweave.rng import torch_generator  # noqa: E402
 from fedweave.sim.sampling import select_clients  # noqa: E402
@@ -129,7 +130,7 @@ def make_config(npz: Path, rounds: int, threads: int) -> dict:
         "client": {"epochs": EPOCHS, "batch_size": BATCH, "lr": LR, "optimizer": "sgd", "momentum": 0.0},
         "schedule": {"rounds": rounds, "clients_per_round": PER_ROUND, "sampling": "uniform"},
         "eval": {"every": rounds, "batch_size": EVAL_BATCH},
-        "executor": {"kind": "serial", "threads": threads},
+        "executor": {"kind": "serial", "threads": threads, "retain_memory": RETAIN_MEMORY},
     }
 
 
@@ -218,6 +219,9 @@ def plain_run(w: dict, rounds: int, threads: int, same_batches: bool = False) ->
         loop.round(r)
     acc = loop.evaluate()
     return {"seconds": time.perf_counter() - t0, "accuracy": acc, "params": loop.params()}
+
+
+RETAIN_MEMORY = True  # executor.retain_memory of every fedweave runner (--system-malloc: false)
 
 
 # -- fedweave --------------------------------------------------------------------------------
@@ -450,6 +454,7 @@ def executor_lockstep(npz: Path, w: dict, rounds: int, threads: int, kind: str, 
         raw["executor"] = {"kind": "vectorized", "threads": threads, "vectorized_kernel": "func"}
     else:
         raw["executor"] = {"kind": kind, "threads": threads}
+    raw["executor"]["retain_memory"] = RETAIN_MEMORY
     cfg = load_config(raw)
     cfg.output.dir = str(out_root / tag)
     exp = build_experiment(cfg)
@@ -658,7 +663,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-workers", type=int, default=RAY_WORKERS, help=f"executor.num_workers for ray (default {RAY_WORKERS})")
     ap.add_argument("--profile-vectorized", action="store_true",
                     help="with --executors: afterwards, cProfile one vectorized run (top 25 by own and cumulative time)")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's malloc thresholds alone (executor.retain_memory=false for every runner)")
     args = ap.parse_args(argv)
+    # process-wide and sticky: set before any runner, so the plain loop gets it too
+    global RETAIN_MEMORY
+    RETAIN_MEMORY = not args.system_malloc
+    retained = RETAIN_MEMORY and retain_freed_memory()
+    print(f"allocator: freed memory {'retained (executor.retain_memory)' if retained else 'returned to the OS (glibc defaults)'} for every runner")
     try:
         threads_list = [int(t) for t in args.threads.split(",") if t.strip()]
     except ValueError:

@@ -15,11 +15,12 @@ Two measurements behind docs/results/scale.md (timings reported, never asserted)
     bmm kernel (where the model allows it), for the CNN and the MLP.
 
 ``conv``
-    the conv kernel (clients as groups of a grouped convolution) against serial and the
-    torch.func kernel, 10 clients per round, batch 32, 1 epoch, 1 thread: digits with
-    ``cnn``, mnist5k with ``lenet5`` and ``cnn``, CIFAR-shaped synthetic data (5,000 × 3 ×
-    32 × 32, 10 classes, Dirichlet 0.5, 50 clients) with the GroupNorm ``resnet`` and
-    ``lenet5``. The executors
+    the two conv forms (``conv``: clients as groups of a grouped convolution;
+    ``conv-loop``: clients in turn, channels-last) against serial (and, with
+    ``--with-func``, the torch.func kernel), 10 clients per round, batch 32, 1 epoch,
+    1 thread: digits with ``cnn``, mnist5k with ``lenet5`` and ``cnn``, CIFAR-shaped
+    synthetic data (5,000 × 3 × 32 × 32, 10 classes, Dirichlet 0.5, 50 clients) with the
+    GroupNorm ``resnet``, ``lenet5`` and ``cnn``. The executors
     alternate within each repeat; each round is timed by the CPU time of the process's
     one compute thread (``time.thread_time``, robust to other jobs on the machine) and by
     the wall clock; the figures are medians over rounds 2 … R−1 of every repeat.
@@ -168,7 +169,7 @@ def _cifar_like(path: Path, n: int = 5000) -> None:
     np.savez(path, x=x, y=y, x_test=x[:500], y_test=y[:500])
 
 
-def conv(repeats: int, rounds: int, only: list[str] | None) -> None:
+def conv(repeats: int, rounds: int, only: list[str] | None, with_func: bool = False) -> None:
     npz = Path(tempfile.mkdtemp()) / "cifar_like.npz"
     _cifar_like(npz)
     common = ["schedule.clients_per_round=10", f"schedule.rounds={rounds}", f"eval.every={rounds}",
@@ -182,9 +183,12 @@ def conv(repeats: int, rounds: int, only: list[str] | None) -> None:
         "cifar-like/lenet5": ["data.dataset=npz", f"data.root={npz}", "data.partition.num_clients=50",
                               "model.name=lenet5"],
         "mnist5k/cnn": ["data.dataset=mnist5k", "data.partition.num_clients=50", "model.name=cnn"],
+        "cifar-like/cnn": ["data.dataset=npz", f"data.root={npz}", "data.partition.num_clients=50", "model.name=cnn"],
     }
-    executors = {"serial": [], "conv": ["executor.kind=vectorized"],
-                 "func": ["executor.kind=vectorized", "executor.vectorized_kernel=func"]}
+    executors = {"serial": [], "conv": ["executor.kind=vectorized", "executor.vectorized_kernel=conv"],
+                 "conv-loop": ["executor.kind=vectorized", "executor.vectorized_kernel=conv-loop"]}
+    if with_func:
+        executors["func"] = ["executor.kind=vectorized", "executor.vectorized_kernel=func"]
     print(f"10 clients per round, batch 32, 1 thread; {repeats} repeats × rounds 2..{rounds - 1}, executors alternating")
     for name, extra in workloads.items():
         if only and name not in only:
@@ -193,7 +197,7 @@ def conv(repeats: int, rounds: int, only: list[str] | None) -> None:
         wall: dict[str, list[float]] = {e: [] for e in executors}
         what = {}
         for r in range(repeats):
-            order = list(executors)[r % 3:] + list(executors)[: r % 3]
+            order = list(executors)[r % len(executors):] + list(executors)[: r % len(executors)]
             for e in order:
                 c, w, what[e] = _conv_round_times(common + extra + executors[e])
                 cpu[e] += c
@@ -201,7 +205,7 @@ def conv(repeats: int, rounds: int, only: list[str] | None) -> None:
         s_cpu, s_wall = statistics.median(cpu["serial"]), statistics.median(wall["serial"])
         for e in executors:
             c, w = statistics.median(cpu[e]), statistics.median(wall[e])
-            print(f"  {name:18s} {e:7s} CPU {c * 1e3:8.1f} ms/round ({c / s_cpu:4.2f}× serial)  "
+            print(f"  {name:18s} {e:9s} CPU {c * 1e3:8.1f} ms/round ({c / s_cpu:4.2f}× serial)  "
                   f"wall {w * 1e3:8.1f} ms ({w / s_wall:4.2f}×)  {what[e]}", flush=True)
 
 
@@ -212,13 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="replay: 5; kernels: 2; conv: 3")
     ap.add_argument("--rounds", type=int, default=6, help="conv: rounds per run")
     ap.add_argument("--only", default=None, help="conv: comma-separated workloads (digits/cnn,mnist5k/lenet5,cifar-like/resnet)")
+    ap.add_argument("--with-func", action="store_true", help="conv: the torch.func kernel too")
     args = ap.parse_args(argv)
     if args.what == "replay":
         replay(args.threads, args.repeats or 5)
     elif args.what == "kernels":
         kernels(args.threads, args.repeats or 2)
     else:
-        conv(args.repeats or 3, args.rounds, args.only.split(",") if args.only else None)
+        conv(args.repeats or 3, args.rounds, args.only.split(",") if args.only else None, args.with_func)
     return 0
 
 

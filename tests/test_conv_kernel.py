@@ -1,5 +1,6 @@
-"""The vectorized executor's conv kernel (clients as groups of grouped convolutions):
-per-client updates equal the serial executor's, ragged cohorts, refusals, and auto's rule."""
+"""The vectorized executor's conv kernels (clients as groups of grouped convolutions, and
+clients one after another through the rewritten channels-last graph): per-client updates
+equal the serial executor's, ragged cohorts, the exact rewrite, refusals, and auto's rule."""
 
 import numpy as np
 import pytest
@@ -53,13 +54,17 @@ OPTIMIZERS = {
 }
 
 
+KERNELS = ("conv", "conv-loop")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
 @pytest.mark.parametrize("model", list(MODELS))
-def test_conv_kernel_updates_match_serial(tmp_path, images, model, opt):
+def test_conv_kernel_updates_match_serial(tmp_path, images, model, opt, kernel):
     extra = base(images) + MODELS[model] + OPTIMIZERS[opt]
     serial, _, _ = run_capturing(tmp_path, "s", extra)
-    vec, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized"])
-    assert exp.executor.kernel_name == "conv"
+    vec, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", f"executor.vectorized_kernel={kernel}"])
+    assert exp.executor.kernel_name == kernel
     assert len(serial) == len(vec) == 2
     for a, b in zip(serial, vec):
         assert a.keys() == b.keys() and len(a) == 4
@@ -69,13 +74,15 @@ def test_conv_kernel_updates_match_serial(tmp_path, images, model, opt):
             assert a[cid][2] == pytest.approx(b[cid][2], rel=1e-4, abs=1e-5)
 
 
-def test_conv_kernel_ragged_cohort_matches_serial(tmp_path, images):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_conv_kernel_ragged_cohort_matches_serial(tmp_path, images, kernel):
     """Dirichlet client sizes and 2 epochs: clients of a cohort stop at different steps
     (the active prefix shrinks), and a cohort that is split in two by max_cohort."""
     extra = base(images) + ["model.name=lenet5", "data.partition.kind=dirichlet", "data.partition.alpha=0.3",
                             "client.epochs=2", "client.batch_size=5"]
     serial, _, _ = run_capturing(tmp_path, "s", extra)
-    vec, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", "executor.max_cohort=3"])
+    vec, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", "executor.max_cohort=3",
+                                                         f"executor.vectorized_kernel={kernel}"])
     steps = {cid: s for r in serial for cid, (_, s, _) in r.items()}
     assert len(set(steps.values())) >= 3  # genuinely ragged
     assert exp.executor.padding_efficiency < 1  # short last batches padded, finished clients dropped
@@ -148,14 +155,18 @@ def test_auto_uses_conv_kernel_where_the_rule_says(larger_images):
     # cnn on the 8×8 digits: 0.87 M MACs per example, the rule says it pays
     digits = _auto_executor(["data.partition.num_clients=6", "schedule.clients_per_round=3", "model.name=cnn"])
     assert isinstance(digits, VectorizedExecutor) and digits.kernel_name == "conv"
-    # cnn on 2×12×12: conv1 32·144 × 2·25 + conv2 64·36 × 32·25 = 2.07 M: serial, saying why
+    # cnn on 2×12×12: conv1 32·144 × 2·25 + conv2 64·36 × 32·25 = 2.07 M: the loop form
     larger = _auto_executor(base(larger_images) + MODELS["cnn"])
-    assert isinstance(larger, SerialExecutor)
-    assert "conv kernel" in larger.fallback_reason and "2.1 M" in larger.fallback_reason
-    # forced, it is still the conv kernel
-    forced = build_experiment(load_config(None, base(larger_images) + MODELS["cnn"] + ["executor.kind=vectorized"]))
-    start_executor(forced)
-    assert forced.executor.kernel_name == "conv"
+    assert isinstance(larger, VectorizedExecutor) and larger.kernel_name == "conv-loop"
+    # either form can be forced
+    for kernel in KERNELS:
+        forced = _auto_executor(base(larger_images) + MODELS["cnn"] + [f"executor.vectorized_kernel={kernel}"])
+        assert forced.kernel_name == kernel
+    # a model that is not convolutional: auto still picks the bmm kernel, a conv form is refused
+    assert _auto_executor(["data.partition.num_clients=6", "schedule.clients_per_round=3", "model.name=mlp"]).kernel_name == "mlp"
+    assert not isinstance(_auto_executor(["data.partition.num_clients=6", "schedule.clients_per_round=3", "model.name=mlp"]), SerialExecutor)
+    with pytest.raises(ConfigError, match="vectorized_kernel=conv-loop needs a convolutional model"):
+        _auto_executor(["data.partition.num_clients=6", "schedule.clients_per_round=3", "model.name=mlp", "executor.vectorized_kernel=conv-loop"])
 
 
 def test_probe_counts_every_leaf_output_on_the_modules_device():
@@ -197,3 +208,67 @@ def test_conv_cohorts_are_capped_by_their_activations(tmp_path, images):
     rounds, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", f"executor.cohort_memory_mb={budget_mb}"])
     assert exp.executor.stats["cohorts"] == 4  # 2 rounds × (4 clients in cohorts of 2)
     assert len(serial) == len(rounds)
+
+
+def test_activation_after_pooling_is_exact():
+    """A ReLU directly before a max-pooling moves after it: outputs and every gradient are
+    bit-identical to the original order (max commutes with ReLU; the gradient reaches
+    the same input), including windows whose inputs are all negative (zero gradient
+    either way) and overlapping, padded windows. Average pooling, Tanh, LeakyReLU and
+    pooling that returns indices are left alone."""
+    import copy
+
+    from torch import nn
+
+    from fedweave.sim.conv_kernel import activation_after_pooling
+
+    torch.manual_seed(0)
+    original = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1)),
+        nn.Conv2d(4, 4, 1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4, 3))
+    rewritten = copy.deepcopy(original)
+    assert activation_after_pooling(rewritten) == 2
+    assert [type(m).__name__ for m in rewritten[:3]] == ["Conv2d", "MaxPool2d", "ReLU"]
+    assert [type(m).__name__ for m in rewritten[3]] == ["Conv2d", "MaxPool2d", "ReLU"]
+    assert [type(m).__name__ for m in rewritten[4:7]] == ["Conv2d", "ReLU", "AvgPool2d"]  # not swapped
+    x = torch.randn(5, 2, 8, 8)
+    x[0] = -1 - x[0].abs()  # conv1's windows all negative for some channels
+    outs = []
+    for net in (original, rewritten):
+        out = net(x)
+        grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+        outs.append((out, grads))
+    assert torch.equal(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        assert torch.equal(a, b)
+    left_alone = nn.Sequential(nn.LeakyReLU(), nn.MaxPool2d(2), nn.Tanh(), nn.MaxPool2d(2), nn.ReLU(),
+                               nn.MaxPool2d(2, return_indices=True))
+    assert activation_after_pooling(left_alone) == 0
+
+
+def test_conv_loop_trains_channels_last_on_the_rewritten_graph_and_leaves_the_model_alone(tmp_path, images):
+    """The loop form's convolutions see channels-last minibatches and the rewritten
+    order (pooling before ReLU); the experiment's own model keeps its order."""
+    from torch import nn
+
+    from fedweave.experiment import _execute
+    from fedweave.rundir import RunDirectory
+
+    cfg = load_config(None, base(images) + MODELS["cnn"] + ["executor.kind=vectorized", "executor.vectorized_kernel=conv-loop"])
+    exp = build_experiment(cfg)
+    start_executor(exp)
+    kernel = exp.executor.kernel
+    seen = []
+    convs = [m for m in kernel.net.modules() if type(m).__name__ == "_CohortConv"]
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+             for m in convs]
+    run_dir = RunDirectory(tmp_path / "loop")
+    run_dir.create(cfg.to_yaml())
+    _execute(exp, run_dir, None, None, executor_started=True)
+    for h in hooks:
+        h.remove()
+    assert seen and all(seen)
+    order = [type(m) for m in kernel.net[0]]
+    assert order[:3] == [type(convs[0]), nn.MaxPool2d, nn.ReLU]
+    assert [type(m) for m in exp.model_factory()[0]][:3] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]

@@ -302,8 +302,8 @@ class ExecutorConfig(_Section):
     cohort_memory_mb: Optional[float] = Field(
         None, gt=0, description="vectorized: memory for a cohort's stacked parameters and activations; fewer clients train at once above it (default 1024)"
     )
-    vectorized_kernel: Literal["auto", "func"] = Field(
-        "auto", description="vectorized: auto (bmm kernel for Linear/ReLU/Tanh stacks, conv kernel for convolutional models, torch.func otherwise) or func (always torch.func)"
+    vectorized_kernel: Literal["auto", "func", "conv", "conv-loop"] = Field(
+        "auto", description="vectorized: auto (bmm kernel for Linear/ReLU/Tanh stacks; for convolutional models the grouped conv kernel up to 1 M convolution MACs per example, conv-loop above; torch.func otherwise), func (always torch.func), conv or conv-loop (force a conv form)"
     )
     state_memory_mb: Optional[float] = Field(
         None, gt=0, description="client-state store budget; the rest spills to <run dir>/client_state (default: no limit)"
@@ -311,6 +311,9 @@ class ExecutorConfig(_Section):
     device: str = Field("auto", description="where clients train: auto (CUDA when available), cpu, cuda or cuda:N")
     deterministic: bool = Field(
         False, description="PyTorch deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG on CUDA); slower, see howto/gpu.md"
+    )
+    retain_memory: bool = Field(
+        True, description="keep the memory training steps free for the next step (glibc malloc's mmap and trim thresholds raised) instead of returning it to the OS and faulting it back in: the same numbers, fewer page faults, resident memory stays near its peak; process-wide once set (docs/howto/executors.md)"
     )
     channels_last: bool = Field(
         False, description="serial and Ray: image minibatches in channels-last (NHWC) layout; 0.80-0.87x the step time of the zoo CNNs on the CPU, numbers equal within float tolerance (docs/results/scale.md)"

@@ -20,6 +20,7 @@ import torch
 
 from .config import Config, ConfigWarning, inapplicable_keys, load_config, read_yaml
 from .core.client import ClientAlgorithm
+from .core.allocator import retain_freed_memory
 from .core.device import check_precision, resolve_device, set_deterministic
 from .core.errors import ConfigError, DataError, DivergedError, FedweaveError, ModelError
 from .core.params import FlatModel, ParamSpec, check_role_patterns
@@ -101,7 +102,7 @@ class Experiment:
         ex = self.config.executor
         return WorkerSetup(self.model_factory, self.roles, self.task.name, self.data, self.algorithm,
                            self.config.seed, ex.threads, ex.device, ex.data_memory_mb, self.config.client.precision,
-                           ex.deterministic)
+                           ex.deterministic, ex.retain_memory)
 
 
 def build_experiment(config: Config, data: FederatedDataset | None = None) -> Experiment:
@@ -322,6 +323,8 @@ def start_executor(exp: Experiment) -> None:
     """Start the configured executor in ``exp.executor`` (vectorized/auto fall back or refuse)."""
     cfg = exp.config
     torch.set_num_threads(cfg.executor.threads)
+    if cfg.executor.retain_memory:
+        retain_freed_memory()
     if cfg.executor.deterministic:
         exp.deterministic_before = set_deterministic(True)
     exp.executor = make_executor(cfg.executor, exp.worker_setup(), cfg.client.optimizer)

@@ -1,8 +1,29 @@
-"""The vectorized executor's kernel for convolutional models: clients as groups.
+"""The vectorized executor's kernels for convolutional models.
 
-A cohort of K clients runs as one network whose every layer holds the K clients side by
-side, so that one step of all K is one forward and one backward pass of ordinary PyTorch
-operations:
+Two forms of one step of a cohort of K clients, both through the model rebuilt with
+cohort layers (:func:`conv_plan`) that read the clients' stacked ``[K, *shape]``
+parameters:
+
+``conv`` (:class:`ConvKernel`, clients as groups)
+    all K clients in one forward and one backward pass — what pays where each client's
+    step is small (few convolution MACs per example), because the per-operation overhead
+    is paid once for the cohort;
+``conv-loop`` (:class:`ConvLoopKernel`, clients one after another)
+    each client's step through the same cohort layers with K = 1, channels-last, and the
+    optimizer step applied to the client's slice of the stacked tensors — what pays where
+    each client's step is already large work that oneDNN runs near the cores' rate: there
+    batching only multiplies the working set past the caches (docs/results/scale.md, W2).
+
+Both forms compute the model rewritten exactly (:func:`activation_after_pooling`): a
+ReLU directly before a max-pooling is applied after it, on a quarter of the elements
+(max commutes with ReLU, and the gradient reaches the same input element — zero
+wherever the window's maximum is ≤ 0, either way). With
+the channels-last layout this makes ``conv-loop`` faster than the serial executor, which
+runs the user's module as given (measured in docs/results/scale.md).
+
+In the grouped form, a cohort of K clients runs as one network whose every layer holds
+the K clients side by side, so that one step of all K is one forward and one backward pass
+of ordinary PyTorch operations:
 
 * feature maps are ``[B, K·C, H, W]``: client j's C channels are channels j·C … j·C+C−1;
 * ``Conv2d`` (C→O channels, g groups) becomes a convolution with K·g groups whose weight
@@ -31,7 +52,8 @@ BatchNorm is refused earlier (its running statistics are float buffers,
 :func:`~fedweave.sim.vectorized.unsupported_reason`). Other containers are refused
 because their ``forward`` could reshape in a way the stacked layout does not survive.
 
-Whether it pays is :func:`conv_kernel_pays` (measured in docs/results/scale.md).
+Which form ``executor.kind: auto`` uses is :func:`conv_kernel_pays` (measured in
+docs/results/scale.md).
 """
 
 from __future__ import annotations
@@ -90,12 +112,19 @@ class _CohortLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p, k = self.cohort.params, self.cohort.k
+        if k == 1:  # the loop form: one client's plain product (faster than a batch of one)
+            w = p[self.weight].view(p[self.weight].shape[1:])
+            b = p[self.bias].view(-1) if self.bias >= 0 else None
+            return F.linear(x.reshape(-1, w.shape[1]), w, b).unsqueeze(0)
         if x.dim() == 2:  # [B, K·F] from a flatten of the channel-stacked maps
             x = x.view(x.shape[0], k, -1).transpose(0, 1)
-        w = p[self.weight].transpose(1, 2)
+        # computed transposed, W·xᵀ: autograd then hands back the weight's gradient
+        # contiguous (x·Wᵀ gives it as a transposed view, and the optimizer's in-place
+        # update of the stacked weights reads it with strides across the whole tensor)
+        xt = x.transpose(1, 2)
         if self.bias >= 0:
-            return torch.baddbmm(p[self.bias].unsqueeze(1), x, w)
-        return torch.bmm(x, w)
+            return torch.baddbmm(p[self.bias].unsqueeze(2), p[self.weight], xt).transpose(1, 2)
+        return torch.bmm(p[self.weight], xt).transpose(1, 2)
 
 
 def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Module, _Cohort, int] | None:
@@ -132,7 +161,33 @@ def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Modu
         setattr(net.get_submodule(parent) if parent else net, attr, new)
     if not convs:
         return None
+    activation_after_pooling(net)
     return net, cohort, conv_macs(model.module, example_shape)
+
+
+def activation_after_pooling(net: nn.Module) -> int:
+    """Rewrites, in place, every ``nn.Sequential`` of ``net`` where a ReLU comes directly
+    before a ``MaxPool2d`` so that the pooling comes first; returns how many pairs it
+    swapped. Bit-exact, forward and backward: max over a window commutes with ReLU, both
+    orders send the gradient to the window's largest input (zero where that input is
+    ≤ 0, in both orders), and ReLU's backward only keeps or zeroes, so overlapping
+    windows' sums are the same too. The activation then runs on a quarter of the elements
+    (2×2 pooling). Not Tanh: it rounds distinct large inputs to one float, so the
+    argmax of a tie could move, and its backward multiplies — overlapping windows' sums
+    would round differently."""
+    swapped = 0
+    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        i = 0
+        while i + 1 < len(names):
+            act, pool = seq._modules[names[i]], seq._modules[names[i + 1]]
+            if type(act) is nn.ReLU and type(pool) is nn.MaxPool2d and not pool.return_indices:
+                seq._modules[names[i]], seq._modules[names[i + 1]] = pool, act
+                swapped += 1
+                i += 2
+            else:
+                i += 1
+    return swapped
 
 
 def conv_macs(module: nn.Module, example_shape: tuple[int, ...]) -> int:
@@ -206,6 +261,34 @@ class ConvKernel:
         self.cohort.params = []
         opt.apply(k, grads, first)
         return weighted.detach().view(k, bs).sum(1)
+
+
+class ConvLoopKernel:
+    """One step of each active client in turn through the cohort network with K = 1 (see
+    the module docstring): a channels-last minibatch, the client's slices of the stacked
+    parameters as the leaves of its own autograd graph, and the step applied to those
+    slices (:meth:`~fedweave.sim.vectorized.StackedSGD.apply_client`)."""
+
+    name = "conv-loop"
+
+    def __init__(self, net: nn.Module, cohort: _Cohort, macs: int, task):
+        self.net, self.cohort, self.macs, self.task = net, cohort, macs, task
+
+    def step(self, k: int, x, y, weight, opt, first: bool) -> torch.Tensor:
+        losses = torch.empty(k, dtype=weight.dtype, device=weight.device)
+        for j in range(k):
+            xj = x[j].contiguous(memory_format=torch.channels_last)
+            with torch.enable_grad():
+                leaves = [t[j : j + 1].detach().requires_grad_() for t in opt.params]
+                self.cohort.params, self.cohort.k = leaves, 1
+                out = self.net(xj)  # [1, B, outputs], or [B, F] if no Linear follows the flatten
+                out = out.reshape(x.shape[1], *out.shape[2:]) if out.dim() == 3 else out
+                weighted = self.task.per_example_loss(out, y[j]) * weight[j]
+                grads = list(torch.autograd.grad(weighted.sum(), leaves))
+            self.cohort.params = []
+            opt.apply_client(j, grads, first)
+            losses[j] = weighted.detach().sum()
+        return losses
 
 
 PAYING_MACS = 1_000_000  # the measured bound (docs/results/scale.md): convolution MACs per example

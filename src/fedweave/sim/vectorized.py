@@ -66,11 +66,11 @@ from ..methods.needs import client_needs
 from ..step import FusedSGD, SGDStep
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders, to_compute_device
-from .conv_kernel import PAYING_MACS, ConvKernel, conv_kernel_pays, conv_plan, probe
+from .conv_kernel import ConvKernel, ConvLoopKernel, conv_kernel_pays, conv_plan, probe
 from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup, place_data
 
-KERNELS = ("auto", "func")
+KERNELS = ("auto", "func", "conv", "conv-loop")
 COHORT_BYTES = 1 << 30  # default executor.cohort_memory_mb: a cohort's stacked tensors and activations (cohort_size)
 GATHER_BYTES = 4 * 2**20  # a cohort's minibatches are gathered from the dataset this much at a time
 
@@ -123,6 +123,12 @@ class StackedSGD:
         """One step of the first ``k`` clients; ``grads`` (``[k, *shape]``) may be modified."""
         self.rule.apply([p[:k] for p in self.params], grads, [b[:k] for b in self.bufs], first,
                         anchors=[b[:k] for b in self.base], per_client=True)
+
+    def apply_client(self, j: int, grads: list[torch.Tensor], first: bool) -> None:
+        """One step of client ``j`` alone; ``grads`` are ``[1, *shape]``."""
+        one = slice(j, j + 1)
+        self.rule.apply([p[one] for p in self.params], grads, [b[one] for b in self.bufs], first,
+                        anchors=[b[one] for b in self.base], per_client=True)
 
 
 class FuncKernel:
@@ -314,12 +320,19 @@ class VectorizedExecutor(Executor):
         self._row_bytes = self.data.x[:1].numel() * self.data.x.element_size()
         example = tuple(self.data.x.shape[1:])
         self._activation_bytes = probe(self.model.module, example, self.data.x.dtype)[1] if self.data.x.is_floating_point() else 0
-        layers = mlp_layers(self.model, tuple(self.data.x.shape[1:])) if self.kernel_choice == "auto" else None
-        conv = conv_plan(self.model, tuple(self.data.x.shape[1:])) if self.kernel_choice == "auto" and layers is None else None
+        choice = self.kernel_choice
+        layers = mlp_layers(self.model, example) if choice == "auto" else None
+        conv = conv_plan(self.model, example) if choice != "func" and layers is None else None
+        if conv is None and choice in ("conv", "conv-loop"):
+            raise ConfigError(
+                f"executor.vectorized_kernel={choice} needs a convolutional model the conv kernels accept (built from "
+                "nn.Sequential and the zoo's blocks, Conv2d/GroupNorm/Linear/ReLU/Tanh/pooling/Flatten layers, every "
+                "parameter trainable, [C, H, W] examples); this one is not. Use auto or func.")
         if layers is not None:
             self.kernel = MLPKernel(layers, self.task)
         elif conv is not None:
-            self.kernel = ConvKernel(*conv, self.task)
+            grouped = choice == "conv" or (choice == "auto" and conv_kernel_pays(conv[2]))
+            self.kernel = (ConvKernel if grouped else ConvLoopKernel)(*conv, self.task)
         else:
             frozen = {s.name: self.model.module.get_parameter(s.name).detach() for s in self.model.spec.group("frozen")}
             self.kernel = FuncKernel(self.model.module, self.task, [s.name for s in trainable], frozen)
@@ -473,19 +486,14 @@ class VectorizedExecutor(Executor):
 
 def auto_reason(kernel) -> str | None:
     """Why ``executor.kind: auto`` trains serially rather than with this kernel, or None
-    if the kernel pays (docs/results/scale.md): the bmm kernel always; the conv kernel for
-    small convolutions (:func:`fedweave.sim.conv_kernel.conv_kernel_pays`); the torch.func
+    if the kernel pays (docs/results/scale.md): the bmm kernel and the conv kernels
+    always (``start`` picks the grouped form for small convolutions and the loop for
+    large ones, :func:`fedweave.sim.conv_kernel.conv_kernel_pays`); the torch.func
     kernel never."""
-    if kernel.name == "mlp":
+    if kernel.name in ("mlp", "conv", "conv-loop"):
         return None
-    if kernel.name == "conv":
-        if conv_kernel_pays(kernel.macs):
-            return None
-        return (f"the conv kernel applies to this model but its convolutions do {kernel.macs / 1e6:.1f} M "
-                f"multiply-accumulates per example, where it measured slower than serial (it pays up to "
-                f"{PAYING_MACS / 1e6:g} M); set executor.kind=vectorized to use it anyway")
     return ("only the torch.func kernel applies to this model (it is neither a stack of Linear/ReLU/Tanh "
-            "layers nor a convolutional model the conv kernel accepts), and it is slower than serial; set "
+            "layers nor a convolutional model the conv kernels accept), and it is slower than serial; set "
             "executor.kind=vectorized to use it anyway")
 
 

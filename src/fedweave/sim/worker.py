@@ -36,6 +36,7 @@ class WorkerSetup:
     data_memory_mb: float | None = None  # executor.data_memory_mb
     precision: str = "fp32"  # client.precision (the vectorized executor trains fp32 only)
     deterministic: bool = False  # executor.deterministic (set in each process that trains)
+    retain_memory: bool = True  # executor.retain_memory (set in each process that trains)
 
 
 def place_data(data: FederatedDataset, device: torch.device, budget_mb: float | None) -> FederatedDataset:
