@@ -77,6 +77,26 @@ def test_hf_causal_lm_gives_the_models_own_logits_and_runs_on_pydocs(gpt2_folder
     assert record["perplexity"] == pytest.approx(np.exp(record["loss"]), rel=1e-9)
 
 
+def test_reading_an_hf_folder_prints_nothing_of_transformers(tmp_path, capfd, caplog):
+    """A config whose bos/eos ids lie beyond its vocabulary (GPT-2's 50256 in a tiny model)
+    makes transformers warn whenever it is read: the CLI's output stays fedweave's."""
+    from fedweave.models import build_model
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=101, n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                                  bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    # edited as text: a message transformers has not printed yet in this process (it warns once)
+    saved.update(bos_token_id=50256, eos_token_id=50256)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(saved))
+    capfd.readouterr()
+    build_model(f"hf:{tmp_path / 'm'}", (16,), 97, task="language_model")
+    out, err = capfd.readouterr()
+    assert "bos_token_id" not in out + err and "[transformers]" not in out + err, out + err
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("transformers")]
+
+
 def test_hf_causal_lm_refuses_a_vocabulary_smaller_than_the_data(tmp_path):
     folder = _gpt2(tmp_path / "small", vocab=50)
     with pytest.raises(ConfigError, match="vocabulary has 50 tokens.*at least 97"):

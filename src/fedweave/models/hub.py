@@ -259,7 +259,8 @@ def build_hf(folder: str, input_shape: tuple[int, ...], num_classes: int, *, tas
         raise ConfigError(f'{where} needs transformers: pip install "fedweave[lora]".') from None
     kind = _hf_kind(task, tuple(input_shape), folder)
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with _quiet(transformers):  # its warnings about the config (e.g. token ids beyond the vocabulary) too
+            config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise ConfigError(f"{where}: {path}/config.json is not a transformers config ({type(exc).__name__}: "
                           f"{str(exc)[:200]}).") from None
