@@ -49,6 +49,41 @@ def test_an_index_beyond_the_devices_and_a_non_device_are_refused():
             resolve_device(bad)
 
 
+def test_a_cuda_index_beyond_the_machines_devices_names_the_indices_it_has(monkeypatch):
+    """The index check itself (on a machine without CUDA the no-CUDA refusal comes first):
+    a machine made to show two CUDA devices."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError) as err:
+        resolve_device("cuda:7")
+    assert "names CUDA device 7, but this machine has 2 (indices 0 to 1)" in str(err.value)
+    assert "auto, cpu, cuda or cuda:N" in str(err.value)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda", 0)
+
+
+def test_job_seeding_seeds_the_cuda_generator_of_the_jobs_device_as_the_cpus(monkeypatch):
+    """Per-job seeding covers the CUDA generator: the job's device's generator gets the seed
+    the CPU generator gets (no other device's), on a machine made to show two devices."""
+    from fedweave.core.rng import seed_job_generators
+
+    class Recorder:
+        def __init__(self):
+            self.seeds = []
+
+        def manual_seed(self, seed):
+            self.seeds.append(seed)
+
+    generators = (Recorder(), Recorder())
+    monkeypatch.setattr(torch.cuda, "default_generators", generators)
+    seed_job_generators(3, 5, 7, torch.device("cuda", 1))
+    cpu_seed = torch.initial_seed()
+    seed_job_generators(3, 5, 8, torch.device("cuda", 1))
+    assert generators[0].seeds == [] and generators[1].seeds == [cpu_seed, torch.initial_seed()]
+    assert cpu_seed != torch.initial_seed()  # the job counter changes the seed
+    seed_job_generators(3, 5, 7, torch.device("cpu"))
+    assert torch.initial_seed() == cpu_seed and len(generators[1].seeds) == 2  # a CPU job leaves CUDA alone
+
+
 def test_fp16_is_refused_on_the_cpu_and_bf16_allowed():
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         check_precision("fp16", torch.device("cpu"))
