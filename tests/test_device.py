@@ -49,6 +49,41 @@ def test_an_index_beyond_the_devices_and_a_non_device_are_refused():
             resolve_device(bad)
 
 
+def test_a_cuda_index_beyond_the_machines_devices_names_the_indices_it_has(monkeypatch):
+    """The index check itself (on a machine without CUDA the no-CUDA refusal comes first):
+    a machine made to show two CUDA devices."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError) as err:
+        resolve_device("cuda:7")
+    assert "names CUDA device 7, but this machine has 2 (indices 0 to 1)" in str(err.value)
+    assert "auto, cpu, cuda or cuda:N" in str(err.value)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda", 0)
+
+
+def test_job_seeding_seeds_the_cuda_generator_of_the_jobs_device_as_the_cpus(monkeypatch):
+    """Per-job seeding covers the CUDA generator: the job's device's generator gets the seed
+    the CPU generator gets (no other device's), on a machine made to show two devices."""
+    from fedweave.core.rng import seed_job_generators
+
+    class Recorder:
+        def __init__(self):
+            self.seeds = []
+
+        def manual_seed(self, seed):
+            self.seeds.append(seed)
+
+    generators = (Recorder(), Recorder())
+    monkeypatch.setattr(torch.cuda, "default_generators", generators)
+    seed_job_generators(3, 5, 7, torch.device("cuda", 1))
+    cpu_seed = torch.initial_seed()
+    seed_job_generators(3, 5, 8, torch.device("cuda", 1))
+    assert generators[0].seeds == [] and generators[1].seeds == [cpu_seed, torch.initial_seed()]
+    assert cpu_seed != torch.initial_seed()  # the job counter changes the seed
+    seed_job_generators(3, 5, 7, torch.device("cpu"))
+    assert torch.initial_seed() == cpu_seed and len(generators[1].seeds) == 2  # a CPU job leaves CUDA alone
+
+
 def test_fp16_is_refused_on_the_cpu_and_bf16_allowed():
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         check_precision("fp16", torch.device("cpu"))
@@ -284,6 +319,45 @@ def test_gpus_per_worker_without_ray_is_flagged_as_having_no_effect():
     problems = inapplicable_keys(load_config(None, ["executor.gpus_per_worker=0.5"]))
     assert problems == ["executor.gpus_per_worker=0.5 has no effect: it is used only with executor.kind ray."]
     assert inapplicable_keys(load_config(None, ["executor.gpus_per_worker=0.5", "executor.kind=ray"])) == []
+
+
+def test_ray_actors_are_planned_to_fit_the_runtimes_gpus_and_cpus():
+    """Every actor reserves a CPU and gpus_per_worker GPUs: an actor Ray cannot place stays
+    pending for ever, so what cannot fit is refused and an unset num_workers is what fits."""
+    from fedweave.sim.ray_executor import plan_actors
+
+    assert plan_actors(None, 0.0, cpus=16, gpus=0) == 16  # no GPU share: one actor per CPU
+    assert plan_actors(None, 0.25, cpus=16, gpus=1) == 4  # four quarter shares of one GPU
+    assert plan_actors(None, 0.25, cpus=3, gpus=2) == 3  # the CPUs bound it first
+    assert plan_actors(8, 0.25, cpus=16, gpus=2) == 8  # the documented example: 8 quarters on 2 GPUs
+    assert plan_actors(2, 2.0, cpus=8, gpus=4) == 2
+    with pytest.raises(ConfigError, match=r"gpus_per_worker=5 asks each Ray actor for 5 GPU\(s\), but the Ray "
+                                          r"runtime has 0.*Allowed values: 0"):
+        plan_actors(None, 5.0, cpus=2, gpus=0)
+    with pytest.raises(ConfigError, match=r"num_workers=8: 8 actors of 0.25 GPU each need 2 GPUs.*at most 4"):
+        plan_actors(8, 0.25, cpus=16, gpus=1)
+    with pytest.raises(ConfigError, match=r"num_workers=4: 4 actors need 4 CPUs.*at most 2"):
+        plan_actors(4, 0.0, cpus=2, gpus=0)
+    with pytest.raises(ConfigError, match=r"gpus_per_worker=1.5: Ray takes a fraction of one GPU or a whole number"):
+        plan_actors(None, 1.5, cpus=8, gpus=4)
+    from fedweave.config import ExecutorConfig
+    from fedweave.sim.executors import check_executor
+
+    with pytest.raises(ConfigError, match=r"gpus_per_worker=1.5: Ray takes"):  # before Ray or the data start
+        check_executor(ExecutorConfig(kind="ray", gpus_per_worker=1.5))
+
+
+@pytest.mark.timeout(180)
+def test_the_cli_refuses_more_gpus_per_ray_actor_than_the_machine_has(tmp_path, monkeypatch):
+    """Before: the actor that could not be placed stayed pending and the run waited for ever
+    on its first job, its run directory written."""
+    pytest.importorskip("ray")
+    gpus = torch.cuda.device_count()
+    result, text = _cli(tmp_path, monkeypatch, "executor.kind=ray", "executor.num_workers=1",
+                        f"executor.gpus_per_worker={gpus + 1}")
+    assert result.exit_code == 2, result.output
+    assert f"executor.gpus_per_worker={gpus + 1} asks each Ray actor" in text and "Allowed values" in text, text
+    assert not (tmp_path / "run").exists()
 
 
 def test_checkpoints_and_spilled_states_load_onto_the_host(tmp_path, monkeypatch):

@@ -77,6 +77,26 @@ def test_hf_causal_lm_gives_the_models_own_logits_and_runs_on_pydocs(gpt2_folder
     assert record["perplexity"] == pytest.approx(np.exp(record["loss"]), rel=1e-9)
 
 
+def test_reading_an_hf_folder_prints_nothing_of_transformers(tmp_path, capfd, caplog):
+    """A config whose bos/eos ids lie beyond its vocabulary (GPT-2's 50256 in a tiny model)
+    makes transformers warn whenever it is read: the CLI's output stays fedweave's."""
+    from fedweave.models import build_model
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=101, n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                                  bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    # edited as text: a message transformers has not printed yet in this process (it warns once)
+    saved.update(bos_token_id=50256, eos_token_id=50256)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(saved))
+    capfd.readouterr()
+    build_model(f"hf:{tmp_path / 'm'}", (16,), 97, task="language_model")
+    out, err = capfd.readouterr()
+    assert "bos_token_id" not in out + err and "[transformers]" not in out + err, out + err
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("transformers")]
+
+
 def test_hf_causal_lm_refuses_a_vocabulary_smaller_than_the_data(tmp_path):
     folder = _gpt2(tmp_path / "small", vocab=50)
     with pytest.raises(ConfigError, match="vocabulary has 50 tokens.*at least 97"):
@@ -215,6 +235,60 @@ def test_bad_real_models_exit_2_without_a_run_directory(tmp_path, gpt2_folder):
     ]
     for args, needles in cases:
         assert_run_refused(tmp_path / "run", args, needles)
+
+
+def _swap_weights(folder, config_from, weights_from):
+    """A folder whose config.json comes from one save_pretrained and model.safetensors from another."""
+    import shutil
+
+    folder.mkdir()
+    shutil.copy(config_from / "config.json", folder / "config.json")
+    shutil.copy(weights_from / "model.safetensors", folder / "model.safetensors")
+    return folder
+
+
+def test_hf_weights_of_other_shapes_or_another_model_are_refused_naming_them(tmp_path):
+    """transformers raises a bare RuntimeError for a causal LM whose weights do not fit its
+    config.json and silently re-initialises the mismatched body of a classifier: both are a
+    ConfigError naming the tensors; only a classifier head may differ."""
+    from fedweave.models import build_model
+
+    torch.manual_seed(0)
+    for name, width in (("wide", 32), ("narrow", 16)):
+        cfg = transformers.GPT2Config(vocab_size=128, n_positions=32, n_embd=width, n_layer=2, n_head=2)
+        transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / name)
+    mixed = _swap_weights(tmp_path / "mixed", tmp_path / "wide", tmp_path / "narrow")
+    with pytest.raises(ConfigError, match=r"do not fit its config.json: shapes differ.*"
+                                          r"transformer.h.0.attn.c_attn.weight: file \(16, 48\), config \(32, 96\)"):
+        build_model(f"hf:{mixed}", (16,), 97, task="language_model")
+    for name, inner in (("bert32", 32), ("bert48", 48)):
+        cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=inner, max_position_embeddings=16, num_labels=2)
+        transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / name)
+    body = _swap_weights(tmp_path / "body", tmp_path / "bert48", tmp_path / "bert32")
+    with pytest.raises(ConfigError, match=r"bert.encoder.layer.0.intermediate.dense.weight: file \(32, 16\), config \(48, 16\)"):
+        build_model(f"hf:{body}", (8,), 5, task="classification")
+    # the whole body of another architecture: every tensor missing, not a silently random model
+    other = _swap_weights(tmp_path / "other", tmp_path / "wide", tmp_path / "bert32")
+    with pytest.raises(ConfigError, match=r"the weights lack .*transformer.h.0"):
+        build_model(f"hf:{other}", (16,), 97, task="language_model")
+    # a head for another number of classes is no problem: it starts afresh, the body is the saved one
+    model = build_model(f"hf:{tmp_path / 'bert32'}", (8,), 5, task="classification")
+    saved = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path / "bert32"), local_files_only=True)
+    assert model.model.classifier.out_features == 5
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in model.model.state_dict().items()
+               if k.startswith("bert."))
+
+
+def test_hf_weights_that_do_not_fit_exit_2_without_a_run_directory(tmp_path):
+    torch.manual_seed(0)
+    for name, width in (("wide", 32), ("narrow", 16)):
+        cfg = transformers.GPT2Config(vocab_size=128, n_positions=32, n_embd=width, n_layer=2, n_head=2)
+        transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / name)
+    mixed = _swap_weights(tmp_path / "mixed", tmp_path / "wide", tmp_path / "narrow")
+    assert_run_refused(tmp_path / "run", ["--set", f"model.name=hf:{mixed}", "--set", "task.kind=language_model",
+                                          "--set", "data.dataset=pydocs:16", "--set", "data.partition.kind=natural"],
+                       ["do not fit its config.json", "shapes differ", "one save_pretrained"])
 
 
 # -- augmentation ----------------------------------------------------------------------------------

@@ -213,6 +213,32 @@ def _quiet(transformers):
             log.enable_progress_bar()
 
 
+def _check_loaded(where: str, path: Path, model: nn.Module, info: dict[str, Any], fresh_head: bool) -> None:
+    """Refuse weights that do not fit ``config.json``: tensors of another shape, or tensors
+    the file lacks. A classifier's head (the parameters outside ``base_model_prefix``) may
+    be missing or of another size — it starts afresh for the data's classes; the body may
+    not, or the "pretrained" model would be partly random without a word."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def in_body(key: str) -> bool:
+        return not fresh_head or not prefix or key == prefix or key.startswith(prefix + ".")
+
+    mismatched = [f"{k}: file {tuple(old)}, config {tuple(new)}"
+                  for k, old, new in info.get("mismatched_keys", []) if in_body(k)]
+    missing = sorted(k for k in info.get("missing_keys", []) if in_body(k))
+    problems = []
+    if mismatched:
+        problems.append(f"shapes differ for {len(mismatched)} tensor(s) ({'; '.join(sorted(mismatched)[:5])}"
+                        f"{'; ...' if len(mismatched) > 5 else ''})")
+    if missing:
+        problems.append(f"the weights lack {len(missing)} tensor(s) ({', '.join(missing[:5])}"
+                        f"{', ...' if len(missing) > 5 else ''})")
+    if problems:
+        raise ConfigError(f"{where}: the weights in {path} do not fit its config.json: {'; '.join(problems)}. "
+                          "config.json and the weights must come from one save_pretrained of one model"
+                          f"{' (only a classifier head may differ: it starts afresh)' if fresh_head else ''}.")
+
+
 def build_hf(folder: str, input_shape: tuple[int, ...], num_classes: int, *, task: str = "classification",
              **kwargs: Any) -> nn.Module:
     """The ``save_pretrained`` model in ``folder`` with the head of ``task``, wrapped in :class:`HFLogits`."""
@@ -233,7 +259,8 @@ def build_hf(folder: str, input_shape: tuple[int, ...], num_classes: int, *, tas
         raise ConfigError(f'{where} needs transformers: pip install "fedweave[lora]".') from None
     kind = _hf_kind(task, tuple(input_shape), folder)
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with _quiet(transformers):  # its warnings about the config (e.g. token ids beyond the vocabulary) too
+            config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise ConfigError(f"{where}: {path}/config.json is not a transformers config ({type(exc).__name__}: "
                           f"{str(exc)[:200]}).") from None
@@ -255,13 +282,17 @@ def build_hf(folder: str, input_shape: tuple[int, ...], num_classes: int, *, tas
         options.update(num_labels=int(num_classes), ignore_mismatched_sizes=True)
         auto = (transformers.AutoModelForImageClassification if kind == "image"
                 else transformers.AutoModelForSequenceClassification)
+    # mismatched tensors are reported (and then refused below unless they are a classifier's
+    # head), not raised as a bare RuntimeError in the middle of transformers' load report
+    options.update(ignore_mismatched_sizes=True, output_loading_info=True)
     try:
         with _quiet(transformers):
-            model = auto.from_pretrained(str(path), **options)
+            model, info = auto.from_pretrained(str(path), **options)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ConfigError(f"{where}: could not load a {auto.__name__} from {path} ({type(exc).__name__}: "
                           f"{str(exc)[:300]}). The folder must hold config.json and the weights "
                           "(model.safetensors or pytorch_model.bin) of a model of that kind.") from None
+    _check_loaded(where, path, model, info, fresh_head=kind != "causal")
     pad = getattr(model.config, "pad_token_id", None)
     wrapped = HFLogits(model, kind, pad if kind == "sequence" else None)
     targets = HF_LORA_TARGETS.get(getattr(config, "model_type", ""), None)

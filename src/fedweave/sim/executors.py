@@ -20,7 +20,7 @@ from ..core.device import describe_device
 from ..core.errors import ConfigError, unknown_name
 from ..core.params import FlatModel
 from .executor_base import Executor, SerialExecutor
-from .ray_executor import RayExecutor, check_address, import_ray
+from .ray_executor import RayExecutor, check_address, check_gpu_share, import_ray
 from .vectorized import make_vectorized, unsupported_reason
 from .worker import WorkerSetup
 
@@ -40,6 +40,7 @@ def check_executor(executor_cfg: ExecutorConfig) -> None:
             raise ConfigError(f"executor.device={executor_cfg.device} with executor.kind=ray needs "
                               "executor.gpus_per_worker > 0 (e.g. 1, or 0.25 to share a GPU between four actors): "
                               "Ray shows an actor only the GPUs it reserved. Use executor.device=auto or cpu otherwise.")
+        check_gpu_share(executor_cfg.gpus_per_worker)
         import_ray()
         check_address(executor_cfg.address)
 

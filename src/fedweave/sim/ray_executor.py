@@ -93,6 +93,42 @@ def actor_resources(gpus_per_worker: float) -> dict[str, float]:
     return resources
 
 
+def check_gpu_share(gpus_per_worker: float) -> None:
+    """Ray reserves a fraction of one GPU or a whole number of GPUs, nothing in between."""
+    if gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker):
+        raise ConfigError(f"executor.gpus_per_worker={gpus_per_worker:g}: Ray takes a fraction of one GPU or a "
+                          "whole number of GPUs. Allowed values: 0 (actors on their CPUs), a fraction up to 1 to "
+                          "share a GPU (0.25: four actors per GPU), or a whole number (2: two GPUs per actor).")
+
+
+def plan_actors(num_workers: int | None, gpus_per_worker: float, cpus: float, gpus: float) -> int:
+    """How many actors to start on a Ray runtime of ``cpus`` CPUs and ``gpus`` GPUs, each
+    reserving one CPU and ``gpus_per_worker`` GPUs; a :class:`ConfigError` when they cannot
+    all be placed. Ray would otherwise leave an actor it cannot place pending for ever, and
+    the run would wait on its first job without a word."""
+    check_gpu_share(gpus_per_worker)
+    if gpus_per_worker > gpus:
+        allowed = ("Allowed values: 0 (actors on their CPUs), as this runtime has no GPU" if not gpus else
+                   "Allowed values: 0 (actors on their CPUs), a fraction up to 1 to share a GPU (0.25: four actors "
+                   f"per GPU), or a whole number of GPUs up to the {gpus:g} the runtime has")
+        raise ConfigError(f"executor.gpus_per_worker={gpus_per_worker:g} asks each Ray actor for "
+                          f"{gpus_per_worker:g} GPU(s), but the Ray runtime has {gpus:g}: no actor could start. "
+                          f"{allowed}.")
+    fit_cpu = max(1, int(cpus))
+    fit = fit_cpu if not gpus_per_worker else min(fit_cpu, int(gpus / gpus_per_worker + 1e-9))
+    if num_workers is None:
+        return fit
+    if num_workers > fit:
+        need = (f"{num_workers} actors need {num_workers} CPUs" if not gpus_per_worker else
+                f"{num_workers} actors of {gpus_per_worker:g} GPU each need {num_workers * gpus_per_worker:g} GPUs "
+                f"and {num_workers} CPUs")
+        raise ConfigError(f"executor.num_workers={num_workers}: {need}, but the Ray runtime has {gpus:g} GPU(s) "
+                          f"and {cpus:g} CPU(s), so at most {fit} can run at once and the others would never "
+                          f"start. Lower executor.num_workers to {fit} or less"
+                          f"{', or executor.gpus_per_worker' if gpus_per_worker else ''}.")
+    return num_workers
+
+
 class RayExecutor(Executor):
     def __init__(self, address: str | None = None, num_workers: int | None = None, threads: int = 1,
                  gpus_per_worker: float = 0.0):
@@ -118,7 +154,14 @@ class RayExecutor(Executor):
                 raise ConfigError(f"Cannot start or reach Ray at {self.address or 'a local runtime'}: {exc}. "
                                   "Check executor.address (e.g. 'auto' after `ray start --head`), or use executor.kind=serial.") from None
             self._started_ray = True
-        n = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        resources = ray.cluster_resources()
+        try:
+            n = plan_actors(self.num_workers, self.gpus_per_worker, resources.get("CPU", 1), resources.get("GPU", 0))
+        except ConfigError:
+            if self._started_ray:
+                ray.shutdown()
+                self._started_ray = False
+            raise
         setup_ref = ray.put(setup)  # the dataset enters the object store once
         actor_cls = ray.remote(**actor_resources(self.gpus_per_worker))(_RayWorkerImpl)
         self.actors = [actor_cls.remote(setup_ref) for _ in range(n)]
