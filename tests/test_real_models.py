@@ -426,3 +426,27 @@ def test_hf_image_classifier_gets_the_datas_classes_and_pixel_values(tmp_path):
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     qv = [n for n in linear if n.rsplit(".", 1)[-1] in ("query", "value", "q_proj", "v_proj")]
     assert len(qv) == 2 and select_targets(model, None) == qv
+
+
+def test_hf_sequence_model_refuses_features_that_are_not_token_ids(bert_and_text, tmp_path):
+    """A sequence classifier casts its inputs to token ids: real-valued features (word
+    counts scaled, embeddings) would be truncated without a word, ids beyond the
+    vocabulary would fail deep inside the embedding. Both are refused up front."""
+    model_dir = bert_and_text[0]
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    real = tmp_path / "real.npz"
+    np.savez(real, x=rng.random((40, 8)).astype(np.float32), y=y)
+    beyond = tmp_path / "beyond.npz"
+    ids = rng.integers(0, len(WORDS), (40, 8))
+    ids[3, 2] = len(WORDS) + 5
+    np.savez(beyond, x=ids, y=y)
+    common = ["--set", f"model.name=hf:{model_dir}", "--set", "data.dataset=npz", "--set", "data.partition.num_clients=2",
+              "--set", "data.partition.min_size=5", "--set", "schedule.clients_per_round=2"]
+    assert_run_refused(tmp_path / "run", common + ["--set", f"data.root={real}"], ["reads token ids", "real-valued"])
+    assert_run_refused(tmp_path / "run", common + ["--set", f"data.root={beyond}"],
+                       [f"from 0 to {len(WORDS) - 1}", f"run from 0 to {len(WORDS) + 5}"])
+    whole = tmp_path / "whole.npz"  # whole numbers stored as floats are token ids all the same
+    np.savez(whole, x=rng.integers(0, len(WORDS), (40, 8)).astype(np.float32), y=y)
+    exp = fedweave.build_experiment(fedweave.load_config(None, [a for a in common if a != "--set"] + [f"data.root={whole}"]))
+    assert exp.data.num_classes == 2

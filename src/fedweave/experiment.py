@@ -136,6 +136,8 @@ def build_experiment(config: Config, data: FederatedDataset | None = None) -> Ex
             kwargs.setdefault("width", m.width)
     factory = ModelFactory(m.name, tuple(data.input_shape), data.num_classes, kwargs, config.seed)
     module = factory()
+    if hasattr(module, "check_inputs"):  # e.g. a Hugging Face model reading token ids
+        module.check_inputs(data.x, m.name)
     check_role_patterns(module, m.roles)
     roles = method_roles(config, module)  # model.roles plus what the method declares (FedPer's head...)
     flat = FlatModel(module, roles)

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedweave.core.errors import ConfigError, ModelError
+from fedweave.core.errors import ConfigError, DataError, ModelError
 
 TORCHVISION_PREFIX = "torchvision:"
 HF_PREFIX = "hf:"
@@ -174,6 +174,23 @@ class HFLogits(nn.Module):
         self.model = model
         self.kind = kind
         self.pad_token_id = pad_token_id
+
+    def check_inputs(self, x: torch.Tensor, model_name: str) -> None:
+        """Token ids in, for a language or sequence model: whole numbers from 0 to the
+        vocabulary's size − 1 (``forward`` casts them to integers, which would silently
+        truncate real-valued features such as word counts or embeddings)."""
+        if self.kind == "image" or not len(x):
+            return
+        vocab = getattr(self.model.config, "vocab_size", None)
+        if x.is_floating_point() and not torch.equal(x, x.round()):
+            raise DataError(f"model.name {model_name!r} reads token ids, but the data's inputs are real-valued "
+                            f"({x.dtype}, e.g. {float(x[x != x.round()][0]):g}); they would be truncated to integers. "
+                            "Give text tokenised into ids (the hf source with a tokenizer, or pydocs), or a model "
+                            "that reads features.")
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or (vocab is not None and high >= vocab):
+            raise DataError(f"model.name {model_name!r} reads token ids from 0 to {vocab - 1 if vocab else '…'}, but the "
+                            f"data's inputs run from {low} to {high}. Tokenise the text with this model's tokenizer.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "image":
