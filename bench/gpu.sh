@@ -27,8 +27,10 @@ PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 
 echo "== device-dependent tests on $DEVICE"
+# a failing test is reported, not fatal: the benchmarks below still run (device time is scarce)
+TESTS=0
 FEDWEAVE_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_executors.py \
-  2>&1 | tee "$OUT/tests.txt"
+  2>&1 | tee "$OUT/tests.txt" || TESTS=$?
 
 # W2 runs both conv forms (clients as groups; clients in turn, channels-last): which one
 # `auto` should pick on a GPU is what this measures (on the CPU: the loop, above 1 M MACs)
@@ -43,3 +45,4 @@ for W in w1 w2; do
     --per-round 100,1000 --runners "serial,$VEC" --json "$OUT/$W-100-1000.json" | tee "$OUT/$W-100-1000.txt"
 done
 echo "figures in $OUT; copy the tables into docs/results/gpu.md"
+if [ "$TESTS" != 0 ]; then echo "the device tests failed (exit $TESTS): see $OUT/tests.txt"; exit "$TESTS"; fi
