@@ -33,7 +33,7 @@ FEDWEAVE_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -p no:cacheprovider tests/te
   2>&1 | tee "$OUT/tests.txt" || TESTS=$?
 
 # W2 runs both conv forms (clients as groups; clients in turn, channels-last): which one
-# `auto` should pick on a GPU is what this measures (on the CPU: the loop, above 1 M MACs)
+# `auto` should pick on a GPU is what this measures (on the CPU: the grouped form unless GroupNorm)
 for W in w1 w2; do
   VEC=vectorized
   [ "$W" = w2 ] && VEC=vectorized:conv,vectorized:conv-loop

@@ -129,17 +129,16 @@ def test_conv_plan_accepts_only_known_layers():
 
 def test_conv_macs_and_the_rule():
     """MACs per example by hand (output elements × input channels × kernel area), and the
-    measured rule: at most 1 M MACs per example pays."""
-    from fedweave.models.zoo import build_cnn, build_lenet5
-    from fedweave.sim.conv_kernel import PAYING_MACS, conv_kernel_pays, conv_macs
+    measured rule: the grouped form pays unless the model has GroupNorm."""
+    from fedweave.models.zoo import build_cnn, build_lenet5, build_resnet
+    from fedweave.sim.conv_kernel import conv_kernel_pays, conv_macs
 
     # cnn on 1×8×8: conv1 32·8·8 outputs × 1·25, conv2 (after a 2×2 pool) 64·4·4 × 32·25
     assert conv_macs(build_cnn((1, 8, 8), 10), (1, 8, 8)) == 32 * 64 * 25 + 64 * 16 * 32 * 25 == 870_400
     # lenet5 on 1×28×28: conv1 (padded) 6·28·28 × 25, conv2 (valid, on 14×14) 16·10·10 × 6·25
     assert conv_macs(build_lenet5((1, 28, 28), 10), (1, 28, 28)) == 6 * 784 * 25 + 16 * 100 * 150
-    assert PAYING_MACS == 1_000_000
-    assert conv_kernel_pays(870_400) and conv_kernel_pays(1_000_000)
-    assert not conv_kernel_pays(1_000_001) and not conv_kernel_pays(12_500_000)
+    assert conv_kernel_pays(build_cnn((3, 32, 32), 10)) and conv_kernel_pays(build_lenet5((1, 28, 28), 10))
+    assert not conv_kernel_pays(build_resnet((3, 32, 32), 10, 4, "group"))
 
 
 def _auto_executor(overrides):
@@ -152,12 +151,14 @@ def test_auto_uses_conv_kernel_where_the_rule_says(larger_images):
     from fedweave.sim.executors import SerialExecutor
     from fedweave.sim.vectorized import VectorizedExecutor
 
-    # cnn on the 8×8 digits: 0.87 M MACs per example, the rule says it pays
+    # cnn on the 8×8 digits and on 2×12×12 (0.87 M and 2.07 M MACs per example): the grouped form
     digits = _auto_executor(["data.partition.num_clients=6", "schedule.clients_per_round=3", "model.name=cnn"])
     assert isinstance(digits, VectorizedExecutor) and digits.kernel_name == "conv"
-    # cnn on 2×12×12: conv1 32·144 × 2·25 + conv2 64·36 × 32·25 = 2.07 M: the loop form
     larger = _auto_executor(base(larger_images) + MODELS["cnn"])
-    assert isinstance(larger, VectorizedExecutor) and larger.kernel_name == "conv-loop"
+    assert isinstance(larger, VectorizedExecutor) and larger.kernel_name == "conv"
+    # the GroupNorm resnet: serial, saying why
+    resnet = _auto_executor(base(larger_images) + MODELS["resnet"])
+    assert isinstance(resnet, SerialExecutor) and "GroupNorm" in resnet.fallback_reason
     # either form can be forced
     for kernel in KERNELS:
         forced = _auto_executor(base(larger_images) + MODELS["cnn"] + [f"executor.vectorized_kernel={kernel}"])

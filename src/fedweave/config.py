@@ -303,7 +303,7 @@ class ExecutorConfig(_Section):
         None, gt=0, description="vectorized: memory for a cohort's stacked parameters and activations; fewer clients train at once above it (default 1024)"
     )
     vectorized_kernel: Literal["auto", "func", "conv", "conv-loop"] = Field(
-        "auto", description="vectorized: auto (bmm kernel for Linear/ReLU/Tanh stacks; for convolutional models the grouped conv kernel up to 1 M convolution MACs per example, conv-loop above; torch.func otherwise), func (always torch.func), conv or conv-loop (force a conv form)"
+        "auto", description="vectorized: auto (bmm kernel for Linear/ReLU/Tanh stacks, the grouped conv kernel for convolutional models, torch.func otherwise), func (always torch.func), conv (clients as groups of grouped convolutions) or conv-loop (clients in turn, channels-last: one client's activations at a time)"
     )
     state_memory_mb: Optional[float] = Field(
         None, gt=0, description="client-state store budget; the rest spills to <run dir>/client_state (default: no limit)"

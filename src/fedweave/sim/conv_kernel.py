@@ -10,16 +10,16 @@ parameters:
     is paid once for the cohort;
 ``conv-loop`` (:class:`ConvLoopKernel`, clients one after another)
     each client's step through the same cohort layers with K = 1, channels-last, and the
-    optimizer step applied to the client's slice of the stacked tensors — what pays where
-    each client's step is already large work that oneDNN runs near the cores' rate: there
-    batching only multiplies the working set past the caches (docs/results/scale.md, W2).
+    optimizer step applied to the client's slice of the stacked tensors: a cohort's
+    activations are one client's, not K clients'. On W2 (the ``cnn`` on 3×32×32) it is
+    as fast as the grouped form (0.78× against 0.80× serial); on 1-channel images, where
+    channels-last changes nothing, slower than serial (docs/results/scale.md).
 
 Both forms compute the model rewritten exactly (:func:`activation_after_pooling`): a
 ReLU directly before a max-pooling is applied after it, on a quarter of the elements
 (max commutes with ReLU, and the gradient reaches the same input element — zero
-wherever the window's maximum is ≤ 0, either way). With
-the channels-last layout this makes ``conv-loop`` faster than the serial executor, which
-runs the user's module as given (measured in docs/results/scale.md).
+wherever the window's maximum is ≤ 0, either way). The serial executor runs the user's
+module as given.
 
 In the grouped form, a cohort of K clients runs as one network whose every layer holds
 the K clients side by side, so that one step of all K is one forward and one backward pass
@@ -52,8 +52,9 @@ BatchNorm is refused earlier (its running statistics are float buffers,
 :func:`~fedweave.sim.vectorized.unsupported_reason`). Other containers are refused
 because their ``forward`` could reshape in a way the stacked layout does not survive.
 
-Which form ``executor.kind: auto`` uses is :func:`conv_kernel_pays` (measured in
-docs/results/scale.md).
+``executor.kind: auto`` uses the grouped form where :func:`conv_kernel_pays` (measured in
+docs/results/scale.md), and trains serially otherwise; the loop form is used when asked
+for (``executor.vectorized_kernel: conv-loop``).
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ class ConvKernel:
     docstring), gradients by autograd over the one graph, the step by ``SGDStep``."""
 
     name = "conv"
+    pays = True  # set by the executor: conv_kernel_pays(model)
 
     channels_last = True
 
@@ -270,6 +272,7 @@ class ConvLoopKernel:
     slices (:meth:`~fedweave.sim.vectorized.StackedSGD.apply_client`)."""
 
     name = "conv-loop"
+    pays = True  # set by the executor: conv_kernel_pays(model)
 
     def __init__(self, net: nn.Module, cohort: _Cohort, macs: int, task):
         self.net, self.cohort, self.macs, self.task = net, cohort, macs, task
@@ -291,20 +294,17 @@ class ConvLoopKernel:
         return losses
 
 
-PAYING_MACS = 1_000_000  # the measured bound (docs/results/scale.md): convolution MACs per example
-
-
-def conv_kernel_pays(macs_per_example: int) -> bool:
-    """Whether ``executor.kind: auto`` should train a convolutional model with the conv
-    kernel rather than serially: only when its convolutions do at most ``PAYING_MACS``
-    multiply-accumulates per example (:func:`conv_macs`).
+def conv_kernel_pays(module: nn.Module) -> bool:
+    """Whether ``executor.kind: auto`` should train a convolutional model the conv kernel
+    accepts with the grouped form rather than serially: unless it has a ``GroupNorm``.
 
     Measured (docs/results/scale.md, 2 December 2026; CPU time per round, 10 clients of
-    batch 32, 1 thread): the models below 1 M MACs per example (``cnn`` on 8×8 digits,
-    0.87 M; ``lenet5`` on 28×28 and 3×32×32, 0.36 M and 0.59 M) train faster with the conv
-    kernel, those above (``cnn`` on 28×28, 10.7 M; the GroupNorm ``resnet`` on 3×32×32,
-    12.5 M) slower. Small convolutions are where serial training is dominated by the
-    per-operation overhead that batching saves; large ones already run near the cores'
-    rate one client at a time, and the grouped form is then slower per client. Sizes
-    between 1 M and 10 M are not measured, so they stay serial."""
-    return macs_per_example <= PAYING_MACS
+    batch 32, 1 thread, with freed memory retained): the grouped form took 0.66–0.88× the
+    serial executor's time on every ``cnn`` and ``lenet5`` workload — digits 1×8×8 (0.87 M
+    convolution MACs per example), mnist5k and CIFAR-shaped 3×32×32, up to W2's ``cnn``
+    (15.6 M; 0.80×) — but 1.32× on the GroupNorm ``resnet`` (3×32×32, 12.5 M), where the
+    loop form is 1.10×: grouped normalisation of channels-last maps is slow on the CPU,
+    and that model has no max-pooling for the exact rewrite to help. The former rule (at
+    most 1 M MACs) was measured before the rewrite, the contiguous Linear gradients and
+    the retained memory, when the grouped form was 1.73× serial on W2."""
+    return not any(isinstance(m, nn.GroupNorm) for m in module.modules())

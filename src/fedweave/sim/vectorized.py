@@ -24,6 +24,9 @@ use every core. Two kernels compute that step:
 chosen automatically for them)
     the clients as the groups of grouped convolutions, one autograd graph per step for
     the cohort (:mod:`fedweave.sim.conv_kernel`).
+``conv-loop`` (the same models, when asked for)
+    each client in turn through the same cohort layers, channels-last: one client's
+    activations at a time.
 
 Every client does exactly the steps it would do serially: its minibatches come from the
 same generator (``(seed, "batches", client id, job counter)``) in the same order; a short
@@ -42,7 +45,7 @@ algorithm's :meth:`~fedweave.core.client.ClientAlgorithm.update_from`, as the se
 client's are),
 models without float buffers (no BatchNorm) and without dropout or personal segments.
 Anything else is refused with the reason. ``executor.kind: auto`` vectorizes only where
-the ``mlp`` kernel applies, or the ``conv`` kernel on small convolutions (:func:`auto_reason`;
+the ``mlp`` kernel applies, or the ``conv`` kernel on models without GroupNorm (:func:`auto_reason`;
 the ``func`` kernel measured slower than serial) and otherwise falls back to the serial
 executor. Results equal the serial executor's within float
 tolerance (sums run in another order), not bit for bit.
@@ -331,8 +334,8 @@ class VectorizedExecutor(Executor):
         if layers is not None:
             self.kernel = MLPKernel(layers, self.task)
         elif conv is not None:
-            grouped = choice == "conv" or (choice == "auto" and conv_kernel_pays(conv[2]))
-            self.kernel = (ConvKernel if grouped else ConvLoopKernel)(*conv, self.task)
+            self.kernel = (ConvLoopKernel if choice == "conv-loop" else ConvKernel)(*conv, self.task)
+            self.kernel.pays = conv_kernel_pays(self.model.module)
         else:
             frozen = {s.name: self.model.module.get_parameter(s.name).detach() for s in self.model.spec.group("frozen")}
             self.kernel = FuncKernel(self.model.module, self.task, [s.name for s in trainable], frozen)
@@ -486,12 +489,15 @@ class VectorizedExecutor(Executor):
 
 def auto_reason(kernel) -> str | None:
     """Why ``executor.kind: auto`` trains serially rather than with this kernel, or None
-    if the kernel pays (docs/results/scale.md): the bmm kernel and the conv kernels
-    always (``start`` picks the grouped form for small convolutions and the loop for
-    large ones, :func:`fedweave.sim.conv_kernel.conv_kernel_pays`); the torch.func
-    kernel never."""
-    if kernel.name in ("mlp", "conv", "conv-loop"):
+    if the kernel pays (docs/results/scale.md): the bmm kernel always; the grouped conv
+    kernel unless the model has GroupNorm (:func:`fedweave.sim.conv_kernel.conv_kernel_pays`);
+    the torch.func kernel never."""
+    if kernel.name == "mlp" or (kernel.name in ("conv", "conv-loop") and kernel.pays):
         return None
+    if kernel.name in ("conv", "conv-loop"):
+        return ("the conv kernels apply to this model, but it has GroupNorm layers, and on the GroupNorm resnet both "
+                "conv forms measured slower than serial (1.32x and 1.10x); set executor.kind=vectorized to use the "
+                "conv kernel anyway")
     return ("only the torch.func kernel applies to this model (it is neither a stack of Linear/ReLU/Tanh "
             "layers nor a convolutional model the conv kernels accept), and it is slower than serial; set "
             "executor.kind=vectorized to use it anyway")
