@@ -313,7 +313,7 @@ class ExecutorConfig(_Section):
         False, description="PyTorch deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG on CUDA); slower, see howto/gpu.md"
     )
     retain_memory: bool = Field(
-        True, description="keep the memory training steps free for the next step (glibc malloc's mmap and trim thresholds raised) instead of returning it to the OS and faulting it back in: the same numbers, fewer page faults, resident memory stays near its peak; process-wide once set (docs/howto/executors.md)"
+        True, description="keep the memory that training and evaluation free for reuse (glibc malloc's mmap and trim thresholds raised) instead of returning it to the OS and faulting it back in: the same numbers, fewer page faults, resident memory stays near its peak; process-wide once set (docs/howto/executors.md)"
     )
     channels_last: bool = Field(
         False, description="serial and Ray: image minibatches in channels-last (NHWC) layout; 0.80-0.87x the step time of the zoo CNNs on the CPU, numbers equal within float tolerance (docs/results/scale.md)"

@@ -1,15 +1,16 @@
-"""Keeping the memory that training steps free, for the next step to reuse.
+"""Keeping the memory that training and evaluation free, for the next batch to reuse.
 
-A training step allocates and frees tensors of a few megabytes each (activations, the
-gradient of a large Linear layer). glibc's ``malloc`` serves blocks above its *mmap
-threshold* (dynamic, at most 32 MiB) with fresh ``mmap`` calls and returns free memory
-at the top of the heap above its *trim threshold* to the OS, so the same megabytes are
-unmapped after one step and faulted back in, page by page and zero-filled, during the
-next. On W2 (the ``cnn`` on 3×32×32, batch 32) that was about 1.6 million minor page
-faults in three rounds — 16 % of the process's CPU time spent in the kernel
-(docs/results/scale.md). :func:`retain_freed_memory` raises both thresholds, so freed
-blocks stay in the process and are reused: the numbers computed are the same, the
-process's resident memory stays near its peak instead of shrinking between steps.
+Training and evaluation allocate and free large temporary tensors. glibc's ``malloc``
+serves blocks above its *mmap threshold* (dynamic, at most 32 MiB) with fresh ``mmap``
+calls and returns free memory at the top of the heap above its *trim threshold* to the
+OS, so the same megabytes are unmapped after one batch and faulted back in, page by page
+and zero-filled, during the next. Evaluating W2's ``cnn`` in batches of 1,024 (134 MB of
+activations per batch) took 1.5 million minor page faults and 7.2 CPU seconds per
+evaluation that way, 4.2 s with :func:`retain_freed_memory` (``bench/allocator.py``,
+docs/results/scale.md); whole training rounds gain less, within run-to-run noise. It
+raises both thresholds, so freed blocks stay in the process and are reused: the numbers
+computed are the same, and the process's resident memory stays near its peak instead of
+shrinking.
 
 It is process-wide and stays set (``mallopt`` disables glibc's dynamic threshold), so
 fedweave applies it where clients train — the driver for the serial and vectorized
