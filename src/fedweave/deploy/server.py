@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
+from ..core.allocator import retain_freed_memory
 from ..core.errors import ConfigError, DivergedError, FedweaveError
 from ..core.messages import Broadcast, Update
 from ..core.observer import Observer
@@ -324,6 +325,8 @@ class DeployServer:
             self.start()
         cfg, ledger = self.cfg, self.ledger
         torch.set_num_threads(cfg.executor.threads)
+        if cfg.executor.retain_memory:  # the server evaluates in large batches
+            retain_freed_memory()
         trackers = make_trackers(cfg, self.run_dir.path)
         progress = track_progress(self.progress, trackers)
         ledger.start()
