@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fedweave on a CUDA machine, in one go (issue #15). Not run in CI, which has no GPU.
-#   1. the device-dependent tests with FEDWEAVE_TEST_DEVICE=cuda (tests/test_device.py and the
-#      executor tests take the device from the `device` fixture of tests/conftest.py);
+#   1. the device-dependent tests with FEDWEAVE_TEST_DEVICE=cuda (tests/test_device.py, the
+#      executor tests and the conv kernels' equality with serial take the device from the
+#      `device` fixture of tests/conftest.py);
 #   2. W1 (MLP) and W2 (CNN) at 10, 100 and 1,000 clients per round, serial and vectorized
 #      (and the plain PyTorch loop at 10), printing seconds per round, clients per second
 #      and, for W1, GFLOP/s as a share of the device's measured fp32 matmul rate.
@@ -30,6 +31,7 @@ echo "== device-dependent tests on $DEVICE"
 # a failing test is reported, not fatal: the benchmarks below still run (device time is scarce)
 TESTS=0
 FEDWEAVE_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_executors.py \
+  tests/test_conv_kernel.py \
   2>&1 | tee "$OUT/tests.txt" || TESTS=$?
 
 # W2 runs both conv forms (clients as groups; clients in turn, channels-last): which one

@@ -57,11 +57,22 @@ OPTIMIZERS = {
 KERNELS = ("conv", "conv-loop")
 
 
+@pytest.fixture
+def strict_device(device):
+    """The test device (``FEDWEAVE_TEST_DEVICE``; ``bench/gpu.sh`` runs these tests on CUDA)
+    with cuDNN's TF32 convolutions off, so that serial and the conv forms — which call
+    different convolutions — are compared at float32's precision there too."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield f"executor.device={device}"
+    torch.backends.cudnn.allow_tf32 = before
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
 @pytest.mark.parametrize("model", list(MODELS))
-def test_conv_kernel_updates_match_serial(tmp_path, images, model, opt, kernel):
-    extra = base(images) + MODELS[model] + OPTIMIZERS[opt]
+def test_conv_kernel_updates_match_serial(tmp_path, images, model, opt, kernel, strict_device):
+    extra = base(images) + MODELS[model] + OPTIMIZERS[opt] + [strict_device]
     serial, _, _ = run_capturing(tmp_path, "s", extra)
     vec, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", f"executor.vectorized_kernel={kernel}"])
     assert exp.executor.kernel_name == kernel
@@ -75,11 +86,11 @@ def test_conv_kernel_updates_match_serial(tmp_path, images, model, opt, kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_conv_kernel_ragged_cohort_matches_serial(tmp_path, images, kernel):
+def test_conv_kernel_ragged_cohort_matches_serial(tmp_path, images, kernel, strict_device):
     """Dirichlet client sizes and 2 epochs: clients of a cohort stop at different steps
     (the active prefix shrinks), and a cohort that is split in two by max_cohort."""
     extra = base(images) + ["model.name=lenet5", "data.partition.kind=dirichlet", "data.partition.alpha=0.3",
-                            "client.epochs=2", "client.batch_size=5"]
+                            "client.epochs=2", "client.batch_size=5", strict_device]
     serial, _, _ = run_capturing(tmp_path, "s", extra)
     vec, _, exp = run_capturing(tmp_path, "v", extra + ["executor.kind=vectorized", "executor.max_cohort=3",
                                                          f"executor.vectorized_kernel={kernel}"])
