@@ -284,3 +284,22 @@ def test_conv_loop_trains_channels_last_on_the_rewritten_graph_and_leaves_the_mo
     order = [type(m) for m in kernel.net[0]]
     assert order[:3] == [type(convs[0]), nn.MaxPool2d, nn.ReLU]
     assert [type(m) for m in exp.model_factory()[0]][:3] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_linear_layers_step_themselves_unless_clipping_needs_their_gradient(tmp_path, images, kernel, monkeypatch):
+    """Without clipping, the cohort's Linear layers apply the step in their backward (the
+    gradient folded into the product, never materialised); with clipping, whose factor
+    needs the whole gradient first, they return their gradient. Both end where serial
+    does (test_conv_kernel_updates_match_serial); here: which path ran."""
+    import fedweave.sim.conv_kernel as ck
+
+    calls = []
+    backward = ck._FusedLinear.backward
+    monkeypatch.setattr(ck._FusedLinear, "backward", staticmethod(lambda ctx, delta: calls.append(1) or backward(ctx, delta)))
+    extra = base(images) + MODELS["cnn"] + ["executor.kind=vectorized", f"executor.vectorized_kernel={kernel}"]
+    run_capturing(tmp_path, "fused", extra + OPTIMIZERS["fedprox-momentum-wd"])
+    assert calls  # two Linear layers per step
+    calls.clear()
+    run_capturing(tmp_path, "clipped", extra + OPTIMIZERS["momentum-wd-clip"])
+    assert not calls

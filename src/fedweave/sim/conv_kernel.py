@@ -41,7 +41,12 @@ The loss is the sum over clients of each client's own mean minibatch loss (the w
 ``1/n`` of its real examples, 0 on padding), so autograd's gradient of the sum with
 respect to client j's stacked slice is client j's gradient alone. The step is
 :class:`fedweave.step.SGDStep` applied per client (:class:`~fedweave.sim.vectorized.StackedSGD`;
-momentum, weight decay, FedProx and per-client clipping), as for the ``func`` kernel.
+momentum, weight decay, FedProx and per-client clipping), as for the ``func`` kernel —
+except that, without clipping, each Linear layer (after the first convolution) applies
+it to its own weights in its backward with the gradient folded into the product
+(:class:`_FusedLinear`, the coefficients of the bmm kernel's fused update), so the
+largest gradient of a CNN, ``[K, 512, 4096]`` for W2's first Linear layer, is never
+materialised.
 
 Accepted models (:func:`conv_plan`): built from ``nn.Sequential``, the zoo's
 ``BasicBlock`` and ``ResNet8`` (whose ``forward`` only adds, applies ReLU and flattens) and
@@ -74,10 +79,37 @@ _PASS_THROUGH = (nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPoo
 
 
 class _Cohort:
-    """What the cohort layers read at each step: the active clients' stacked tensors."""
+    """What the cohort layers read at each step: the active clients' stacked tensors and,
+    when the step is fused, how a Linear layer steps its own weights in its backward
+    (``update(weight, bias, δ, a)``, :meth:`~fedweave.sim.vectorized.StackedSGD.fused_update`)."""
 
     params: list[torch.Tensor] = []
     k: int = 0
+    update = None
+    linear: list[int] = []  # the stacked tensors of Linear layers that can step themselves
+
+
+class _FusedLinear(torch.autograd.Function):
+    """A cohort Linear layer ``x·Wᵀ + b`` over ``[k, B, in]`` whose backward returns the
+    input's gradient (with the weights before this step) and then applies this step to
+    its own stacked weights with the gradient folded into the product — the
+    ``[k, out, in]`` weight gradient is never materialised, as in the bmm kernel. Only
+    when the step can be fused (no gradient clipping, whose factor needs every gradient
+    first)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, layer):
+        ctx.save_for_backward(x)
+        ctx.w, ctx.layer = w, layer  # w is stepped in place in backward, after its last use
+        out = torch.bmm(x, w.transpose(1, 2))
+        return out.add_(b.unsqueeze(1)) if b is not None else out
+
+    @staticmethod
+    def backward(ctx, delta):
+        (x,) = ctx.saved_tensors
+        grad_x = torch.bmm(delta, ctx.w)
+        ctx.layer.cohort.update(ctx.layer.weight, ctx.layer.bias, delta, x)
+        return grad_x, None, None, None
 
 
 class _CohortConv(nn.Module):
@@ -113,6 +145,9 @@ class _CohortLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p, k = self.cohort.params, self.cohort.k
+        if self.cohort.update is not None:
+            x = x.view(x.shape[0], k, -1).transpose(0, 1) if x.dim() == 2 else x
+            return _FusedLinear.apply(x, p[self.weight], p[self.bias] if self.bias >= 0 else None, self)
         if k == 1:  # the loop form: one client's plain product (faster than a batch of one)
             w = p[self.weight].view(p[self.weight].shape[1:])
             b = p[self.bias].view(-1) if self.bias >= 0 else None
@@ -163,6 +198,12 @@ def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Modu
     if not convs:
         return None
     activation_after_pooling(net)
+    # a Linear layer steps itself in its backward only if autograd reaches it, i.e. if a
+    # convolution (whose parameters are differentiated) comes before it
+    first = next(m for m in net.modules() if isinstance(m, (_CohortConv, _CohortGroupNorm, _CohortLinear)))
+    if isinstance(first, _CohortConv):
+        cohort.linear = sorted(i for m in net.modules() if isinstance(m, _CohortLinear)
+                               for i in (m.weight, m.bias) if i >= 0)
     return net, cohort, conv_macs(model.module, example_shape)
 
 
@@ -233,9 +274,27 @@ def probe(module: nn.Module, example_shape: tuple[int, ...], dtype: torch.dtype 
     return macs, activation
 
 
+def _bind(cohort: _Cohort, opt, rows: slice, first: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int] | None]:
+    """Hand the cohort layers the stacked tensors of ``rows``: autograd leaves for what
+    the step differentiates, plain views for the Linear layers that step themselves
+    (when the step can be fused). Returns (all, leaves, the leaves' indices or None)."""
+    fused = opt.fused is not None and cohort.linear
+    if not fused:
+        leaves = [t[rows].detach().requires_grad_() for t in opt.params]
+        cohort.params, cohort.update = leaves, None
+        return leaves, leaves, None
+    own = set(cohort.linear)
+    views = [t[rows] if i in own else t[rows].detach().requires_grad_() for i, t in enumerate(opt.params)]
+    cohort.params = views
+    cohort.update = lambda weight, bias, delta, a: opt.fused_update(rows, weight, bias, delta, a, first)
+    only = [i for i in range(len(views)) if i not in own]
+    return views, [views[i] for i in only], only
+
+
 class ConvKernel:
     """One step of every active client through the cohort network (see the module
-    docstring), gradients by autograd over the one graph, the step by ``SGDStep``."""
+    docstring), gradients by autograd over the one graph, the step by ``SGDStep`` —
+    fused into the Linear layers' backward where it can be (:class:`_FusedLinear`)."""
 
     name = "conv"
     pays = True  # set by the executor: conv_kernel_pays(model)
@@ -252,16 +311,16 @@ class ConvKernel:
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.enable_grad():
-            leaves = [t[:k].detach().requires_grad_() for t in opt.params]
-            self.cohort.params, self.cohort.k = leaves, k
+            _, leaves, only = _bind(self.cohort, opt, slice(0, k), first)
+            self.cohort.k = k
             out = self.net(xb)  # [k, B, outputs], or [B, k·F] if no Linear follows the flatten
             if out.dim() == 2:
                 out = out.view(bs, k, -1).transpose(0, 1)
             per_example = self.task.per_example_loss(out.reshape(k * bs, *out.shape[2:]), y.reshape(k * bs, *y.shape[2:]))
             weighted = per_example * weight.reshape(-1)
             grads = list(torch.autograd.grad(weighted.sum(), leaves))
-        self.cohort.params = []
-        opt.apply(k, grads, first)
+        self.cohort.params, self.cohort.update = [], None
+        opt.apply(k, grads, first, only=only)
         return weighted.detach().view(k, bs).sum(1)
 
 
@@ -269,7 +328,7 @@ class ConvLoopKernel:
     """One step of each active client in turn through the cohort network with K = 1 (see
     the module docstring): a channels-last minibatch, the client's slices of the stacked
     parameters as the leaves of its own autograd graph, and the step applied to those
-    slices (:meth:`~fedweave.sim.vectorized.StackedSGD.apply_client`)."""
+    slices (fused into the Linear layers' backward where it can be)."""
 
     name = "conv-loop"
     pays = True  # set by the executor: conv_kernel_pays(model)
@@ -281,15 +340,16 @@ class ConvLoopKernel:
         losses = torch.empty(k, dtype=weight.dtype, device=weight.device)
         for j in range(k):
             xj = x[j].contiguous(memory_format=torch.channels_last)
+            rows = slice(j, j + 1)
             with torch.enable_grad():
-                leaves = [t[j : j + 1].detach().requires_grad_() for t in opt.params]
-                self.cohort.params, self.cohort.k = leaves, 1
+                _, leaves, only = _bind(self.cohort, opt, rows, first)
+                self.cohort.k = 1
                 out = self.net(xj)  # [1, B, outputs], or [B, F] if no Linear follows the flatten
                 out = out.reshape(x.shape[1], *out.shape[2:]) if out.dim() == 3 else out
                 weighted = self.task.per_example_loss(out, y[j]) * weight[j]
                 grads = list(torch.autograd.grad(weighted.sum(), leaves))
-            self.cohort.params = []
-            opt.apply_client(j, grads, first)
+            self.cohort.params, self.cohort.update = [], None
+            opt.apply(1, grads, first, clients=rows, only=only)
             losses[j] = weighted.detach().sum()
         return losses
 

@@ -122,16 +122,51 @@ class StackedSGD:
         # the same step around a raw gradient, for the bmm kernel (None: clipped, never fused)
         self.fused: FusedSGD | None = rule.fused() if rule.grad_clip is None else None
 
-    def apply(self, k: int, grads: list[torch.Tensor], first: bool) -> None:
-        """One step of the first ``k`` clients; ``grads`` (``[k, *shape]``) may be modified."""
-        self.rule.apply([p[:k] for p in self.params], grads, [b[:k] for b in self.bufs], first,
-                        anchors=[b[:k] for b in self.base], per_client=True)
+    def apply(self, k: int, grads: list[torch.Tensor], first: bool, clients: slice | None = None,
+              only: list[int] | None = None) -> None:
+        """One step of the first ``k`` clients (or of ``clients``, a slice of the cohort);
+        ``grads`` (``[k, *shape]``) may be modified. With ``only``, ``grads`` are those of
+        the parameters at these indices, and only they step (the others were stepped by
+        :meth:`fused_update`)."""
+        rows = clients if clients is not None else slice(0, k)
+        pick = only if only is not None else range(len(self.params))
+        self.rule.apply([self.params[i][rows] for i in pick], grads, [self.bufs[i][rows] for i in pick] if self.bufs else [],
+                        first, anchors=[self.base[i][rows] for i in pick] if self.base else [], per_client=True)
 
-    def apply_client(self, j: int, grads: list[torch.Tensor], first: bool) -> None:
-        """One step of client ``j`` alone; ``grads`` are ``[1, *shape]``."""
-        one = slice(j, j + 1)
-        self.rule.apply([p[one] for p in self.params], grads, [b[one] for b in self.bufs], first,
-                        anchors=[b[one] for b in self.base], per_client=True)
+    def fused_update(self, rows: slice, weight: int, bias: int, delta, a, first: bool) -> None:
+        """One Linear layer's step of the rule with its gradient δᵀa (bias: Σδ) folded in,
+        with the coefficients of :meth:`fedweave.step.SGDStep.fused`: w ← βw + α·δᵀa + γw₀,
+        or b ← m·b + δᵀa + s·w + γ_b·w₀ and w ← w + α·b with momentum. ``delta`` is
+        ``[k, B, out]``, ``a`` the layer's input ``[k, B, in]``; ``weight``/``bias`` index the
+        stacked tensors (-1: no bias)."""
+        f = self.fused
+        for index, is_weight in ((weight, True), (bias, False)):
+            if index < 0:
+                continue
+            w = self.params[index][rows]
+            w0 = self.base[index][rows] if self.base else None
+            if not f.momentum:
+                if is_weight:
+                    w.baddbmm_(delta.transpose(1, 2), a, beta=f.beta, alpha=f.alpha)
+                else:
+                    if f.beta != 1:
+                        w.mul_(f.beta)
+                    w.add_(delta.sum(1), alpha=f.alpha)
+                if w0 is not None:
+                    w.add_(w0, alpha=f.anchor)
+                continue
+            buf = self.bufs[index][rows]
+            if is_weight:
+                buf.baddbmm_(delta.transpose(1, 2), a, beta=0.0 if first else f.momentum)
+            elif first:
+                torch.sum(delta, 1, out=buf)
+            else:
+                buf.mul_(f.momentum).add_(delta.sum(1))
+            if f.shrink:
+                buf.add_(w, alpha=f.shrink)
+            if w0 is not None:
+                buf.add_(w0, alpha=f.buffer_anchor)
+            w.add_(buf, alpha=f.alpha)
 
 
 class FuncKernel:
@@ -241,7 +276,7 @@ class MLPKernel:
             # the input's gradient uses the weights before this step's update
             delta_in = torch.bmm(delta, p[layer.weight]) if i > self.first_linear else None
             if fused:
-                self._fused_update(opt, k, layer, delta, a, first)
+                opt.fused_update(slice(0, k), layer.weight, layer.bias, delta, a, first)
             else:
                 grads[layer.weight] = torch.bmm(delta.transpose(1, 2), a)
                 if layer.bias >= 0:
@@ -250,40 +285,6 @@ class MLPKernel:
         if not fused:
             opt.apply(k, grads, first)
         return weighted.view(k, -1).sum(1)
-
-    @staticmethod
-    def _fused_update(opt: StackedSGD, k: int, layer: _Layer, delta, a, first: bool) -> None:
-        """One layer's step of the rule with its gradient δᵀa (bias: Σδ) folded in, with
-        the coefficients of :meth:`fedweave.step.SGDStep.fused`: w ← βw + α·δᵀa + γw₀, or
-        b ← m·b + δᵀa + s·w + γ_b·w₀ and w ← w + α·b with momentum."""
-        f = opt.fused
-        for index, is_weight in ((layer.weight, True), (layer.bias, False)):
-            if index < 0:
-                continue
-            w = opt.params[index][:k]
-            w0 = opt.base[index][:k] if opt.base else None
-            if not f.momentum:
-                if is_weight:
-                    w.baddbmm_(delta.transpose(1, 2), a, beta=f.beta, alpha=f.alpha)
-                else:
-                    if f.beta != 1:
-                        w.mul_(f.beta)
-                    w.add_(delta.sum(1), alpha=f.alpha)
-                if w0 is not None:
-                    w.add_(w0, alpha=f.anchor)
-                continue
-            buf = opt.bufs[index][:k]
-            if is_weight:
-                buf.baddbmm_(delta.transpose(1, 2), a, beta=0.0 if first else f.momentum)
-            elif first:
-                torch.sum(delta, 1, out=buf)
-            else:
-                buf.mul_(f.momentum).add_(delta.sum(1))
-            if f.shrink:
-                buf.add_(w, alpha=f.shrink)
-            if w0 is not None:
-                buf.add_(w0, alpha=f.buffer_anchor)
-            w.add_(buf, alpha=f.alpha)
 
 
 # -- the executor -------------------------------------------------------------------------------
