@@ -274,21 +274,21 @@ def probe(module: nn.Module, example_shape: tuple[int, ...], dtype: torch.dtype 
     return macs, activation
 
 
-def _bind(cohort: _Cohort, opt, rows: slice, first: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int] | None]:
+def _bind(cohort: _Cohort, opt, rows: slice, first: bool) -> tuple[list[torch.Tensor], list[int] | None]:
     """Hand the cohort layers the stacked tensors of ``rows``: autograd leaves for what
     the step differentiates, plain views for the Linear layers that step themselves
-    (when the step can be fused). Returns (all, leaves, the leaves' indices or None)."""
+    (when the step can be fused). Returns the leaves and their indices (None: all)."""
     fused = opt.fused is not None and cohort.linear
     if not fused:
         leaves = [t[rows].detach().requires_grad_() for t in opt.params]
         cohort.params, cohort.update = leaves, None
-        return leaves, leaves, None
+        return leaves, None
     own = set(cohort.linear)
     views = [t[rows] if i in own else t[rows].detach().requires_grad_() for i, t in enumerate(opt.params)]
     cohort.params = views
     cohort.update = lambda weight, bias, delta, a: opt.fused_update(rows, weight, bias, delta, a, first)
     only = [i for i in range(len(views)) if i not in own]
-    return views, [views[i] for i in only], only
+    return [views[i] for i in only], only
 
 
 class ConvKernel:
@@ -311,7 +311,7 @@ class ConvKernel:
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.enable_grad():
-            _, leaves, only = _bind(self.cohort, opt, slice(0, k), first)
+            leaves, only = _bind(self.cohort, opt, slice(0, k), first)
             self.cohort.k = k
             out = self.net(xb)  # [k, B, outputs], or [B, k·F] if no Linear follows the flatten
             if out.dim() == 2:
@@ -342,7 +342,7 @@ class ConvLoopKernel:
             xj = x[j].contiguous(memory_format=torch.channels_last)
             rows = slice(j, j + 1)
             with torch.enable_grad():
-                _, leaves, only = _bind(self.cohort, opt, rows, first)
+                leaves, only = _bind(self.cohort, opt, rows, first)
                 self.cohort.k = 1
                 out = self.net(xj)  # [1, B, outputs], or [B, F] if no Linear follows the flatten
                 out = out.reshape(x.shape[1], *out.shape[2:]) if out.dim() == 3 else out
