@@ -12,8 +12,8 @@ parameters:
     each client's step through the same cohort layers with K = 1, channels-last, and the
     optimizer step applied to the client's slice of the stacked tensors: a cohort's
     activations are one client's, not K clients'. On W2 (the ``cnn`` on 3×32×32) it is
-    as fast as the grouped form (0.78× against 0.80× serial); on 1-channel images, where
-    channels-last changes nothing, slower than serial (docs/results/scale.md).
+    0.81–0.82× serial, the grouped form 0.73–0.75×; on 1-channel images, where
+    channels-last changes nothing, it is slower than serial (docs/results/scale.md).
 
 Both forms compute the model rewritten exactly (:func:`activation_after_pooling`): a
 ReLU directly before a max-pooling is applied after it, on a quarter of the elements
@@ -362,7 +362,7 @@ def conv_kernel_pays(module: nn.Module) -> bool:
     batch 32, 1 thread, with freed memory retained): the grouped form took 0.66–0.88× the
     serial executor's time on every ``cnn`` and ``lenet5`` workload — digits 1×8×8 (0.87 M
     convolution MACs per example), mnist5k and CIFAR-shaped 3×32×32, up to W2's ``cnn``
-    (15.6 M; 0.80×) — but 1.32× on the GroupNorm ``resnet`` (3×32×32, 12.5 M), where the
+    (15.6 M; 0.75× over a whole W2 run) — but 1.32× on the GroupNorm ``resnet`` (3×32×32, 12.5 M), where the
     loop form is 1.10×: grouped normalisation of channels-last maps is slow on the CPU,
     and that model has no max-pooling for the exact rewrite to help. The former rule (at
     most 1 M MACs) was measured before the rewrite, the contiguous Linear gradients and
