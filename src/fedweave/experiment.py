@@ -19,8 +19,8 @@ from typing import Any, Callable
 import torch
 
 from .config import Config, ConfigWarning, inapplicable_keys, load_config, read_yaml
-from .core.client import ClientAlgorithm
 from .core.allocator import retain_freed_memory
+from .core.client import ClientAlgorithm
 from .core.device import check_precision, resolve_device, set_deterministic
 from .core.errors import ConfigError, DataError, DivergedError, FedweaveError, ModelError
 from .core.params import FlatModel, ParamSpec, check_role_patterns

@@ -13,9 +13,10 @@ computed are the same, and the process's resident memory stays near its peak ins
 shrinking.
 
 It is process-wide and stays set (``mallopt`` disables glibc's dynamic threshold), so
-fedweave applies it where clients train or models are evaluated — the driver (serial
-and vectorized executors, evaluation), each Ray actor, a deployment's server and
-clients — when ``executor.retain_memory`` is true (the default). Elsewhere than glibc
+fedweave applies it where clients train or models are evaluated — the driver (when its
+executor starts: serial and vectorized training, evaluation), every ``Worker`` (so each
+Ray actor and deployed client), a deployment's server — when ``executor.retain_memory``
+is true (the default). Elsewhere than glibc
 (macOS, musl, Windows) it does nothing.
 """
 

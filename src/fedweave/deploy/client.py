@@ -32,7 +32,6 @@ import torch
 import yaml
 
 from ..config import Config, load_config
-from ..core.allocator import retain_freed_memory
 from ..core.client import ClientJob
 from ..core.errors import ConfigError, DataError, FedweaveError
 from .sessions import SESSION_METADATA, SUPERSEDED
@@ -187,8 +186,6 @@ class DeployClient:
                                     tuple(int(d) for d in reply.input_shape))
         self._exp = build_experiment(cfg, data=data)
         torch.set_num_threads(cfg.executor.threads)
-        if cfg.executor.retain_memory:
-            retain_freed_memory()
         self._worker = Worker(self._exp.worker_setup())
         self._config_yaml = reply.config_yaml
 

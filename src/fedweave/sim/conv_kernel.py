@@ -163,10 +163,10 @@ class _CohortLinear(nn.Module):
         return torch.bmm(p[self.weight], xt).transpose(1, 2)
 
 
-def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Module, _Cohort, int] | None:
+def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Module, _Cohort, bool] | None:
     """The model rebuilt with cohort layers, the object they read the stacked parameters
-    from and its convolutions' MACs per example (:func:`conv_macs`), or None if the model
-    is not one the conv kernel accepts."""
+    from and whether ``auto`` should use the grouped form for it (:func:`conv_kernel_pays`),
+    or None if the model is not one the conv kernel accepts."""
     if len(example_shape) != 3:
         return None
     index = {s.name: i for i, s in enumerate(model.spec.group("trainable"))}
@@ -204,7 +204,7 @@ def conv_plan(model: FlatModel, example_shape: tuple[int, ...]) -> tuple[nn.Modu
     if isinstance(first, _CohortConv):
         cohort.linear = sorted(i for m in net.modules() if isinstance(m, _CohortLinear)
                                for i in (m.weight, m.bias) if i >= 0)
-    return net, cohort, conv_macs(model.module, example_shape)
+    return net, cohort, conv_kernel_pays(model.module)
 
 
 def activation_after_pooling(net: nn.Module) -> int:
@@ -297,12 +297,11 @@ class ConvKernel:
     fused into the Linear layers' backward where it can be (:class:`_FusedLinear`)."""
 
     name = "conv"
-    pays = True  # set by the executor: conv_kernel_pays(model)
 
     channels_last = True
 
-    def __init__(self, net: nn.Module, cohort: _Cohort, macs: int, task):
-        self.net, self.cohort, self.macs, self.task = net, cohort, macs, task
+    def __init__(self, net: nn.Module, cohort: _Cohort, pays: bool, task):
+        self.net, self.cohort, self.pays, self.task = net, cohort, pays, task
 
     def step(self, k: int, x, y, weight, opt, first: bool) -> torch.Tensor:
         # x: [k, B, C, H, W] -> [B, k·C, H, W]
@@ -331,10 +330,9 @@ class ConvLoopKernel:
     slices (fused into the Linear layers' backward where it can be)."""
 
     name = "conv-loop"
-    pays = True  # set by the executor: conv_kernel_pays(model)
 
-    def __init__(self, net: nn.Module, cohort: _Cohort, macs: int, task):
-        self.net, self.cohort, self.macs, self.task = net, cohort, macs, task
+    def __init__(self, net: nn.Module, cohort: _Cohort, pays: bool, task):
+        self.net, self.cohort, self.pays, self.task = net, cohort, pays, task
 
     def step(self, k: int, x, y, weight, opt, first: bool) -> torch.Tensor:
         losses = torch.empty(k, dtype=weight.dtype, device=weight.device)

@@ -18,7 +18,6 @@ from dataclasses import replace
 from typing import Any
 
 from ..core.client import ClientJob, JobResult
-from ..core.allocator import retain_freed_memory
 from ..core.device import set_deterministic
 from ..core.errors import ConfigError
 from .executor_base import Executor
@@ -62,12 +61,9 @@ class _RayWorkerImpl:
     CACHED_BROADCASTS = 4  # async modes train from a few versions at once
 
     def __init__(self, setup: WorkerSetup):
-        # the driver's settings do not reach the actor's process
-        if setup.deterministic:
+        if setup.deterministic:  # the driver's setting does not reach the actor's process
             set_deterministic(True)
-        if setup.retain_memory:
-            retain_freed_memory()
-        self.worker = Worker(setup)
+        self.worker = Worker(setup)  # which keeps freed memory in this process too (retain_memory)
         self.broadcasts: dict[Any, Any] = {}
 
     def run(self, job: ClientJob, boxed_ref: list) -> JobResult:

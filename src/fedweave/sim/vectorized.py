@@ -69,7 +69,7 @@ from ..methods.needs import client_needs
 from ..step import FusedSGD, SGDStep
 from ..tasks import make_task
 from ..train import TrainSettings, epoch_orders, to_compute_device
-from .conv_kernel import ConvKernel, ConvLoopKernel, conv_kernel_pays, conv_plan, probe
+from .conv_kernel import ConvKernel, ConvLoopKernel, conv_plan, probe
 from .executor_base import Executor, SerialExecutor
 from .worker import WorkerSetup, place_data
 
@@ -336,7 +336,6 @@ class VectorizedExecutor(Executor):
             self.kernel = MLPKernel(layers, self.task)
         elif conv is not None:
             self.kernel = (ConvLoopKernel if choice == "conv-loop" else ConvKernel)(*conv, self.task)
-            self.kernel.pays = conv_kernel_pays(self.model.module)
         else:
             frozen = {s.name: self.model.module.get_parameter(s.name).detach() for s in self.model.spec.group("frozen")}
             self.kernel = FuncKernel(self.model.module, self.task, [s.name for s in trainable], frozen)

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..core.allocator import retain_freed_memory
 from ..core.client import ClientAlgorithm, ClientJob, JobResult
 from ..core.device import data_fits, resolve_device, to_device
 from ..core.params import FlatModel
@@ -55,7 +56,11 @@ def place_data(data: FederatedDataset, device: torch.device, budget_mb: float | 
 
 class Worker:
     def __init__(self, setup: WorkerSetup):
+        # per-process settings: a worker may be the first thing to train in its process
+        # (a Ray actor, a deployed client)
         torch.set_num_threads(setup.threads)
+        if setup.retain_memory:
+            retain_freed_memory()
         self.setup = setup
         self.device = resolve_device(setup.device)
         self.model = FlatModel(setup.model_factory().to(self.device), setup.roles)
